@@ -1,0 +1,55 @@
+# Two commands on a fresh machine with only Python 3.10+ and make:
+#   make test       lint, format check, mypy --strict, pytest, Sphinx (warnings are errors)
+#   make reproduce  the paper pipeline, quick profile, on synthetic data unless DATA_DIR is set
+# Both create .venv on first use. `make check VENV=/path/to/venv` runs the checks in an
+# existing environment without installing anything.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.lumbarssl-installed
+PROFILE ?= quick
+OUT ?= outputs/reproduce-$(PROFILE)
+DATA_DIR ?=
+SEED ?= 0
+
+.PHONY: test check lint typecheck pytest docs reproduce install bench clean
+
+test: $(STAMP)
+	$(MAKE) check VENV=$(VENV)
+
+install: $(STAMP)
+
+# torch/torchvision first from the pinned pair, then the package with every extra the checks use.
+$(STAMP): pyproject.toml requirements/torch.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q --upgrade pip
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements/torch.txt
+	$(BIN)/python -m pip install --disable-pip-version-check -q -c requirements/torch.txt -e ".[dev,bench]"
+	touch $(STAMP)
+
+check: lint typecheck pytest docs
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck:
+	$(BIN)/mypy --strict lumbarssl tests
+
+pytest:
+	$(BIN)/python -m pytest -q
+
+docs:
+	rm -rf docs/_build docs/api/generated
+	$(BIN)/python -m sphinx -W --keep-going -q -b html docs docs/_build/html
+
+reproduce: $(STAMP)
+	$(BIN)/python examples/reproduce_paper.py --profile $(PROFILE) --out $(OUT) --seed $(SEED) \
+		$(if $(DATA_DIR),--data-dir $(DATA_DIR),)
+
+bench: $(STAMP)
+	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf docs/_build docs/api/generated .mypy_cache .ruff_cache .pytest_cache
