@@ -5,10 +5,10 @@ mean, over discs, of the squared Euclidean distance between predicted and true c
 
 .. math::
 
-    \\mathrm{RMSE} = \\sqrt{\\frac{1}{N} \\sum_{i=1}^{N}
-        \\left[(\\hat x_i - x_i)^2 + (\\hat y_i - y_i)^2\\right]}
+    \mathrm{RMSE} = \sqrt{\frac{1}{N} \sum_{i=1}^{N}
+        \left[(\hat x_i - x_i)^2 + (\hat y_i - y_i)^2\right]}
 
-It is :math:`\\sqrt{2}` times the root-mean-square error taken over the ``2N`` separate
+It is :math:`\sqrt{2}` times the root-mean-square error taken over the ``2N`` separate
 coordinates, which is another common reading of "RMSE" for 2-D points.
 
 Coordinates are ``(x, y)`` = (column, row) in pixels of the *original* image, so a model that

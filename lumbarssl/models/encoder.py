@@ -91,7 +91,7 @@ def resnet18_encoder(in_chans: int = 1, *, weights: WeightsEnum | str | None = N
         in_chans: Number of input channels (1 for single-slice MRI, 3 for a 2.5D stack).
         weights: Pretrained weights, as a :class:`torchvision.models.ResNet18_Weights` member or
             its name (e.g. ``"IMAGENET1K_V1"``). ``None`` (default) gives torchvision's random
-            initialisation and never touches the network. When given, torchvision downloads the
+            initialisation and never downloads anything. When given, torchvision downloads the
             weights unless they are in its cache, and the stem is adapted with
             :func:`adapt_stem_weight` if ``in_chans != 3``.
 
