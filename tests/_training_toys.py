@@ -1,5 +1,7 @@
 """Tiny models, data and train steps shared by the tests of lumbarssl.training."""
 
+# ruff: noqa: NPY002  (these tests exercise NumPy's legacy global generator on purpose)
+
 from __future__ import annotations
 
 import random
@@ -40,9 +42,7 @@ class NoisyRegression(Dataset[Batch]):
 
 def make_model() -> nn.Module:
     # Dropout makes the result depend on torch's global RNG as well.
-    return nn.Sequential(
-        nn.Linear(N_FEATURES, 16), nn.ReLU(), nn.Dropout(0.25), nn.Linear(16, 1)
-    )
+    return nn.Sequential(nn.Linear(N_FEATURES, 16), nn.ReLU(), nn.Dropout(0.25), nn.Linear(16, 1))
 
 
 def mse_step(model: nn.Module, batch: Batch) -> Tensor:

@@ -106,9 +106,7 @@ def test_resume_restores_loader_shuffle_order(tmp_path: Path) -> None:
     first = make_run(seed=0)
     trainer(first, config(tmp_path / "run", epochs=1)).fit(first.loader)
     second = make_run(seed=0)
-    trainer(second, config(tmp_path / "run", epochs=2), recording).fit(
-        second.loader, resume=True
-    )
+    trainer(second, config(tmp_path / "run", epochs=2), recording).fit(second.loader, resume=True)
     assert seen == expected
 
 

@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 AmpMode = Literal["auto", "bf16", "fp16", "off"]
-"""Mixed-precision choice: ``"auto"`` picks per device, the others force a mode."""
+"""The mixed-precision choice; ``"auto"`` picks per device, the others force a mode."""
 
 _AMP_MODES: tuple[str, ...] = get_args(AmpMode)
 

@@ -35,8 +35,9 @@ class EpochRecord:
             ``torchrun``).
         lr: Learning rate of each optimizer parameter group during the epoch.
         seconds: Wall-clock time of the epoch, validation included.
-        images_per_s: Training throughput (samples per second over all processes, validation
-            excluded).
+        images_per_s: Training throughput over all processes, validation excluded, in samples
+            per second as counted by the Trainer's ``batch_size_fn`` (for contrastive batches of
+            shape (B, V, C, H, W), count ``B * V`` to get images).
         val: Validation metrics by name (without the ``val_`` prefix); empty without validation.
         is_best: Whether this epoch improved the monitored metric (and wrote ``best.pt``).
     """

@@ -79,10 +79,10 @@ __all__ = [
 BatchT = TypeVar("BatchT")
 
 TrainStep: TypeAlias = Callable[[nn.Module, BatchT], Tensor]
-"""``train_step(model, batch) -> loss``: forward pass and scalar loss of one batch."""
+"""The forward pass and scalar loss of one batch, called as ``train_step(model, batch)``."""
 
 EvaluateFn: TypeAlias = Callable[[nn.Module, Iterable[BatchT]], Mapping[str, float]]
-"""``evaluate(model, batches) -> {name: value}``: validation metrics over a whole loader."""
+"""Validation metrics ``{name: value}`` over a whole loader, from ``evaluate(model, batches)``."""
 
 MonitorMode = Literal["min", "max"]
 """Whether a smaller (``"min"``) or larger (``"max"``) monitored value is better."""
@@ -443,6 +443,7 @@ class Trainer(Generic[BatchT]):
                 self._reporter.message(
                     f"{self.last_checkpoint} ended with early stopping; nothing to resume"
                 )
+                start = self.config.epochs
             for epoch in range(start + 1, self.config.epochs + 1):
                 if self._run_epoch(epoch, train_loader, val_loader, generators):
                     break
