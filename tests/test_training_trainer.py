@@ -344,3 +344,31 @@ def test_config_rejects_unknown_fields(tmp_path: Path) -> None:
     (tmp_path / "c.json").write_text('{"epochs": 2, "out_dir": "x", "lr": 0.1}')
     with pytest.raises(ValueError, match=r"c\.json: unknown TrainerConfig fields \['lr'\]"):
         TrainerConfig.from_json(tmp_path / "c.json")
+
+
+def test_compiled_training_checkpoints_the_plain_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The eager backend keeps the test fast; what matters is the wrapping, not code generation.
+    real_compile = torch.compile
+    compiled: list[nn.Module] = []
+
+    def eager_compile(model: nn.Module) -> nn.Module:
+        compiled.append(model)
+        result = real_compile(model, backend="eager")
+        assert isinstance(result, nn.Module)
+        return result
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    run = make_run(seed=0)
+    seen: list[nn.Module] = []
+
+    def recording(model: nn.Module, batch: Batch) -> Tensor:
+        seen.append(model)
+        return mse_step(model, batch)
+
+    trainer(run, config(tmp_path, epochs=1, compile=True), recording).fit(run.loader)
+    assert compiled == [run.model]
+    assert seen[0] is not run.model  # training went through the compiled wrapper
+    state = load_training_state(tmp_path / "last.pt")
+    assert state["model"].keys() == run.model.state_dict().keys()

@@ -120,9 +120,11 @@ def capture_rng_state(generators: Sequence[torch.Generator] = ()) -> RngState:
         np.random.get_state(legacy=True),  # noqa: NPY002 (saving the global generator)
     )
     version, internal, gauss_next = random.getstate()
+    # An uninitialised CUDA context has drawn nothing; initialising it here would cost memory.
+    cuda_used: bool = torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
     return RngState(
         torch=torch.get_rng_state(),
-        cuda=list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+        cuda=list(torch.cuda.get_rng_state_all()) if cuda_used else [],
         numpy=NumpyRngState(
             key=[int(k) for k in key],
             pos=int(pos),

@@ -404,7 +404,9 @@ class Trainer(Generic[BatchT]):
             val_loader: Validation batches, or ``None`` to skip validation.
             resume: Continue from ``out_dir/last.pt``. Given the same data, model, optimizer
                 and scheduler construction, the result is bit-identical on CPU to a run that
-                was never interrupted (interruptions lose at most the unfinished epoch).
+                was never interrupted (interruptions lose at most the unfinished epoch). With
+                ``persistent_workers=True`` in the loader, workers are re-seeded on resume, so
+                augmentations drawn in them differ from the uninterrupted run.
 
         Returns:
             The records of all completed epochs, resumed ones included.
@@ -542,10 +544,11 @@ class Trainer(Generic[BatchT]):
             loss_sum += value * size
             samples += size
             self._reporter.step(step, value, float(self.optimizer.param_groups[0]["lr"]))
-        totals = torch.tensor([loss_sum, float(samples)], dtype=torch.float64, device=self.device)
-        loss_sum, global_samples = _all_reduce_sum(totals).tolist()
-        mean = loss_sum / global_samples if global_samples > 0 else math.nan
-        return mean, int(global_samples)
+        if is_distributed():
+            totals = torch.tensor([loss_sum, samples], dtype=torch.float64, device=self.device)
+            loss_sum, global_samples = _all_reduce_sum(totals).tolist()
+            samples = int(global_samples)
+        return (loss_sum / samples if samples > 0 else math.nan), samples
 
     def _validate(self, loader: Iterable[BatchT]) -> dict[str, float]:
         """Evaluate on rank 0 and share the metrics so every rank takes the same decisions."""
