@@ -93,7 +93,7 @@ def init_distributed(backend: str | None = None, *, device: str = "auto") -> Dis
     if missing:
         raise RuntimeError(
             f"WORLD_SIZE={world_size} but {', '.join(missing)} not set; launch the script with "
-            "torchrun (see docs/multigpu.rst)"
+            "torchrun (see the multi-GPU page of the documentation)"
         )
     local_rank = int(os.environ["LOCAL_RANK"])
     chosen = select_device(device)
