@@ -111,7 +111,9 @@ def weighted_focal_loss(
     ignore_index: int = -100,
     normalize: Normalize = "weights",
 ) -> Tensor:
-    r"""Weighted focal loss, Eq. 2 of Sec. 3.6 (Lin et al., 2017, with class weights).
+    r"""Weighted focal loss: cross-entropy with class weights and a focusing term.
+
+    Eq. 2 of Sec. 3.6 of the paper (the focal loss of Lin et al., 2017, with class weights).
 
     Per sample, :math:`\ell = -\alpha_y (1 - p_y)^\gamma \log p_y` where :math:`p_y` is the
     softmax probability of the true class. :math:`\log p_y` comes from
@@ -163,7 +165,9 @@ def weighted_focal_loss(
 
 
 class WeightedFocalLoss(nn.Module):
-    r"""Weighted focal loss (Sec. 3.6, Eq. 2); see :func:`weighted_focal_loss`.
+    r"""Module form of the weighted focal loss; see :func:`weighted_focal_loss`.
+
+    Sec. 3.6 of the paper, Eq. 2.
 
     ``alpha`` is a buffer, so it follows ``.to()`` and is stored in the ``state_dict``.
 

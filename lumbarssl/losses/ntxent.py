@@ -241,7 +241,9 @@ def multi_positive_ntxent(
     chunk_size: int | None = None,
     gather_distributed: bool = False,
 ) -> Tensor:
-    r"""Multi-positive NT-Xent loss (Sec. 3.6, Eq. 3 or 4, averaged as in Eq. 5).
+    r"""Multi-positive NT-Xent loss over groups of views, such as the views of one disc.
+
+    Sec. 3.6 of the paper: Eq. 3 (or Eq. 4 as printed) per anchor, averaged as in Eq. 5.
 
     Rows that share a group id are positives of each other (the views of one disc); every
     other row is a negative. Similarities are cosine similarities divided by ``temperature``;
@@ -252,8 +254,8 @@ def multi_positive_ntxent(
     Eq. 4 exactly as printed, with :math:`1/|P(i)|` multiplying both the log-sum-exp over the
     positives and the log of the denominator. The two are equal only when every anchor has
     exactly one positive (``V = 2``). For ``V >= 3`` Eq. 3 is strictly larger: per anchor,
-    :math:`\ell_i^{(3)} \ge \ell_i^{(4)} + \log |P(i)|` (proof in :mod:`lumbarssl.losses.ntxent`
-    and on the API page, section *Eq. 3 vs Eq. 4*).
+    :math:`\ell_i^{(3)} \ge \ell_i^{(4)} + \log |P(i)|` (proved in the section *Eq. 3 vs
+    Eq. 4* of the API documentation of :mod:`lumbarssl.losses`).
 
     Logits are computed in float32 (float64 for float64 input) with autocast disabled, so the
     result is float32 under bf16/fp16 autocast. The exponentials are shifted by the detached
@@ -376,7 +378,9 @@ def _ntxent(
 
 
 class MultiPositiveNTXent(nn.Module):
-    r"""Multi-positive NT-Xent loss (Sec. 3.6, Eq. 3-5); see :func:`multi_positive_ntxent`.
+    r"""Module form of the multi-positive NT-Xent loss; see :func:`multi_positive_ntxent`.
+
+    Sec. 3.6 of the paper, Eq. 3-5. ``forward`` takes the inputs of the function.
 
     Args:
         temperature: :math:`\tau > 0`; the paper uses 0.1 (Sec. 4.3).
