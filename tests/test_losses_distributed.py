@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime
 import multiprocessing as mp
-import os
 import socket
 from pathlib import Path
 
@@ -102,7 +101,6 @@ def rank_results(
     out_dir = tmp_path_factory.mktemp("ddp")
     context = mp.get_context("spawn")
     port = _free_port()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     procs = [context.Process(target=_worker, args=(r, port, str(out_dir))) for r in range(WORLD)]
     for proc in procs:
         proc.start()
