@@ -286,7 +286,8 @@ def multi_positive_ntxent(
 
     Returns:
         Scalar loss. If no anchor has a positive, a zero connected to the graph and a
-        warning.
+        warning. The hand-written backward supports first-order gradients only
+        (``create_graph=True`` through this loss is not supported).
 
     Raises:
         ValueError: For hyper-parameters out of range or inputs of the wrong shape or dtype.
