@@ -1,21 +1,23 @@
 """A tiny pretraining-like run, launched by ``torchrun`` in test_training_distributed.py.
 
 Run under ``torchrun --nproc_per_node 2`` it trains with DistributedDataParallel; run as a
-plain script (or through :func:`main`) it is the single-process reference. Each sample carries
-V fixed "views" (deterministic, no random augmentation, so both runs see identical inputs) and
-the encoder + projection head maps every view to an embedding, as in contrastive pretraining.
+plain script (or through :func:`main`) it is the single-process reference. The loss is the
+paper's multi-positive NT-Xent, gathered across processes. Each sample carries V fixed "views"
+(deterministic, no random augmentation, so both runs see identical inputs) and the encoder +
+projection head maps every view to an embedding, as in contrastive pretraining.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
+from lumbarssl.losses import MultiPositiveNTXent
 from lumbarssl.training import Trainer, TrainerConfig, cleanup, init_distributed
 
 N_SAMPLES = 32
@@ -43,21 +45,12 @@ class FixedViews(Dataset[Batch]):
         return self.views[index], self.targets[index]
 
 
-def per_view_mse(embeddings: Tensor, targets: Tensor) -> Tensor:
-    """Mean squared distance of each view's embedding (B, V, D) to its sample's target (B, D).
-
-    A per-sample loss averaged over the local batch: DDP's gradient averaging over two equal
-    halves then reproduces the gradient of the mean over the whole doubled batch.
-    """
-    return (embeddings - targets.unsqueeze(1)).pow(2).mean()
-
-
-# TODO(lead): switch to MultiPositiveNTXent(gather_distributed=True) after merge, i.e.
-#   LOSS = lambda embeddings, _: MultiPositiveNTXent(temperature=0.1,
-#                                                    gather_distributed=True)(embeddings)
-# Its per-rank loss is the mean over local anchors against the gathered global batch, so the
-# two-process loss curve must still match the single-process doubled batch.
-LOSS: Callable[[Tensor, Tensor], Tensor] = per_view_mse
+# Training gathers embeddings from every process, so negatives span the global batch; each
+# rank's loss is the mean over its local anchors, and DDP's gradient averaging then gives the
+# single-process gradient of the doubled batch. Validation runs on rank 0 alone (the Trainer
+# broadcasts its metrics), so it must not gather: it uses the same loss without the gather.
+TRAIN_LOSS = MultiPositiveNTXent(temperature=0.1, gather_distributed=True)
+LOCAL_LOSS = MultiPositiveNTXent(temperature=0.1, gather_distributed=False)
 
 
 def make_model() -> nn.Module:
@@ -67,11 +60,21 @@ def make_model() -> nn.Module:
     return nn.Sequential(encoder, projection)
 
 
-def step(model: nn.Module, batch: Batch) -> Tensor:
-    views, targets = batch
+def embed(model: nn.Module, batch: Batch) -> Tensor:
+    views, _ = batch
     b, v, f = views.shape
-    embeddings = model(views.reshape(b * v, f)).reshape(b, v, -1)
-    return LOSS(embeddings, targets)
+    embeddings: Tensor = model(views.reshape(b * v, f)).reshape(b, v, -1)
+    return embeddings
+
+
+def step(model: nn.Module, batch: Batch) -> Tensor:
+    loss: Tensor = TRAIN_LOSS(embed(model, batch))
+    return loss
+
+
+def evaluate(model: nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
+    losses = [float(LOCAL_LOSS(embed(model, batch))) for batch in batches]
+    return {"loss": sum(losses) / len(losses)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -107,7 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             monitor="val_loss",
             progress="lines",
         )
-        Trainer(model, optimizer, train_step=step, config=config).fit(loader, val_loader)
+        Trainer(model, optimizer, train_step=step, evaluate=evaluate, config=config).fit(
+            loader, val_loader
+        )
     finally:
         cleanup()
     return 0
