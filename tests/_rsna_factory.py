@@ -7,9 +7,9 @@ using the code under test:
   ``k`` (spatial order = increasing position along the slice normal), so a ROI or localizer
   channel tells which slice it came from;
 * ``MARKER`` at the pixel of each annotated coordinate on the annotated slice;
-* ``0`` at the bottom-right pixel, so every slice has minimum 0 and maximum ``MARKER`` (after
-  rescaling), and min-max normalisation maps the background of slice ``k`` to
-  ``(BACKGROUND + BACKGROUND_STEP * k) / MARKER``.
+* ``0`` at the bottom-right pixel and ``MARKER`` at the bottom-left one, so every slice has
+  minimum 0 and maximum ``MARKER`` (before ``offset``), and min-max normalisation maps the
+  background of slice ``k`` to ``(BACKGROUND + BACKGROUND_STEP * k) / MARKER``.
 
 Stored values are ``(real - intercept) / slope``; ``offset`` shifts all real values (negative
 values test signed pixels).
@@ -153,10 +153,12 @@ def expected_slice(study: Study, series: Series, slice_index: int) -> np.ndarray
             if 0 <= row < height and 0 <= col < width:
                 image[row, col] = MARKER
     image[height - 1, width - 1] = 0.0
+    image[height - 1, 0] = MARKER
     return image + series.offset
 
 
-def _dataset(study: Study, series: Series, slice_index: int) -> Dataset:
+def build_dataset(study: Study, series: Series, slice_index: int) -> Dataset:
+    """The pydicom dataset of one slice, as :func:`write_series` writes it."""
     real = expected_slice(study, series, slice_index)
     stored = np.rint((real - series.intercept) / series.slope)
     dtype = np.int16 if series.signed else np.uint16
@@ -213,7 +215,7 @@ def write_series(images_dir: Path, study: Study, series: Series) -> None:
         if kind == "html":
             path.write_text("<!DOCTYPE html><html><body>Access denied</body></html>\n")
             continue
-        pydicom.dcmwrite(path, _dataset(study, series, k), enforce_file_format=True)
+        pydicom.dcmwrite(path, build_dataset(study, series, k), enforce_file_format=True)
         if kind == "truncated":
             data = path.read_bytes()
             path.write_bytes(data[: len(data) // 2])
@@ -278,8 +280,11 @@ def plain_study(study_id: int, series: Series | None = None) -> Study:
 def quirk_study(quirk: str, study_id: int) -> Study:
     """A study that carries exactly one quirk of :data:`QUIRKS`."""
     sid = study_id * 10 + 1
+    if quirk == "instances_against_space":
+        # Annotated off-centre so that instance and spatial neighbours differ.
+        series = Series(sid, instances_against_space=True, n_slices=7)
+        return Study(study_id, [series], five_levels(sid, 1), dict(GRADES))
     variants = {
-        "instances_against_space": Series(sid, instances_against_space=True, n_slices=7),
         "instances_offset": Series(sid, first_instance=101),
         "rescale": Series(sid, slope=2.0, intercept=-1000.0),
         "signed": Series(sid, signed=True, offset=-3000.0),
@@ -329,14 +334,20 @@ class Fixture:
 
 
 def make_rsna_dir(
-    root: Path, *, n_plain: int = 2, quirks: Iterable[str] = (), first_id: int = 1000
+    root: Path,
+    *,
+    n_plain: int = 2,
+    quirks: Iterable[str] = (),
+    first_id: int = 1000,
+    extra: Iterable[Study] = (),
 ) -> Fixture:
-    """Write ``n_plain`` clean studies plus one study per quirk under ``root``."""
+    """Write ``n_plain`` clean studies, one study per quirk and ``extra`` under ``root``."""
     studies = [plain_study(first_id + i) for i in range(n_plain)]
     quirk_of: dict[str, Study] = {}
     for j, quirk in enumerate(quirks):
         study = quirk_study(quirk, first_id + n_plain + j)
         studies.append(study)
         quirk_of[quirk] = study
+    studies.extend(extra)
     write_rsna_dir(root, studies)
     return Fixture(root, studies, quirk_of)
