@@ -5,18 +5,14 @@ output directory; :class:`PreparedCache` opens them for the datasets. Row ``i`` 
 ``index.csv`` describes row ``i`` of every per-disc array. The directory is complete only once
 ``prepare_meta.json`` exists; :meth:`PreparedCache.open` refuses anything else.
 
-====================================  ==================================================
-file                                  content
-====================================  ==================================================
-``index.csv``                         one row per usable disc (:data:`INDEX_COLUMNS`)
-``rois.npy``                          uint8 (N, H, W) ROIs, memory-mappable
-``rois/<study>/<series>_<instance>_<level>.png``  the same ROIs as 8-bit PNG
-``rois_multislice.npy``               uint8 (N, S, H, W), with ``--slices S`` > 1
-``rois_multislice_mask.npy``          bool (N, S): ``False`` where an edge slice repeats
-``localizer_images.npy``              uint8 (U, 3, 256, 256) localizer inputs
-``skipped.csv``                       every row not used (:data:`SKIPPED_COLUMNS`)
-``prepare_meta.json``                 settings, input fingerprint, counts; written last
-====================================  ==================================================
+* ``index.csv``: one row per usable disc (:data:`INDEX_COLUMNS`);
+* ``rois.npy``: uint8 (N, H, W) ROIs, memory-mappable, and the same ROIs as 8-bit PNG files
+  ``rois/<study>/<series>_<instance>_<level>.png``;
+* ``rois_multislice.npy``: uint8 (N, S, H, W), with ``--slices S`` > 1, and
+  ``rois_multislice_mask.npy``: bool (N, S), ``False`` where an edge slice repeats;
+* ``localizer_images.npy``: uint8 (U, 3, 256, 256) localizer inputs;
+* ``skipped.csv``: every row not used (:data:`SKIPPED_COLUMNS`);
+* ``prepare_meta.json``: settings, input fingerprint, counts; written last.
 """
 
 from __future__ import annotations
