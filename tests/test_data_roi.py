@@ -11,6 +11,7 @@ from hypothesis.extra.numpy import arrays
 from lumbarssl.data.roi import (
     crop_centered,
     extract_roi,
+    intensity_range,
     is_inside,
     localizer_input,
     normalize_slice,
@@ -152,8 +153,25 @@ def test_invalid_arguments_are_rejected(kwargs: dict[str, object], match: str) -
 
 
 def test_non_2d_input_is_rejected() -> None:
-    with pytest.raises(ValueError, match=r"expected a 2-D slice \(H, W\), got shape \(2, 4, 4\)"):
+    with pytest.raises(ValueError, match=r"2-D slice \(H, W\), got shape \(2, 4, 4\)"):
         extract_roi(np.zeros((2, 4, 4)), 1.0, 1.0)
+    with pytest.raises(ValueError, match="non-finite"):
+        intensity_range(np.array([[0.0, np.inf]]))
+
+
+def test_a_known_value_range_gives_the_same_roi() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(40, 50)) * 300
+    low, high = intensity_range(image)
+    assert (low, high) == (image.min(), image.max())
+    np.testing.assert_array_equal(
+        extract_roi(image, 3.0, 30.0, 16, value_range=(low, high)),
+        extract_roi(image, 3.0, 30.0, 16),
+    )
+    # A crop normalised with the slice's range equals the same crop of the normalised slice.
+    whole = normalize_slice(image)
+    part = normalize_slice(image[5:20, 10:30], (low, high))
+    np.testing.assert_array_equal(part, whole[5:20, 10:30])
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,16 @@
-"""Reading the RSNA 2024 layout, the synthetic stand-in, ROI caches and datasets."""
+"""Reading the RSNA 2024 layout, the synthetic stand-in, ROI caches and datasets.
+
+The datasets (torch, torchvision) and the splits (scikit-learn) are imported on first use, so
+``lumbarssl prepare`` and its worker processes start without loading those libraries.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from lumbarssl.data.cache import DiscTable, IncompleteCacheError, PreparedCache, read_disc_table
 from lumbarssl.data.constants import LEVELS, SEVERITIES, SEVERITY_TO_LABEL
-from lumbarssl.data.datasets import DiscDatasetConfig, DiscROIDataset, LocalizerDataset, Mode
 from lumbarssl.data.dicom import (
     DicomReadError,
     DicomSeries,
@@ -28,6 +36,7 @@ from lumbarssl.data.roi import (
     ROI_SIZE,
     crop_centered,
     extract_roi,
+    intensity_range,
     is_inside,
     localizer_input,
     normalize_slice,
@@ -35,7 +44,20 @@ from lumbarssl.data.roi import (
     to_uint8,
 )
 from lumbarssl.data.skips import OnError, RSNADataError, Skip, SkipReason
-from lumbarssl.data.splits import disc_level_split, study_level_split, train_val_test_split
+
+if TYPE_CHECKING:
+    from lumbarssl.data.datasets import DiscDatasetConfig, DiscROIDataset, LocalizerDataset, Mode
+    from lumbarssl.data.splits import disc_level_split, study_level_split, train_val_test_split
+
+_LAZY = {
+    "DiscDatasetConfig": "lumbarssl.data.datasets",
+    "DiscROIDataset": "lumbarssl.data.datasets",
+    "LocalizerDataset": "lumbarssl.data.datasets",
+    "Mode": "lumbarssl.data.datasets",
+    "disc_level_split": "lumbarssl.data.splits",
+    "study_level_split": "lumbarssl.data.splits",
+    "train_val_test_split": "lumbarssl.data.splits",
+}
 
 __all__ = [
     "LEVELS",
@@ -68,6 +90,7 @@ __all__ = [
     "disc_level_split",
     "extract_roi",
     "format_summary",
+    "intensity_range",
     "is_inside",
     "localizer_input",
     "normalize_slice",
@@ -84,3 +107,15 @@ __all__ = [
     "to_uint8",
     "train_val_test_split",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

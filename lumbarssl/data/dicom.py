@@ -45,6 +45,12 @@ _POSITION_TOLERANCE_MM = 1e-3
 #: Direction cosines of two slices this close count as the same orientation.
 _ORIENTATION_TOLERANCE = 1e-3
 _INSTALL_HINT = 'pip install "lumbarssl[dicom]"'
+_INSTANCE_NUMBER = 0x00200013
+_POSITION = 0x00200032
+_ORIENTATION = 0x00200037
+_PIXEL_SPACING = 0x00280030
+_ROWS = 0x00280010
+_COLUMNS = 0x00280011
 
 
 class DicomReadError(ValueError):
@@ -197,41 +203,71 @@ def _dcmread(path: Path, *, stop_before_pixels: bool) -> Dataset:
         raise DicomReadError(path, f"unreadable DICOM ({type(exc).__name__}: {exc})") from exc
 
 
-def _floats(ds: Dataset, keyword: str, count: int) -> tuple[float, ...] | None:
-    value = ds.get(keyword)
-    if value is None:
+def _numbers(ds: Dataset, tag: int) -> tuple[float, ...] | None:
+    """Values of a DS/IS element, parsed from its raw text when it is still raw.
+
+    pydicom's conversion of decimal strings is several times slower than reading the header;
+    the raw bytes are ASCII numbers separated by backslashes.
+    """
+    element = ds.get_item(tag)
+    if element is None or element.value is None:
         return None
+    value = element.value
+    if isinstance(value, bytes):
+        parts: list[str] = value.decode("ascii", errors="replace").strip(" \x00").split("\\")
+    elif isinstance(value, str | int | float):
+        parts = [str(value)]
+    else:
+        parts = [str(v) for v in value]
     try:
-        numbers = tuple(float(v) for v in (value if isinstance(value, Sequence) else [value]))
-    except (TypeError, ValueError):
+        numbers = tuple(float(part) for part in parts)
+    except ValueError:
         return None
-    if len(numbers) != count or not all(np.isfinite(numbers)):
+    return numbers if all(np.isfinite(numbers)) else None
+
+
+def _unsigned(ds: Dataset, tag: int) -> int | None:
+    """Value of a US element (Rows, Columns), from its raw bytes when still raw."""
+    element = ds.get_item(tag)
+    if element is None or element.value is None:
         return None
-    return numbers
+    value = element.value
+    if isinstance(value, bytes):
+        if len(value) != 2:
+            return None
+        little_endian = ds.original_encoding[1] is not False
+        return int.from_bytes(value, "little" if little_endian else "big")
+    return int(value)
 
 
 def _header(path: Path, ds: Dataset) -> SliceHeader:
-    instance = ds.get("InstanceNumber")
-    if instance is None or str(instance).strip() == "":
-        if not path.stem.isdigit():
-            raise DicomReadError(path, "no InstanceNumber and the file name is not a number")
-        instance = path.stem
-    try:
-        rows, columns = int(ds.Rows), int(ds.Columns)
-    except AttributeError as exc:
-        raise DicomReadError(path, "no Rows/Columns: not an image") from exc
-    spacing = _floats(ds, "PixelSpacing", 2)
-    position = _floats(ds, "ImagePositionPatient", 3)
-    orientation = _floats(ds, "ImageOrientationPatient", 6)
+    instance = _numbers(ds, _INSTANCE_NUMBER)
+    if instance is not None and len(instance) == 1 and float(instance[0]).is_integer():
+        instance_number = int(instance[0])
+    elif path.stem.isdigit():
+        instance_number = int(path.stem)
+    else:
+        raise DicomReadError(path, "no valid InstanceNumber and the file name is not a number")
+    rows, columns = _unsigned(ds, _ROWS), _unsigned(ds, _COLUMNS)
+    if rows is None or columns is None:
+        raise DicomReadError(path, "no Rows/Columns: not an image")
+    spacing = _numbers(ds, _PIXEL_SPACING)
+    position = _numbers(ds, _POSITION)
+    orientation = _numbers(ds, _ORIENTATION)
     return SliceHeader(
         path=path,
-        instance_number=int(instance),
+        instance_number=instance_number,
         rows=rows,
         columns=columns,
-        pixel_spacing=None if spacing is None else (spacing[0], spacing[1]),
-        position=None if position is None else (position[0], position[1], position[2]),
-        orientation=None if orientation is None else _six(orientation),
+        pixel_spacing=None if spacing is None or len(spacing) != 2 else (spacing[0], spacing[1]),
+        position=None if position is None or len(position) != 3 else _three(position),
+        orientation=None if orientation is None or len(orientation) != 6 else _six(orientation),
     )
+
+
+def _three(values: tuple[float, ...]) -> tuple[float, float, float]:
+    a, b, c = values
+    return a, b, c
 
 
 def _six(values: tuple[float, ...]) -> tuple[float, float, float, float, float, float]:
@@ -322,17 +358,19 @@ def _spatial_order(
     headers: Sequence[SliceHeader],
 ) -> tuple[list[SliceHeader], Literal["position", "instance_number"]]:
     by_instance = sorted(headers, key=lambda h: h.instance_number)
-    if not headers or any(h.position is None or h.normal is None for h in headers):
-        return by_instance, "instance_number"
+    normal = headers[0].normal if headers else None
     reference = headers[0].orientation
-    assert reference is not None  # every header has one here
+    if normal is None or reference is None:
+        return by_instance, "instance_number"
+    distance: dict[int, float] = {}
     for header in headers:
-        assert header.orientation is not None
-        if not np.allclose(header.orientation, reference, atol=_ORIENTATION_TOLERANCE):
+        if header.position is None or header.orientation is None:
             return by_instance, "instance_number"
-    normal = headers[0].normal
-    assert normal is not None
-    distance = {id(h): float(np.dot(h.position or (0.0, 0.0, 0.0), normal)) for h in headers}
+        if max(abs(a - b) for a, b in zip(header.orientation, reference, strict=True)) > (
+            _ORIENTATION_TOLERANCE
+        ):
+            return by_instance, "instance_number"
+        distance[id(header)] = float(np.dot(header.position, normal))
     ordered = sorted(headers, key=lambda h: (distance[id(h)], h.instance_number))
     gaps = np.diff([distance[id(h)] for h in ordered])
     if np.any(gaps < _POSITION_TOLERANCE_MM):

@@ -73,11 +73,10 @@ from lumbarssl.data.index import DiscRecord, read_index
 from lumbarssl.data.roi import (
     LOCALIZER_SIZE,
     ROI_SIZE,
-    crop_centered,
+    extract_roi,
+    intensity_range,
     is_inside,
     localizer_input,
-    normalize_slice,
-    to_uint8,
 )
 from lumbarssl.data.skips import OnError, RSNADataError, Skip, SkipReason
 
@@ -85,6 +84,8 @@ __all__ = ["PrepareConfig", "PrepareResult", "format_summary", "prepare_cache", 
 
 #: Bumped when the layout of the prepared files changes.
 CACHE_FORMAT_VERSION = 1
+#: zlib level of the ROI PNGs: lossless at any level; 1 is several times faster than 6.
+_PNG_COMPRESSION = 1
 
 
 @dataclass(frozen=True)
@@ -207,37 +208,45 @@ class _StudyOutput:
     skips: list[Skip] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class _Decoded:
+    pixels: np.ndarray  # float32 (H, W), rescaled
+    value_range: tuple[float, float]  # the slice's min and max, for min-max normalisation
+
+
 class _SeriesSlices:
-    """Decodes each slice of one series at most once and keeps it normalised to [0, 1]."""
+    """Decodes each slice of one series at most once, on first use."""
 
     def __init__(self, geometry: SeriesGeometry) -> None:
         self.geometry = geometry
-        self._cache: dict[int, np.ndarray | DicomReadError] = {}
+        self._cache: dict[int, _Decoded | DicomReadError] = {}
 
-    def get(self, index: int) -> np.ndarray | DicomReadError:
+    def get(self, index: int) -> _Decoded | DicomReadError:
         if index not in self._cache:
             path = self.geometry.slices[index].path
             try:
                 pixels = read_slice(path)
-                if not np.isfinite(pixels).all():
-                    raise DicomReadError(path, "pixel values are not finite after rescaling")
-                self._cache[index] = normalize_slice(pixels)
+                try:
+                    value_range = intensity_range(pixels)
+                except ValueError as exc:
+                    raise DicomReadError(path, f"unusable pixel values: {exc}") from exc
+                self._cache[index] = _Decoded(pixels, value_range)
             except DicomReadError as exc:
                 self._cache[index] = exc
         return self._cache[index]
 
-    def neighbour(self, center: int, offset: int) -> tuple[np.ndarray, bool]:
+    def neighbour(self, center: int, offset: int) -> tuple[_Decoded, bool]:
         """Slice ``center + offset`` (edges repeat); ``False`` when it is not a distinct slice.
 
         An unreadable neighbour is replaced by the centre slice (also flagged ``False``).
         """
         index = min(max(center + offset, 0), len(self.geometry) - 1)
-        pixels = self.get(index)
-        center_pixels = self.get(center)
-        assert isinstance(center_pixels, np.ndarray)  # callers check the centre first
-        if isinstance(pixels, DicomReadError):
-            return center_pixels, offset == 0
-        return pixels, index == center + offset
+        decoded = self.get(index)
+        center_decoded = self.get(center)
+        assert isinstance(center_decoded, _Decoded)  # callers check the centre first
+        if isinstance(decoded, DicomReadError):
+            return center_decoded, offset == 0
+        return decoded, index == center + offset
 
 
 def _file_skip(disc: DiscRecord, reason: SkipReason, detail: str, file: Path) -> Skip:
@@ -295,32 +304,36 @@ def _extract_series(
             continue
         center = geometry.index_of(disc.instance_number)
         header = geometry.slices[center]
-        pixels = slices.get(center)
-        if isinstance(pixels, MissingDecoderError):
-            skip(disc, SkipReason.UNSUPPORTED_TRANSFER_SYNTAX, pixels.reason, header.path)
+        decoded = slices.get(center)
+        if isinstance(decoded, MissingDecoderError):
+            skip(disc, SkipReason.UNSUPPORTED_TRANSFER_SYNTAX, decoded.reason, header.path)
             continue
-        if isinstance(pixels, DicomReadError):
-            skip(disc, SkipReason.CORRUPT_FILE, pixels.reason, header.path)
+        if isinstance(decoded, DicomReadError):
+            skip(disc, SkipReason.CORRUPT_FILE, decoded.reason, header.path)
             continue
-        if not is_inside(pixels.shape, disc.x, disc.y):
-            detail = f"(x, y) = ({disc.x}, {disc.y}) is outside the {pixels.shape} image"
+        shape = decoded.pixels.shape
+        if not is_inside(shape, disc.x, disc.y):
+            detail = f"(x, y) = ({disc.x}, {disc.y}) is outside the {shape} image"
             skip(disc, SkipReason.OUTSIDE_IMAGE, detail, header.path)
             continue
-        size = config.roi_size
-        out.rois.append(
-            to_uint8(crop_centered(pixels, disc.x, disc.y, size, pad_value=config.pad_value))
-        )
+
+        def roi(source: _Decoded, disc: DiscRecord = disc) -> np.ndarray:
+            return extract_roi(
+                source.pixels,
+                disc.x,
+                disc.y,
+                config.roi_size,
+                pad_value=config.pad_value,
+                value_range=source.value_range,
+            )
+
+        out.rois.append(roi(decoded))
         if config.slices > 1:
-            stack, mask = [], []
-            for offset in range(-half, half + 1):
-                neighbour, distinct = slices.neighbour(center, offset)
-                crop = crop_centered(neighbour, disc.x, disc.y, size, pad_value=config.pad_value)
-                stack.append(to_uint8(crop))
-                mask.append(distinct)
-            out.multislice.append(np.stack(stack))
-            out.masks.append(np.asarray(mask, dtype=bool))
+            neighbours = [slices.neighbour(center, offset) for offset in range(-half, half + 1)]
+            out.multislice.append(np.stack([roi(n) for n, _ in neighbours]))
+            out.masks.append(np.asarray([distinct for _, distinct in neighbours], dtype=bool))
         if center not in localizer_rows:
-            trio = [slices.neighbour(center, offset)[0] for offset in (-1, 0, 1)]
+            trio = [slices.neighbour(center, offset)[0].pixels for offset in (-1, 0, 1)]
             localizer_rows[center] = len(out.localizer)
             out.localizer.append(localizer_input(trio, 1, config.localizer_size))
         spacing = header.pixel_spacing
@@ -337,8 +350,8 @@ def _extract_series(
                 "roi_path": _roi_path(disc),
                 "row_spacing_mm": None if spacing is None else spacing[0],
                 "col_spacing_mm": None if spacing is None else spacing[1],
-                "height": pixels.shape[0],
-                "width": pixels.shape[1],
+                "height": shape[0],
+                "width": shape[1],
                 "slice_index": center,
                 "n_slices": len(geometry),
                 "localizer_index": localizer_rows[center],
@@ -433,12 +446,13 @@ class _StudyTask:
 def _run_study(task: _StudyTask) -> int:
     """Extract one study, write its PNGs and its partial file atomically; return its rows."""
     out = _extract_study(task.data_dir, task.study_id, task.discs, task.config)
+    # PNGs need no temporary names: the study counts as done only once its partial file
+    # exists, and a resumed run rewrites the PNGs of every study that is not done.
+    if out.rows:
+        (task.out_dir / ROIS_DIR / str(task.study_id)).mkdir(parents=True, exist_ok=True)
     for row, roi in zip(out.rows, out.rois, strict=True):
         path = task.out_dir / str(row["roi_path"])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        Image.fromarray(roi, mode="L").save(tmp, format="PNG")
-        os.replace(tmp, path)
+        Image.fromarray(roi).save(path, format="PNG", compress_level=_PNG_COMPRESSION)
     meta = json.dumps({"rows": out.rows, "skips": [_skip_to_json(s) for s in out.skips]})
     arrays = {name.removesuffix(".npy"): a for name, a in _study_arrays(out, task.config).items()}
     target = _partial_path(task.out_dir, task.study_id)
@@ -559,9 +573,9 @@ def _assemble(
         skips.extend(study_skips)
         row_offset += len(rows)
         localizer_offset += n_localizer
-    for target in targets.values():
-        target.flush()
-    targets.clear()  # closes the memmaps before the renames
+    # Unmapping publishes the data to the page cache; no msync: like every file here, the
+    # cache guards against interrupted processes, not against power loss.
+    targets.clear()
     for name in shapes:
         os.replace(out_dir / f"{name}.tmp", out_dir / name)
     _write_csv(
