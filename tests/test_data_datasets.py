@@ -208,6 +208,7 @@ def test_dataset_config_validation(kwargs: dict[str, object], match: str) -> Non
 def test_dataset_config_round_trips_through_json() -> None:
     config = DiscDatasetConfig(input_size=128, n_views=4, crop_scale=(0.7, 0.9), mean=0.1, std=0.2)
     assert DiscDatasetConfig.from_json(config.to_json()) == config
+    assert DiscDatasetConfig.from_dict(config.to_dict()) == config
 
 
 def test_paper_defaults() -> None:

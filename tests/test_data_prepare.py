@@ -432,7 +432,10 @@ def test_config_validation_names_the_bad_value(kwargs: dict[str, object], match:
 
 def test_config_round_trips_through_json() -> None:
     config = PrepareConfig(roi_size=64, slices=5, pad_value=0.5, on_error="raise")
-    assert PrepareConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
+    assert PrepareConfig.from_json(config.to_json()) == config
+    assert PrepareConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(ValueError, match=r"unknown PrepareConfig fields \['roi'\]"):
+        PrepareConfig.from_dict({"roi": 3})
 
 
 def test_workers_must_be_positive(fixture: Fixture, tmp_path: Path) -> None:

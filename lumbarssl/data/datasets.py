@@ -9,9 +9,10 @@ in each worker process; call :func:`torch.manual_seed` for reproducible views.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from lumbarssl.data._config import known_fields
 from lumbarssl.data.cache import PreparedCache
 from lumbarssl.data.constants import MISSING_LABEL
 from lumbarssl.data.prepare import PrepareConfig, prepare_in_memory
@@ -54,14 +56,14 @@ class DiscDatasetConfig:
         std: Intensity standard deviation divided by; ``None`` uses the cache's.
     """
 
-    input_size: int = 224
-    n_views: int = 3
-    crop_scale: tuple[float, float] = (0.8, 1.0)
-    hflip_p: float = 0.5
-    rotation_degrees: float = 15.0
-    brightness: float = 0.2
-    contrast: float = 0.2
-    mean: float | None = None
+    input_size: int = 224  # Sec. 4.2
+    n_views: int = 3  # Sec. 4.3: V views per disc
+    crop_scale: tuple[float, float] = (0.8, 1.0)  # Sec. 4.2
+    hflip_p: float = 0.5  # Sec. 4.2 flips; the probability is ours
+    rotation_degrees: float = 15.0  # Sec. 4.2: +/- 15 degrees
+    brightness: float = 0.2  # Sec. 4.2 jitter; the magnitude is ours
+    contrast: float = 0.2  # Sec. 4.2 jitter; the magnitude is ours
+    mean: float | None = None  # Sec. 4.2: dataset statistics
     std: float | None = None
 
     def __post_init__(self) -> None:
@@ -82,23 +84,43 @@ class DiscDatasetConfig:
         if self.std is not None and self.std <= 0.0:
             raise ValueError(f"std must be > 0, got {self.std}")
 
+    def to_dict(self) -> dict[str, object]:
+        """Return the fields as a JSON-compatible dict; :meth:`from_dict` inverts it."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> DiscDatasetConfig:
+        """Rebuild a config from :meth:`to_dict`'s output (lists are read as tuples).
+
+        Args:
+            data: Field values; missing fields take their defaults.
+
+        Returns:
+            The validated config.
+
+        Raises:
+            ValueError: If a key is not a field or a value is invalid.
+        """
+        values = known_fields(cls, data)
+        if isinstance(values.get("crop_scale"), list):
+            values["crop_scale"] = tuple(values["crop_scale"])
+        return cls(**values)
+
     def to_json(self) -> str:
         """Serialise to a JSON string; :meth:`from_json` inverts it."""
-        return json.dumps(asdict(self))
+        return json.dumps(self.to_dict())
 
     @classmethod
     def from_json(cls, text: str) -> DiscDatasetConfig:
-        """Rebuild a config from :meth:`to_json` output.
+        """Rebuild a config from :meth:`to_json`'s output.
 
         Args:
             text: The JSON string.
 
         Returns:
-            The config.
+            The validated config.
         """
-        data: dict[str, Any] = json.loads(text)
-        data["crop_scale"] = tuple(data["crop_scale"])
-        return cls(**data)
+        return cls.from_dict(json.loads(text))
 
 
 def _open(cache: PreparedCache | str | Path) -> PreparedCache:

@@ -38,6 +38,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from lumbarssl import __version__
+from lumbarssl.data._config import known_fields
 from lumbarssl.data.cache import (
     INDEX_COLUMNS,
     INDEX_CSV,
@@ -103,10 +104,10 @@ class PrepareConfig:
             ``"raise"`` stops at the first one.
     """
 
-    roi_size: int = ROI_SIZE
+    roi_size: int = ROI_SIZE  # Sec. 4.1: 96 x 96 crops
     slices: int = 1
-    localizer_size: int = LOCALIZER_SIZE
-    pad_value: float = 0.0
+    localizer_size: int = LOCALIZER_SIZE  # Sec. 4.5: 256 x 256 2.5D input
+    pad_value: float = 0.0  # Sec. 3.1: constant padding
     on_error: OnError = "skip"
 
     def __post_init__(self) -> None:
@@ -121,27 +122,40 @@ class PrepareConfig:
         if self.on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise', got {self.on_error!r}")
 
-    def to_json(self) -> dict[str, object]:
-        """Return the settings as a JSON-serialisable dict."""
+    def to_dict(self) -> dict[str, object]:
+        """Return the settings as a JSON-compatible dict; :meth:`from_dict` inverts it."""
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> PrepareConfig:
-        """Rebuild settings saved by :meth:`to_json`.
+    def from_dict(cls, data: Mapping[str, object]) -> PrepareConfig:
+        """Rebuild settings from :meth:`to_dict`'s output.
 
         Args:
-            data: The dict from :meth:`to_json`.
+            data: Field values; missing fields take their defaults.
 
         Returns:
-            The settings.
+            The validated settings.
+
+        Raises:
+            ValueError: If a key is not a field or a value is invalid.
         """
-        return cls(
-            roi_size=int(data["roi_size"]),
-            slices=int(data["slices"]),
-            localizer_size=int(data["localizer_size"]),
-            pad_value=float(data["pad_value"]),
-            on_error="raise" if data["on_error"] == "raise" else "skip",
-        )
+        return cls(**known_fields(cls, data))
+
+    def to_json(self) -> str:
+        """Serialise to a JSON string; :meth:`from_json` inverts it."""
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> PrepareConfig:
+        """Rebuild settings from :meth:`to_json`'s output.
+
+        Args:
+            text: The JSON string.
+
+        Returns:
+            The validated settings.
+        """
+        return cls.from_dict(json.loads(text))
 
 
 @dataclass(frozen=True)
@@ -475,7 +489,7 @@ def _fingerprint(data_dir: Path, config: PrepareConfig) -> dict[str, object]:
     hashes = {}
     for name in (TRAIN_CSV, COORDINATES_CSV, SERIES_CSV):
         hashes[name] = hashlib.sha256((data_dir / name).read_bytes()).hexdigest()
-    settings = config.to_json()
+    settings = config.to_dict()
     del settings["on_error"]  # a study finished in either mode has the same output
     return {"format": CACHE_FORMAT_VERSION, "settings": settings, "csv_sha256": hashes}
 
@@ -694,7 +708,7 @@ def prepare_cache(
         "lumbarssl_version": __version__,
         "format": CACHE_FORMAT_VERSION,
         "data_dir": str(data_dir.resolve()),
-        "config": config.to_json(),
+        "config": config.to_dict(),
         "fingerprint": fingerprint,
     }
     result = _assemble(out_dir, list(studies), index.skips, config, meta, len(done))
@@ -734,5 +748,5 @@ def prepare_in_memory(
     empty = _study_arrays(_StudyOutput(), config)
     arrays = {name: np.concatenate([*blocks.get(name, []), empty[name]]) for name in empty}
     mean, std = _roi_stats(arrays[ROIS_NPY])
-    meta = {"config": config.to_json(), "roi_stats": {"mean": mean, "std": std}}
+    meta = {"config": config.to_dict(), "roi_stats": {"mean": mean, "std": std}}
     return PreparedCache(DiscTable.from_rows(rows), meta=meta, arrays=arrays), tuple(skips)
