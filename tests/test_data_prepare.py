@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,13 +15,18 @@ from _rsna_factory import (
     BACKGROUND_STEP,
     MARKER,
     QUIRKS,
+    Coordinate,
     Fixture,
+    Series,
     Study,
     expected_slice,
     half_up,
     make_rsna_dir,
+    plain_study,
 )
 from PIL import Image
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.uid import JPEGLSLossless
 
 import lumbarssl.data.prepare as prepare_module
 from lumbarssl.cli import main
@@ -441,3 +447,39 @@ def test_config_round_trips_through_json() -> None:
 def test_workers_must_be_positive(fixture: Fixture, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
         prepare_cache(fixture.root, tmp_path, CONFIG, workers=0)
+
+
+def test_remaining_file_level_reasons(tmp_path: Path) -> None:
+    outside = plain_study(1)
+    outside.coordinates[0] = Coordinate(11, 2, "L1/L2", 64.5, 10.0)  # rounds to column 65 of 64
+    jpeg_ls = plain_study(2, Series(21, transfer_syntax=JPEGLSLossless))
+    repeated = plain_study(3)
+    absent = plain_study(4)
+    fixture = make_rsna_dir(
+        tmp_path / "rsna", n_plain=0, extra=[outside, jpeg_ls, repeated, absent]
+    )
+    series_dir = fixture.root / "train_images" / "3" / "31"
+    shutil.copy(series_dir / "1.dcm", series_dir / "copy.dcm")
+    shutil.rmtree(fixture.root / "train_images" / "4" / "41")
+    result = prepare_cache(
+        fixture.root, tmp_path / "out", PrepareConfig(roi_size=8), progress=False
+    )
+    got = Counter((int(r["study_id"]), r["reason"]) for r in _csv(tmp_path / "out" / "skipped.csv"))
+    decoder = (
+        "corrupt_file"
+        if get_decoder(JPEGLSLossless).is_available
+        else ("unsupported_transfer_syntax")
+    )
+    assert got == {(1, "outside_image"): 1, (2, decoder): 5, (3, "bad_geometry"): 5,
+                   (4, "missing_file"): 5}  # fmt: skip
+    assert result.n_discs == 4
+
+
+def test_a_run_where_every_disc_is_skipped_writes_empty_arrays(tmp_path: Path) -> None:
+    fixture = make_rsna_dir(tmp_path / "rsna", n_plain=0, quirks=["html"])
+    result = prepare_cache(fixture.root, tmp_path / "out", CONFIG, progress=False)
+    assert result.n_discs == 0
+    cache = PreparedCache.open(tmp_path / "out")
+    assert cache.rois.shape == (0, ROI, ROI)
+    assert cache.multislice.shape == (0, 3, ROI, ROI)
+    assert cache.localizer_images.shape == (0, 3, LOCALIZER, LOCALIZER)

@@ -298,14 +298,16 @@ def _extract_series(
             skip(disc, SkipReason.MISSING_FILE, "series directory does not exist", series_dir)
         return
     try:
-        geometry = read_series_geometry(series_dir, on_error=config.on_error)
+        # An unreadable file only matters if a disc is annotated on it (checked below); any
+        # other is left out of the spatial order.
+        geometry = read_series_geometry(series_dir, on_error="skip")
     except SeriesGeometryError as exc:
         for disc in discs:
             skip(disc, SkipReason.BAD_GEOMETRY, str(exc), series_dir)
         return
     unreadable = {error.path.name: error for error in geometry.unreadable}
     slices = _SeriesSlices(geometry)
-    localizer_rows: dict[int, int] = {}  # spatial index -> row of out.localizer (per study)
+    localizer_rows: dict[int, int] = {}  # annotated spatial index -> its row in out.localizer
     half = config.slices // 2
     for disc in discs:
         path = series_dir / f"{disc.instance_number}.dcm"
