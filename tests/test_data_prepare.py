@@ -483,3 +483,17 @@ def test_a_run_where_every_disc_is_skipped_writes_empty_arrays(tmp_path: Path) -
     assert cache.rois.shape == (0, ROI, ROI)
     assert cache.multislice.shape == (0, 3, ROI, ROI)
     assert cache.localizer_images.shape == (0, 3, LOCALIZER, LOCALIZER)
+
+
+def test_a_damaged_index_csv_names_file_and_line(prepared: Path, tmp_path: Path) -> None:
+    from lumbarssl.data.cache import read_disc_table
+
+    lines = (prepared / "index.csv").read_text().splitlines()
+    lines[2] = lines[2].replace(",64,64,", ",sixty-four,64,", 1)
+    path = tmp_path / "index.csv"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}:3: "):
+        read_disc_table(path)
+    path.write_text("study_id,x\n1,2\n")
+    with pytest.raises(ValueError, match=r"index.csv:1: missing column\(s\) series_id"):
+        read_disc_table(path)

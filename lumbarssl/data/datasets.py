@@ -52,7 +52,8 @@ class DiscDatasetConfig:
         brightness: Brightness jitter factor range 1 +/- this (our choice).
         contrast: Contrast jitter factor range 1 +/- this (our choice).
         mean: Intensity mean subtracted after scaling to [0, 1]; ``None`` uses the mean of
-            all ROI pixels of the cache (Sec. 4.2: "channel-wise statistics").
+            all ROI pixels of the cache (Sec. 4.2: "channel-wise statistics"; no labels are
+            involved, so using every disc does not leak grades).
         std: Intensity standard deviation divided by; ``None`` uses the cache's.
     """
 
@@ -205,8 +206,8 @@ class DiscROIDataset(Dataset[dict[str, Tensor]]):
         size = self.config.input_size
         normalize = v2.Normalize(mean=[mean], std=[std])
         self.deterministic = v2.Compose([v2.Resize((size, size), antialias=True), normalize])
-        # Rotation and jitter run at ROI resolution, before the crop upsamples: same
-        # distribution of views, several times cheaper than at 224 x 224.
+        # Rotation, jitter and flip run at ROI resolution, before the crop upsamples: the same
+        # kinds of views as the paper's order, several times cheaper than at 224 x 224.
         self.augment = v2.Compose(
             [
                 v2.RandomRotation(
@@ -238,7 +239,8 @@ class DiscROIDataset(Dataset[dict[str, Tensor]]):
         Args:
             data_dir: RSNA 2024 layout directory.
             mode: See the class.
-            prepare_config: Extraction settings (``slices`` > 1 for ``multislice`` mode).
+            prepare_config: Extraction settings; in ``multislice`` mode the default is
+                ``PrepareConfig(slices=3)``, the annotated slice and one neighbour each side.
             config: See the class.
             indices: See the class.
             labeled_only: See the class.
