@@ -1,5 +1,121 @@
-"""Reading the RSNA 2024 layout, the synthetic stand-in, ROI caches and datasets."""
+"""Reading the RSNA 2024 layout, the synthetic stand-in, ROI caches and datasets.
 
+The datasets (torch, torchvision) and the splits (scikit-learn) are imported on first use, so
+``lumbarssl prepare`` and its worker processes start without loading those libraries.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from lumbarssl.data.cache import DiscTable, IncompleteCacheError, PreparedCache, read_disc_table
 from lumbarssl.data.constants import LEVELS, SEVERITIES, SEVERITY_TO_LABEL
+from lumbarssl.data.dicom import (
+    DicomReadError,
+    DicomSeries,
+    MissingDecoderError,
+    SeriesGeometry,
+    SeriesGeometryError,
+    SliceHeader,
+    read_header,
+    read_series,
+    read_series_geometry,
+    read_slice,
+)
+from lumbarssl.data.index import DiscIndex, DiscRecord, read_index
+from lumbarssl.data.prepare import (
+    PrepareConfig,
+    PrepareResult,
+    format_summary,
+    prepare_cache,
+    prepare_in_memory,
+)
+from lumbarssl.data.roi import (
+    LOCALIZER_SIZE,
+    ROI_SIZE,
+    crop_centered,
+    extract_roi,
+    intensity_range,
+    is_inside,
+    localizer_input,
+    normalize_slice,
+    round_coordinate,
+    to_uint8,
+)
+from lumbarssl.data.skips import OnError, RSNADataError, Skip, SkipReason
 
-__all__ = ["LEVELS", "SEVERITIES", "SEVERITY_TO_LABEL"]
+if TYPE_CHECKING:
+    from lumbarssl.data.datasets import DiscDatasetConfig, DiscROIDataset, LocalizerDataset, Mode
+    from lumbarssl.data.splits import disc_level_split, study_level_split, train_val_test_split
+
+_LAZY = {
+    "DiscDatasetConfig": "lumbarssl.data.datasets",
+    "DiscROIDataset": "lumbarssl.data.datasets",
+    "LocalizerDataset": "lumbarssl.data.datasets",
+    "Mode": "lumbarssl.data.datasets",
+    "disc_level_split": "lumbarssl.data.splits",
+    "study_level_split": "lumbarssl.data.splits",
+    "train_val_test_split": "lumbarssl.data.splits",
+}
+
+__all__ = [
+    "LEVELS",
+    "LOCALIZER_SIZE",
+    "ROI_SIZE",
+    "SEVERITIES",
+    "SEVERITY_TO_LABEL",
+    "DicomReadError",
+    "DicomSeries",
+    "DiscDatasetConfig",
+    "DiscIndex",
+    "DiscROIDataset",
+    "DiscRecord",
+    "DiscTable",
+    "IncompleteCacheError",
+    "LocalizerDataset",
+    "MissingDecoderError",
+    "Mode",
+    "OnError",
+    "PrepareConfig",
+    "PrepareResult",
+    "PreparedCache",
+    "RSNADataError",
+    "SeriesGeometry",
+    "SeriesGeometryError",
+    "Skip",
+    "SkipReason",
+    "SliceHeader",
+    "crop_centered",
+    "disc_level_split",
+    "extract_roi",
+    "format_summary",
+    "intensity_range",
+    "is_inside",
+    "localizer_input",
+    "normalize_slice",
+    "prepare_cache",
+    "prepare_in_memory",
+    "read_disc_table",
+    "read_header",
+    "read_index",
+    "read_series",
+    "read_series_geometry",
+    "read_slice",
+    "round_coordinate",
+    "study_level_split",
+    "to_uint8",
+    "train_val_test_split",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,344 @@
+"""The prepared ROI cache: file names, the ``index.csv`` table and lazy memory-mapped arrays.
+
+``lumbarssl prepare`` (:func:`lumbarssl.data.prepare.prepare_cache`) writes the files below into its
+output directory; :class:`PreparedCache` opens them for the datasets. Row ``i`` of
+``index.csv`` describes row ``i`` of every per-disc array. The directory is complete only once
+``prepare_meta.json`` exists; :meth:`PreparedCache.open` refuses anything else.
+
+* ``index.csv``: one row per usable disc (:data:`INDEX_COLUMNS`);
+* ``rois.npy``: uint8 (N, H, W) ROIs, memory-mappable, and the same ROIs as 8-bit PNG files
+  ``rois/<study>/<series>_<instance>_<level>.png``;
+* ``rois_multislice.npy``: uint8 (N, S, H, W), with ``--slices S`` > 1, and
+  ``rois_multislice_mask.npy``: bool (N, S), ``False`` where an edge slice repeats;
+* ``localizer_images.npy``: uint8 (U, 3, 256, 256) localizer inputs;
+* ``skipped.csv``: every row not used (:data:`SKIPPED_COLUMNS`);
+* ``prepare_meta.json``: settings, input fingerprint, counts; written last.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lumbarssl.data.constants import LEVELS
+
+__all__ = [
+    "INDEX_COLUMNS",
+    "INDEX_CSV",
+    "LOCALIZER_NPY",
+    "META_JSON",
+    "MULTISLICE_MASK_NPY",
+    "MULTISLICE_NPY",
+    "PARTIAL_DIR",
+    "ROIS_DIR",
+    "ROIS_NPY",
+    "SKIPPED_COLUMNS",
+    "SKIPPED_CSV",
+    "DiscTable",
+    "IncompleteCacheError",
+    "PreparedCache",
+    "read_disc_table",
+]
+
+INDEX_CSV = "index.csv"
+ROIS_NPY = "rois.npy"
+ROIS_DIR = "rois"
+MULTISLICE_NPY = "rois_multislice.npy"
+MULTISLICE_MASK_NPY = "rois_multislice_mask.npy"
+LOCALIZER_NPY = "localizer_images.npy"
+SKIPPED_CSV = "skipped.csv"
+META_JSON = "prepare_meta.json"
+PARTIAL_DIR = ".partial"
+
+#: Columns of ``index.csv``. ``x``/``y`` are in pixels of the annotated slice, whose size is
+#: ``height`` x ``width`` and whose PixelSpacing is ``row_spacing_mm`` (between rows) and
+#: ``col_spacing_mm`` (between columns; empty when absent). ``slice_index`` is the annotated
+#: slice's place in spatial order among ``n_slices``. ``localizer_index`` is the row of
+#: ``localizer_images.npy`` holding its 2.5D localizer input.
+INDEX_COLUMNS: tuple[str, ...] = (
+    "study_id",
+    "series_id",
+    "instance_number",
+    "level",
+    "x",
+    "y",
+    "severity",
+    "label",
+    "roi_path",
+    "row_spacing_mm",
+    "col_spacing_mm",
+    "height",
+    "width",
+    "slice_index",
+    "n_slices",
+    "localizer_index",
+)
+#: Columns of ``skipped.csv``: the disc (empty fields where unknown), the reason code, the
+#: file concerned, its CSV line (empty for image files) and a human-readable detail.
+SKIPPED_COLUMNS: tuple[str, ...] = (
+    "study_id",
+    "series_id",
+    "instance_number",
+    "level",
+    "reason",
+    "file",
+    "line",
+    "detail",
+)
+
+
+class IncompleteCacheError(FileNotFoundError):
+    """A directory that is not a completed ``lumbarssl prepare`` output."""
+
+
+@dataclass(frozen=True)
+class DiscTable:
+    """The columns of ``index.csv`` as arrays (row ``i`` ↔ cache row ``i``).
+
+    Attributes:
+        study_id: int64 (N,).
+        series_id: int64 (N,).
+        instance_number: int64 (N,).
+        level_id: int64 (N,), index into :data:`~lumbarssl.data.constants.LEVELS`.
+        x: float64 (N,), column of the disc centre in original pixels.
+        y: float64 (N,), row of the disc centre in original pixels.
+        label: int64 (N,), 0/1/2, or -1 for an unlabeled disc.
+        row_spacing_mm: float64 (N,), NaN when unknown.
+        col_spacing_mm: float64 (N,), NaN when unknown.
+        height: int64 (N,), rows of the annotated slice.
+        width: int64 (N,), columns of the annotated slice.
+        slice_index: int64 (N,), spatial index of the annotated slice.
+        n_slices: int64 (N,), slices in its series.
+        localizer_index: int64 (N,), row of ``localizer_images.npy``.
+        severity: Severity text per disc (``""`` when not graded).
+        roi_path: PNG path relative to the cache directory (``""`` for in-memory caches).
+    """
+
+    study_id: np.ndarray
+    series_id: np.ndarray
+    instance_number: np.ndarray
+    level_id: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    label: np.ndarray
+    row_spacing_mm: np.ndarray
+    col_spacing_mm: np.ndarray
+    height: np.ndarray
+    width: np.ndarray
+    slice_index: np.ndarray
+    n_slices: np.ndarray
+    localizer_index: np.ndarray
+    severity: tuple[str, ...]
+    roi_path: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[Mapping[str, object]]) -> DiscTable:
+        """Build the table from dict rows keyed by :data:`INDEX_COLUMNS`.
+
+        Args:
+            rows: One mapping per disc; numbers may be given as numbers or strings, an
+                unknown spacing as ``None`` or ``""``.
+
+        Returns:
+            The table.
+        """
+
+        def column(name: str, dtype: type[np.generic]) -> np.ndarray:
+            values = [_number(row[name], dtype) for row in rows]
+            return np.asarray(values, dtype=dtype).reshape(len(rows))
+
+        return cls(
+            study_id=column("study_id", np.int64),
+            series_id=column("series_id", np.int64),
+            instance_number=column("instance_number", np.int64),
+            level_id=np.asarray([LEVELS.index(str(r["level"])) for r in rows], dtype=np.int64),
+            x=column("x", np.float64),
+            y=column("y", np.float64),
+            label=column("label", np.int64),
+            row_spacing_mm=column("row_spacing_mm", np.float64),
+            col_spacing_mm=column("col_spacing_mm", np.float64),
+            height=column("height", np.int64),
+            width=column("width", np.int64),
+            slice_index=column("slice_index", np.int64),
+            n_slices=column("n_slices", np.int64),
+            localizer_index=column("localizer_index", np.int64),
+            severity=tuple(str(r["severity"]) for r in rows),
+            roi_path=tuple(str(r["roi_path"]) for r in rows),
+        )
+
+
+def _number(value: object, dtype: type[np.generic]) -> float | int:
+    if value is None or value == "":
+        if dtype is np.float64:
+            return math.nan
+        raise ValueError("missing integer value")
+    if dtype is np.float64:
+        return float(str(value))
+    return int(str(value))
+
+
+def read_disc_table(path: str | Path) -> DiscTable:
+    """Read an ``index.csv`` written by ``lumbarssl prepare``.
+
+    Args:
+        path: The CSV file.
+
+    Returns:
+        Its columns as arrays.
+
+    Raises:
+        ValueError: If a column is missing or a value does not parse; the message names the
+            file and the line.
+    """
+    path = Path(path)
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in INDEX_COLUMNS if c not in (reader.fieldnames or ())]
+        if missing:
+            raise ValueError(f"{path}:1: missing column(s) {', '.join(missing)}")
+        rows = list(reader)
+    try:
+        return DiscTable.from_rows(rows)
+    except ValueError as exc:
+        # Find the offending line for the message (header is line 1).
+        for line, row in enumerate(rows, start=2):
+            try:
+                DiscTable.from_rows([row])
+            except ValueError as row_exc:
+                raise ValueError(f"{path}:{line}: {row_exc}") from exc
+        raise
+
+
+class PreparedCache:
+    """ROIs and localizer inputs of a prepare run, memory-mapped lazily.
+
+    Arrays are opened with ``np.load(mmap_mode="r")`` on first access in each process, so a
+    cache can be handed to ``DataLoader`` worker processes before anything is opened.
+
+    Args:
+        table: The per-disc columns.
+        root: The prepare output directory, or ``None`` for arrays held in memory.
+        meta: The content of ``prepare_meta.json``.
+        arrays: In-memory arrays by file name (:data:`ROIS_NPY` ...), for caches built
+            without a directory.
+    """
+
+    def __init__(
+        self,
+        table: DiscTable,
+        *,
+        root: Path | None = None,
+        meta: Mapping[str, object] | None = None,
+        arrays: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        self.table = table
+        self.root = root
+        self.meta: dict[str, object] = dict(meta or {})
+        self._arrays: dict[str, np.ndarray] = dict(arrays or {})
+
+    @classmethod
+    def open(cls, out_dir: str | Path) -> PreparedCache:
+        """Open a completed prepare output directory.
+
+        Args:
+            out_dir: The ``OUT_DIR`` of ``lumbarssl prepare``.
+
+        Returns:
+            The cache (arrays not opened yet).
+
+        Raises:
+            IncompleteCacheError: If ``prepare_meta.json`` is absent, i.e. the run did not
+                finish.
+        """
+        root = Path(out_dir)
+        meta_path = root / META_JSON
+        if not meta_path.is_file():
+            raise IncompleteCacheError(
+                f"{root}: not a completed prepare output (no {META_JSON}); "
+                "run `lumbarssl prepare DATA_DIR OUT_DIR` (again) to finish it"
+            )
+        meta = json.loads(meta_path.read_text())
+        return cls(read_disc_table(root / INDEX_CSV), root=root, meta=meta)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        if self.root is not None:
+            state["_arrays"] = {}  # memmaps are reopened in the receiving process
+        return state
+
+    def _array(self, name: str) -> np.ndarray:
+        if name not in self._arrays:
+            if self.root is None or not (self.root / name).is_file():
+                raise FileNotFoundError(
+                    f"{self.root / name if self.root else name}: not in this cache"
+                    + (" (prepare with --slices S > 1)" if name == MULTISLICE_NPY else "")
+                )
+            self._arrays[name] = np.load(self.root / name, mmap_mode="r")
+        return self._arrays[name]
+
+    @property
+    def rois(self) -> np.ndarray:
+        """uint8 ROIs of shape (N, H, W)."""
+        return self._array(ROIS_NPY)
+
+    @property
+    def multislice(self) -> np.ndarray:
+        """uint8 neighbouring-slice ROIs of shape (N, S, H, W)."""
+        return self._array(MULTISLICE_NPY)
+
+    @property
+    def multislice_mask(self) -> np.ndarray:
+        """Mask of shape (N, S): ``False`` where an edge slice is repeated."""
+        return self._array(MULTISLICE_MASK_NPY)
+
+    @property
+    def localizer_images(self) -> np.ndarray:
+        """uint8 localizer inputs of shape (U, 3, 256, 256)."""
+        return self._array(LOCALIZER_NPY)
+
+    @property
+    def has_multislice(self) -> bool:
+        """Whether neighbouring-slice ROIs were prepared."""
+        return MULTISLICE_NPY in self._arrays or (
+            self.root is not None and (self.root / MULTISLICE_NPY).is_file()
+        )
+
+    def roi_stats(self) -> tuple[float, float]:
+        """Mean and standard deviation of all ROI pixels scaled to [0, 1].
+
+        Read from ``prepare_meta.json`` when present, otherwise computed from the ROIs.
+
+        Returns:
+            ``(mean, std)``.
+        """
+        stats = self.meta.get("roi_stats")
+        if isinstance(stats, dict):
+            return float(stats["mean"]), float(stats["std"])
+        return _roi_stats(self.rois)
+
+
+def _roi_stats(rois: np.ndarray) -> tuple[float, float]:
+    """Mean and std of ``rois / 255`` over all pixels, streamed in float64."""
+    total, total_sq, count = 0.0, 0.0, 0
+    for start in range(0, len(rois), 1024):
+        block = np.asarray(rois[start : start + 1024], dtype=np.float64) / 255.0
+        total += float(block.sum())
+        total_sq += float(np.square(block).sum())
+        count += block.size
+    if count == 0:
+        return 0.0, 1.0
+    mean = total / count
+    std = math.sqrt(max(total_sq / count - mean * mean, 0.0))
+    return mean, std if std > 1e-6 else 1.0  # constant ROIs: normalise by 1, not 0

@@ -1,0 +1,361 @@
+"""PyTorch datasets over the prepared ROI cache: disc ROIs (Sec. 4.2) and localizer inputs (4.5).
+
+Both read the arrays that ``lumbarssl prepare`` wrote (:class:`~lumbarssl.data.cache.
+PreparedCache`, memory-mapped lazily in each process), so no DICOM is decoded while training.
+Random augmentations draw from torch's global generator, which ``DataLoader`` seeds differently
+in each worker process; call :func:`torch.manual_seed` for reproducible views.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from numpy.typing import ArrayLike
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from lumbarssl.data._config import known_fields
+from lumbarssl.data.cache import PreparedCache
+from lumbarssl.data.constants import MISSING_LABEL
+from lumbarssl.data.prepare import PrepareConfig, prepare_in_memory
+
+__all__ = ["DiscDatasetConfig", "DiscROIDataset", "LocalizerDataset", "Mode"]
+
+#: ``supervised``: one deterministic view; ``contrastive``: V random views;
+#: ``multislice``: the S neighbouring-slice ROIs of a disc.
+Mode = Literal["supervised", "contrastive", "multislice"]
+_MODES: tuple[str, ...] = ("supervised", "contrastive", "multislice")
+_UINT8_MAX = 255.0
+
+
+@dataclass(frozen=True)
+class DiscDatasetConfig:
+    """Input size, views and augmentations of :class:`DiscROIDataset` (paper Sec. 4.2, 4.3).
+
+    The paper lists brightness, contrast and saturation jitter; saturation has no meaning for
+    one-channel MRI and is left out. It gives no jitter magnitudes, no flip probability and
+    no normalisation constants: ours are marked below.
+
+    Attributes:
+        input_size: Side of the network input (Sec. 4.2: ROIs resized to 224 x 224).
+        n_views: Views per disc in ``contrastive`` mode (Sec. 4.3: V, 3 by default).
+        crop_scale: Area range of the random resized crop (Sec. 4.2: 0.8-1.0).
+        hflip_p: Probability of the horizontal flip (Sec. 4.2; 0.5 is our choice).
+        rotation_degrees: Rotation range, +/- degrees (Sec. 4.2: 15).
+        brightness: Brightness jitter factor range 1 +/- this (our choice).
+        contrast: Contrast jitter factor range 1 +/- this (our choice).
+        mean: Intensity mean subtracted after scaling to [0, 1]; ``None`` uses the mean of
+            all ROI pixels of the cache (Sec. 4.2: "channel-wise statistics"; no labels are
+            involved, so using every disc does not leak grades).
+        std: Intensity standard deviation divided by; ``None`` uses the cache's.
+    """
+
+    input_size: int = 224  # Sec. 4.2
+    n_views: int = 3  # Sec. 4.3: V views per disc
+    crop_scale: tuple[float, float] = (0.8, 1.0)  # Sec. 4.2
+    hflip_p: float = 0.5  # Sec. 4.2 flips; the probability is ours
+    rotation_degrees: float = 15.0  # Sec. 4.2: +/- 15 degrees
+    brightness: float = 0.2  # Sec. 4.2 jitter; the magnitude is ours
+    contrast: float = 0.2  # Sec. 4.2 jitter; the magnitude is ours
+    mean: float | None = None  # Sec. 4.2: dataset statistics
+    std: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.input_size < 1:
+            raise ValueError(f"input_size must be >= 1, got {self.input_size}")
+        if self.n_views < 1:
+            raise ValueError(f"n_views must be >= 1, got {self.n_views}")
+        low, high = self.crop_scale
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
+        if not 0.0 <= self.hflip_p <= 1.0:
+            raise ValueError(f"hflip_p must be in [0, 1], got {self.hflip_p}")
+        if not 0.0 <= self.rotation_degrees <= 180.0:
+            raise ValueError(f"rotation_degrees must be in [0, 180], got {self.rotation_degrees}")
+        for name in ("brightness", "contrast"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.std is not None and self.std <= 0.0:
+            raise ValueError(f"std must be > 0, got {self.std}")
+
+    def to_dict(self) -> dict[str, object]:
+        """Return the fields as a JSON-compatible dict; :meth:`from_dict` inverts it."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> DiscDatasetConfig:
+        """Rebuild a config from :meth:`to_dict`'s output (lists are read as tuples).
+
+        Args:
+            data: Field values; missing fields take their defaults.
+
+        Returns:
+            The validated config.
+
+        Raises:
+            ValueError: If a key is not a field or a value is invalid.
+        """
+        values = known_fields(cls, data)
+        if isinstance(values.get("crop_scale"), list):
+            values["crop_scale"] = tuple(values["crop_scale"])
+        return cls(**values)
+
+    def to_json(self) -> str:
+        """Serialise to a JSON string; :meth:`from_json` inverts it."""
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> DiscDatasetConfig:
+        """Rebuild a config from :meth:`to_json`'s output.
+
+        Args:
+            text: The JSON string.
+
+        Returns:
+            The validated config.
+        """
+        return cls.from_dict(json.loads(text))
+
+
+def _open(cache: PreparedCache | str | Path) -> PreparedCache:
+    return cache if isinstance(cache, PreparedCache) else PreparedCache.open(cache)
+
+
+def _rows(cache: PreparedCache, indices: ArrayLike | None) -> np.ndarray:
+    if indices is None:
+        return np.arange(len(cache), dtype=np.int64)
+    rows = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if rows.size and (rows.min() < 0 or rows.max() >= len(cache)):
+        raise IndexError(
+            f"indices must be in [0, {len(cache) - 1}], got {rows.min()}..{rows.max()}"
+        )
+    return rows
+
+
+class DiscROIDataset(Dataset[dict[str, Tensor]]):
+    """Disc ROIs of a prepared cache as network inputs (paper Sec. 4.2, 4.3).
+
+    Each item is a dict:
+
+    * ``"image"``: float32, shape (1, H, W) in ``supervised`` mode (resize to
+      ``input_size`` and normalise, deterministic); (V, 1, H, W) in ``contrastive`` mode (V
+      random views: random resized crop, horizontal flip, rotation, brightness/contrast
+      jitter, then normalisation); (S, 1, H, W) in ``multislice`` mode (the ROIs at the same
+      ``(x, y)`` on S neighbouring slices, deterministic).
+    * ``"mask"`` (``multislice`` only): bool (S,), ``False`` where the series edge repeated a
+      slice.
+    * ``"label"``: int64 scalar, 0/1/2, or -1 for an unlabeled disc.
+    * ``"level"``: int64 scalar, 0-4 for L1/L2 ... L5/S1.
+    * ``"index"``: int64 scalar, the row of the cache (of ``index.csv``).
+
+    Args:
+        cache: A :class:`~lumbarssl.data.cache.PreparedCache` or the ``OUT_DIR`` of
+            ``lumbarssl prepare``.
+        mode: ``"supervised"``, ``"contrastive"`` or ``"multislice"``.
+        config: Input size, views, augmentations; the paper's when ``None``.
+        indices: Rows of the cache to use (e.g. from :func:`~lumbarssl.data.splits.
+            study_level_split`); all rows when ``None``.
+        labeled_only: Keep only graded discs. Defaults to ``True`` except in ``contrastive``
+            mode, which may use unlabeled discs; ``supervised`` mode does not accept
+            ``False``, so label -1 never reaches a supervised loss.
+
+    Raises:
+        ValueError: If ``mode`` is unknown, ``labeled_only=False`` in supervised mode, or
+            ``multislice`` is asked of a cache prepared without ``--slices``.
+        IndexError: If an index is outside the cache.
+    """
+
+    def __init__(
+        self,
+        cache: PreparedCache | str | Path,
+        mode: Mode = "supervised",
+        *,
+        config: DiscDatasetConfig | None = None,
+        indices: ArrayLike | None = None,
+        labeled_only: bool | None = None,
+    ) -> None:
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {', '.join(_MODES)}, got {mode!r}")
+        if labeled_only is None:
+            labeled_only = mode != "contrastive"
+        if mode == "supervised" and not labeled_only:
+            raise ValueError("supervised mode uses graded discs only; labeled_only must be True")
+        self.cache = _open(cache)
+        if mode == "multislice" and not self.cache.has_multislice:
+            raise ValueError(
+                "multislice mode needs rois_multislice.npy: run lumbarssl prepare --slices S"
+            )
+        self.mode: Mode = mode
+        self.config = config or DiscDatasetConfig()
+        rows = _rows(self.cache, indices)
+        if labeled_only:
+            rows = rows[self.cache.table.label[rows] != MISSING_LABEL]
+        self.rows = rows
+        mean, std = self.config.mean, self.config.std
+        if mean is None or std is None:
+            cache_mean, cache_std = self.cache.roi_stats()
+            mean = cache_mean if mean is None else mean
+            std = cache_std if std is None else std
+        size = self.config.input_size
+        normalize = v2.Normalize(mean=[mean], std=[std])
+        self.deterministic = v2.Compose([v2.Resize((size, size), antialias=True), normalize])
+        # Rotation, jitter and flip run at ROI resolution, before the crop upsamples: the same
+        # kinds of views as the paper's order, several times cheaper than at 224 x 224.
+        self.augment = v2.Compose(
+            [
+                v2.RandomRotation(
+                    self.config.rotation_degrees, interpolation=v2.InterpolationMode.BILINEAR
+                ),
+                v2.ColorJitter(brightness=self.config.brightness, contrast=self.config.contrast),
+                v2.RandomHorizontalFlip(p=self.config.hflip_p),
+                v2.RandomResizedCrop(size, scale=self.config.crop_scale, antialias=True),
+                normalize,
+            ]
+        )
+
+    @classmethod
+    def from_rsna(
+        cls,
+        data_dir: str | Path,
+        mode: Mode = "supervised",
+        *,
+        prepare_config: PrepareConfig | None = None,
+        config: DiscDatasetConfig | None = None,
+        indices: ArrayLike | None = None,
+        labeled_only: bool | None = None,
+    ) -> DiscROIDataset:
+        """Build the dataset straight from an RSNA directory, extracting ROIs in memory.
+
+        Runs the extraction of ``lumbarssl prepare`` (same ROIs, same skips) without writing
+        files; for repeated use, prepare once and open the cache instead.
+
+        Args:
+            data_dir: RSNA 2024 layout directory.
+            mode: See the class.
+            prepare_config: Extraction settings; in ``multislice`` mode the default is
+                ``PrepareConfig(slices=3)``, the annotated slice and one neighbour each side.
+            config: See the class.
+            indices: See the class.
+            labeled_only: See the class.
+
+        Returns:
+            The dataset.
+        """
+        if mode == "multislice" and prepare_config is None:
+            prepare_config = PrepareConfig(slices=3)
+        cache, _ = prepare_in_memory(data_dir, prepare_config)
+        return cls(cache, mode, config=config, indices=indices, labeled_only=labeled_only)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Labels of the dataset's discs, int64 (len(self),)."""
+        return np.asarray(self.cache.table.label[self.rows])
+
+    @property
+    def study_ids(self) -> np.ndarray:
+        """Studies of the dataset's discs, int64 (len(self),)."""
+        return np.asarray(self.cache.table.study_id[self.rows])
+
+    def __getitem__(self, item: int) -> dict[str, Tensor]:
+        row = int(self.rows[item])
+        table = self.cache.table
+        sample = {
+            "label": torch.tensor(int(table.label[row]), dtype=torch.int64),
+            "level": torch.tensor(int(table.level_id[row]), dtype=torch.int64),
+            "index": torch.tensor(row, dtype=torch.int64),
+        }
+        if self.mode == "multislice":
+            stack = torch.from_numpy(np.array(self.cache.multislice[row])).unsqueeze(1)
+            sample["image"] = self.deterministic(stack.float() / _UINT8_MAX)
+            sample["mask"] = torch.from_numpy(np.array(self.cache.multislice_mask[row]))
+            return sample
+        roi = torch.from_numpy(np.array(self.cache.rois[row])).unsqueeze(0).float() / _UINT8_MAX
+        if self.mode == "supervised":
+            sample["image"] = self.deterministic(roi)
+        else:
+            sample["image"] = torch.stack([self.augment(roi) for _ in range(self.config.n_views)])
+        return sample
+
+
+class LocalizerDataset(Dataset[dict[str, Tensor]]):
+    """2.5D localizer inputs and normalised disc centres (paper Sec. 3.2, 4.5).
+
+    Each item is a dict:
+
+    * ``"image"``: float32 (3, L, L) in [0, 1]: the annotated slice and its two spatial
+      neighbours (edges repeated), each min-max normalised and resized to L x L (paper: 256).
+    * ``"target"``: float32 (2,), the disc centre ``(x / W, y / H)`` in [0, 1], where
+      ``(x, y)`` are pixels of the annotated slice of shape (H, W).
+    * ``"level"``: int64 scalar, 0-4 for L1/L2 ... L5/S1 (the localizer's level embedding).
+    * ``"scale"``: float32 (2,), ``(W, H)``: ``target * scale`` gives original pixels.
+    * ``"spacing"``: float32 (2,), PixelSpacing ``(column, row)`` in mm (NaN if unknown):
+      ``target * scale * spacing`` gives millimetres.
+    * ``"index"``: int64 scalar, the row of the cache.
+
+    Every disc with a coordinate is used, graded or not.
+
+    Args:
+        cache: A :class:`~lumbarssl.data.cache.PreparedCache` or a prepare ``OUT_DIR``.
+        indices: Rows of the cache to use; all when ``None``.
+
+    Raises:
+        IndexError: If an index is outside the cache.
+    """
+
+    def __init__(
+        self, cache: PreparedCache | str | Path, *, indices: ArrayLike | None = None
+    ) -> None:
+        self.cache = _open(cache)
+        self.rows = _rows(self.cache, indices)
+
+    @classmethod
+    def from_rsna(
+        cls,
+        data_dir: str | Path,
+        *,
+        prepare_config: PrepareConfig | None = None,
+        indices: ArrayLike | None = None,
+    ) -> LocalizerDataset:
+        """Build the dataset straight from an RSNA directory, extracting in memory.
+
+        Args:
+            data_dir: RSNA 2024 layout directory.
+            prepare_config: Extraction settings.
+            indices: See the class.
+
+        Returns:
+            The dataset.
+        """
+        cache, _ = prepare_in_memory(data_dir, prepare_config)
+        return cls(cache, indices=indices)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, item: int) -> dict[str, Tensor]:
+        row = int(self.rows[item])
+        table = self.cache.table
+        stack = np.array(self.cache.localizer_images[int(table.localizer_index[row])])
+        width, height = float(table.width[row]), float(table.height[row])
+        return {
+            "image": torch.from_numpy(stack).float() / _UINT8_MAX,
+            "target": torch.tensor(
+                [table.x[row] / width, table.y[row] / height], dtype=torch.float32
+            ),
+            "level": torch.tensor(int(table.level_id[row]), dtype=torch.int64),
+            "scale": torch.tensor([width, height], dtype=torch.float32),
+            "spacing": torch.tensor(
+                [table.col_spacing_mm[row], table.row_spacing_mm[row]], dtype=torch.float32
+            ),
+            "index": torch.tensor(row, dtype=torch.int64),
+        }

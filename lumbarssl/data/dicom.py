@@ -1,0 +1,432 @@
+"""Reading a DICOM series: slices in spatial order, with their geometry and real-valued pixels.
+
+Sagittal series are often numbered against space (InstanceNumber 1 on the patient's left in one
+scanner, on the right in another), so slices are ordered by where they are: the
+ImagePositionPatient of each slice projected on the slice normal, the cross product of the two
+direction cosines in ImageOrientationPatient. InstanceNumber orders the series only when that
+geometry is missing, inconsistent or places two slices at the same position.
+
+Pixels come back as float32 with RescaleSlope/RescaleIntercept applied, signed data
+(PixelRepresentation 1) kept signed, and MONOCHROME1 inverted so that bright means high signal.
+Compressed transfer syntaxes decode when pydicom has a decoder for them: JPEG-LS and others
+need the ``dicom`` extra (``pip install "lumbarssl[dicom]"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels.decoders.base import get_decoder
+
+from lumbarssl.data.skips import OnError
+
+__all__ = [
+    "DicomReadError",
+    "DicomSeries",
+    "MissingDecoderError",
+    "SeriesGeometry",
+    "SeriesGeometryError",
+    "SliceHeader",
+    "read_header",
+    "read_series",
+    "read_series_geometry",
+    "read_slice",
+]
+
+#: Slices whose positions along the normal differ by less than this (mm) count as coincident.
+_POSITION_TOLERANCE_MM = 1e-3
+#: Direction cosines of two slices this close count as the same orientation.
+_ORIENTATION_TOLERANCE = 1e-3
+_INSTALL_HINT = 'pip install "lumbarssl[dicom]"'
+_INSTANCE_NUMBER = 0x00200013
+_POSITION = 0x00200032
+_ORIENTATION = 0x00200037
+_PIXEL_SPACING = 0x00280030
+_ROWS = 0x00280010
+_COLUMNS = 0x00280011
+
+
+class DicomReadError(ValueError):
+    """A DICOM file that cannot be read: truncated, not DICOM, no pixel data, undecodable.
+
+    Args:
+        path: The file.
+        reason: What is wrong with it.
+
+    Attributes:
+        path: The ``path`` argument.
+        reason: The ``reason`` argument.
+    """
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = Path(path)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[DicomReadError], tuple[str, str]]:
+        # Keeps the exception picklable across worker processes despite the custom __init__.
+        return (type(self), (str(self.path), self.reason))
+
+
+class MissingDecoderError(DicomReadError):
+    """Compressed pixel data whose transfer syntax no installed package can decode."""
+
+
+class SeriesGeometryError(ValueError):
+    """A series whose slices cannot be put in order or matched to instance numbers."""
+
+
+@dataclass(frozen=True)
+class SliceHeader:
+    """Geometry of one DICOM slice, read without decoding its pixels.
+
+    Attributes:
+        path: The file.
+        instance_number: InstanceNumber (the file name's stem when the tag is absent).
+        rows: Image height in pixels.
+        columns: Image width in pixels.
+        pixel_spacing: PixelSpacing ``(row spacing, column spacing)`` in mm, i.e. the distance
+            between rows and between columns; ``None`` if absent.
+        position: ImagePositionPatient in mm; ``None`` if absent.
+        orientation: ImageOrientationPatient (row then column direction cosines); ``None`` if
+            absent.
+    """
+
+    path: Path
+    instance_number: int
+    rows: int
+    columns: int
+    pixel_spacing: tuple[float, float] | None
+    position: tuple[float, float, float] | None
+    orientation: tuple[float, float, float, float, float, float] | None
+
+    @property
+    def normal(self) -> np.ndarray | None:
+        """Unit slice normal (row cosine cross column cosine), shape (3,), or ``None``."""
+        if self.orientation is None:
+            return None
+        normal = np.cross(self.orientation[:3], self.orientation[3:])
+        norm = float(np.linalg.norm(normal))
+        return normal / norm if norm > 0.5 else None  # near 0 = degenerate cosines
+
+
+@dataclass(frozen=True)
+class SeriesGeometry:
+    """The slices of one series in spatial order.
+
+    Attributes:
+        series_dir: The series directory.
+        slices: One header per readable slice, in spatial order.
+        ordered_by: ``"position"`` if ordered along the slice normal, ``"instance_number"`` if
+            the geometry could not be used.
+        unreadable: Errors of files left out because their header could not be read (only
+            with ``on_error="skip"``).
+    """
+
+    series_dir: Path
+    slices: tuple[SliceHeader, ...]
+    ordered_by: Literal["position", "instance_number"]
+    unreadable: tuple[DicomReadError, ...] = ()
+    instance_to_index: Mapping[int, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        mapping = {s.instance_number: i for i, s in enumerate(self.slices)}
+        if len(mapping) != len(self.slices):
+            numbers = [s.instance_number for s in self.slices]
+            repeated = sorted({n for n in numbers if numbers.count(n) > 1})
+            raise SeriesGeometryError(f"{self.series_dir}: repeated InstanceNumber {repeated}")
+        object.__setattr__(self, "instance_to_index", mapping)
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def index_of(self, instance_number: int) -> int:
+        """Spatial index of a slice.
+
+        Args:
+            instance_number: The slice's InstanceNumber.
+
+        Returns:
+            Its position 0..len-1 in spatial order.
+
+        Raises:
+            KeyError: If the series has no such readable instance (the message names the
+                series directory).
+        """
+        try:
+            return self.instance_to_index[instance_number]
+        except KeyError:
+            raise KeyError(f"{self.series_dir}: no readable instance {instance_number}") from None
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """A whole series: geometry and decoded pixels, in spatial order.
+
+    Attributes:
+        geometry: Headers in spatial order and the instance → index map.
+        pixels: One float32 array per slice, shape (H_i, W_i); shapes may differ between
+            slices.
+    """
+
+    geometry: SeriesGeometry
+    pixels: tuple[np.ndarray, ...]
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    @property
+    def instance_to_index(self) -> Mapping[int, int]:
+        """Map from InstanceNumber to spatial index."""
+        return self.geometry.instance_to_index
+
+    def slice_for(self, instance_number: int) -> np.ndarray:
+        """Pixels of the slice with this InstanceNumber, shape (H, W)."""
+        return self.pixels[self.geometry.index_of(instance_number)]
+
+
+def _dcmread(path: Path, *, stop_before_pixels: bool) -> Dataset:
+    try:
+        return pydicom.dcmread(path, force=False, stop_before_pixels=stop_before_pixels)
+    except FileNotFoundError:
+        raise
+    except InvalidDicomError as exc:
+        raise DicomReadError(path, "not a DICOM file (no DICM preamble)") from exc
+    except Exception as exc:  # pydicom raises many types on truncated or garbled data
+        raise DicomReadError(path, f"unreadable DICOM ({type(exc).__name__}: {exc})") from exc
+
+
+def _numbers(ds: Dataset, tag: int) -> tuple[float, ...] | None:
+    """Values of a DS/IS element, parsed from its raw text when it is still raw.
+
+    pydicom's conversion of decimal strings is several times slower than reading the header;
+    the raw bytes are ASCII numbers separated by backslashes.
+    """
+    element = ds.get_item(tag)
+    if element is None or element.value is None:
+        return None
+    value = element.value
+    if isinstance(value, bytes):
+        parts: list[str] = value.decode("ascii", errors="replace").strip(" \x00").split("\\")
+    elif isinstance(value, str | int | float):
+        parts = [str(value)]
+    else:
+        parts = [str(v) for v in value]
+    try:
+        numbers = tuple(float(part) for part in parts)
+    except ValueError:
+        return None
+    return numbers if all(np.isfinite(numbers)) else None
+
+
+def _unsigned(ds: Dataset, tag: int) -> int | None:
+    """Value of a US element (Rows, Columns), from its raw bytes when still raw."""
+    element = ds.get_item(tag)
+    if element is None or element.value is None:
+        return None
+    value = element.value
+    if isinstance(value, bytes):
+        if len(value) != 2:
+            return None
+        little_endian = ds.original_encoding[1] is not False
+        return int.from_bytes(value, "little" if little_endian else "big")
+    return int(value)
+
+
+def _header(path: Path, ds: Dataset) -> SliceHeader:
+    instance = _numbers(ds, _INSTANCE_NUMBER)
+    if instance is not None and len(instance) == 1 and float(instance[0]).is_integer():
+        instance_number = int(instance[0])
+    elif path.stem.isdigit():
+        instance_number = int(path.stem)
+    else:
+        raise DicomReadError(path, "no valid InstanceNumber and the file name is not a number")
+    rows, columns = _unsigned(ds, _ROWS), _unsigned(ds, _COLUMNS)
+    if rows is None or columns is None:
+        raise DicomReadError(path, "no Rows/Columns: not an image")
+    spacing = _numbers(ds, _PIXEL_SPACING)
+    position = _numbers(ds, _POSITION)
+    orientation = _numbers(ds, _ORIENTATION)
+    return SliceHeader(
+        path=path,
+        instance_number=instance_number,
+        rows=rows,
+        columns=columns,
+        pixel_spacing=None if spacing is None or len(spacing) != 2 else (spacing[0], spacing[1]),
+        position=None if position is None or len(position) != 3 else _three(position),
+        orientation=None if orientation is None or len(orientation) != 6 else _six(orientation),
+    )
+
+
+def _three(values: tuple[float, ...]) -> tuple[float, float, float]:
+    a, b, c = values
+    return a, b, c
+
+
+def _six(values: tuple[float, ...]) -> tuple[float, float, float, float, float, float]:
+    a, b, c, d, e, f = values
+    return a, b, c, d, e, f
+
+
+def read_header(path: str | Path) -> SliceHeader:
+    """Read the geometry of one DICOM file without reading its pixel data.
+
+    Args:
+        path: The ``.dcm`` file.
+
+    Returns:
+        Its header.
+
+    Raises:
+        DicomReadError: If the file is not DICOM, is truncated inside its header, or is not an
+            image. The message names the file.
+        FileNotFoundError: If the file does not exist.
+    """
+    path = Path(path)
+    return _header(path, _dcmread(path, stop_before_pixels=True))
+
+
+def _pixels(path: Path, ds: Dataset) -> np.ndarray:
+    if "PixelData" not in ds:
+        raise DicomReadError(path, "no pixel data (PixelData element missing)")
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise DicomReadError(path, f"{ds.SamplesPerPixel} samples per pixel; expected grayscale")
+    if int(ds.get("NumberOfFrames", 1) or 1) != 1:
+        raise DicomReadError(path, f"{ds.NumberOfFrames} frames; expected one slice per file")
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    if syntax is not None and syntax.is_compressed:
+        try:
+            available = get_decoder(syntax).is_available
+        except NotImplementedError:
+            available = False
+        if not available:
+            raise MissingDecoderError(
+                path,
+                f"no decoder installed for transfer syntax {syntax.name} ({syntax}); "
+                f"install one with: {_INSTALL_HINT}",
+            )
+    try:
+        raw = ds.pixel_array
+    except Exception as exc:  # decoders raise ValueError, RuntimeError, ... on bad data
+        raise DicomReadError(
+            path, f"cannot decode pixel data ({type(exc).__name__}: {exc})"
+        ) from exc
+    pixels = np.asarray(raw, dtype=np.float32)
+    if pixels.ndim != 2:
+        raise DicomReadError(path, f"pixel data has shape {pixels.shape}; expected (rows, cols)")
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    if slope != 1.0:
+        pixels *= np.float32(slope)
+    if intercept != 0.0:
+        pixels += np.float32(intercept)
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+        pixels = pixels.max() + pixels.min() - pixels
+    return pixels
+
+
+def read_slice(path: str | Path) -> np.ndarray:
+    """Decode one DICOM slice to real-valued pixels.
+
+    Args:
+        path: The ``.dcm`` file.
+
+    Returns:
+        float32 array of shape (H, W): stored values * RescaleSlope + RescaleIntercept, signed
+        when PixelRepresentation is 1, inverted for MONOCHROME1.
+
+    Raises:
+        MissingDecoderError: If the pixel data is compressed with a transfer syntax no
+            installed decoder handles; the message names the file, the syntax and
+            ``pip install "lumbarssl[dicom]"``.
+        DicomReadError: If the file is not DICOM, truncated, has no pixel data or more than one
+            frame or sample per pixel. The message names the file.
+        FileNotFoundError: If the file does not exist.
+    """
+    path = Path(path)
+    return _pixels(path, _dcmread(path, stop_before_pixels=False))
+
+
+def _spatial_order(
+    headers: Sequence[SliceHeader],
+) -> tuple[list[SliceHeader], Literal["position", "instance_number"]]:
+    by_instance = sorted(headers, key=lambda h: h.instance_number)
+    normal = headers[0].normal if headers else None
+    reference = headers[0].orientation
+    if normal is None or reference is None:
+        return by_instance, "instance_number"
+    distance: dict[int, float] = {}
+    for header in headers:
+        if header.position is None or header.orientation is None:
+            return by_instance, "instance_number"
+        if max(abs(a - b) for a, b in zip(header.orientation, reference, strict=True)) > (
+            _ORIENTATION_TOLERANCE
+        ):
+            return by_instance, "instance_number"
+        distance[id(header)] = float(np.dot(header.position, normal))
+    ordered = sorted(headers, key=lambda h: (distance[id(h)], h.instance_number))
+    gaps = np.diff([distance[id(h)] for h in ordered])
+    if np.any(gaps < _POSITION_TOLERANCE_MM):
+        return by_instance, "instance_number"
+    return ordered, "position"
+
+
+def read_series_geometry(series_dir: str | Path, *, on_error: OnError = "raise") -> SeriesGeometry:
+    """Read the headers of every ``*.dcm`` file of a series and order them in space.
+
+    Slices are sorted by the projection of ImagePositionPatient on the slice normal (ties and
+    equal positions broken by InstanceNumber). If any slice lacks position or orientation,
+    orientations differ between slices, or two slices coincide, the series is ordered by
+    InstanceNumber instead and :attr:`SeriesGeometry.ordered_by` says so.
+
+    Args:
+        series_dir: Directory of one series (``train_images/<study>/<series>``).
+        on_error: ``"raise"`` on the first unreadable file; ``"skip"`` leaves such files out
+            of the order and lists them in :attr:`SeriesGeometry.unreadable`.
+
+    Returns:
+        The ordered geometry.
+
+    Raises:
+        DicomReadError: If a header cannot be read (``on_error="raise"``).
+        SeriesGeometryError: If the directory holds no readable ``.dcm`` file or two files
+            share an InstanceNumber.
+    """
+    series_dir = Path(series_dir)
+    headers: list[SliceHeader] = []
+    unreadable: list[DicomReadError] = []
+    for path in sorted(series_dir.glob("*.dcm")):
+        try:
+            headers.append(read_header(path))
+        except DicomReadError as exc:
+            if on_error == "raise":
+                raise
+            unreadable.append(exc)
+    if not headers:
+        raise SeriesGeometryError(f"{series_dir}: no readable .dcm file")
+    ordered, ordered_by = _spatial_order(headers)
+    return SeriesGeometry(series_dir, tuple(ordered), ordered_by, tuple(unreadable))
+
+
+def read_series(series_dir: str | Path) -> DicomSeries:
+    """Read a whole series: every slice decoded once, in spatial order.
+
+    Args:
+        series_dir: Directory of one series (``train_images/<study>/<series>``).
+
+    Returns:
+        The series.
+
+    Raises:
+        DicomReadError: If a file cannot be read or decoded (the message names it).
+        SeriesGeometryError: If the series is empty or repeats an InstanceNumber.
+    """
+    geometry = read_series_geometry(series_dir)
+    return DicomSeries(geometry, tuple(read_slice(h.path) for h in geometry.slices))

@@ -1,0 +1,341 @@
+"""One record per intervertebral disc from the three CSV files of the RSNA 2024 layout.
+
+:func:`read_index` joins ``train_label_coordinates.csv`` (where each disc is),
+``train.csv`` (its grade) and ``train_series_descriptions.csv`` (which sequence the coordinate
+is on) into :class:`DiscRecord` objects for spinal canal stenosis on Sagittal T2/STIR series,
+the paper's input (Sec. 3.1). Every row it cannot use is returned as a
+:class:`~lumbarssl.data.skips.Skip` naming the file, the line and the reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from lumbarssl.data.constants import (
+    CONDITION_SLUGS,
+    CONDITIONS,
+    COORDINATES_CSV,
+    LEVEL_SLUGS,
+    LEVELS,
+    MISSING_LABEL,
+    SAGITTAL_T2,
+    SERIES_COLUMNS,
+    SERIES_CSV,
+    SERIES_DESCRIPTIONS,
+    SEVERITY_TO_LABEL,
+    SPINAL_CANAL,
+    TRAIN_CSV,
+)
+from lumbarssl.data.skips import OnError, RSNADataError, Skip, SkipReason
+
+__all__ = ["DiscIndex", "DiscRecord", "read_index"]
+
+_SPINAL_SLUG = CONDITION_SLUGS[CONDITIONS.index(SPINAL_CANAL)]
+_LABEL_COLUMNS = tuple(f"{_SPINAL_SLUG}_{slug}" for slug in LEVEL_SLUGS)
+_COORDINATE_COLUMNS = ("study_id", "series_id", "instance_number", "condition", "level", "x", "y")
+
+
+@dataclass(frozen=True)
+class DiscRecord:
+    """One annotated intervertebral disc: where it is and how it is graded.
+
+    Attributes:
+        study_id: The RSNA study (one patient examination).
+        series_id: The Sagittal T2/STIR series the coordinate was placed on.
+        instance_number: The DICOM InstanceNumber of the annotated slice.
+        level: ``"L1/L2"`` ... ``"L5/S1"`` (:data:`~lumbarssl.data.constants.LEVELS`).
+        x: Column of the disc centre in pixels of the annotated slice.
+        y: Row of the disc centre in pixels of the annotated slice.
+        severity: ``"Normal/Mild"``, ``"Moderate"``, ``"Severe"`` or ``""`` when not graded.
+        label: 0, 1, 2 for the three severities, -1
+            (:data:`~lumbarssl.data.constants.MISSING_LABEL`) when not graded. Unlabeled discs
+            serve contrastive pretraining only, never supervised training or metrics.
+    """
+
+    study_id: int
+    series_id: int
+    instance_number: int
+    level: str
+    x: float
+    y: float
+    severity: str
+    label: int
+
+    @property
+    def level_id(self) -> int:
+        """The level as an index 0-4 into :data:`~lumbarssl.data.constants.LEVELS`."""
+        return LEVELS.index(self.level)
+
+    @property
+    def is_labeled(self) -> bool:
+        """Whether the disc has a severity grade."""
+        return self.label != MISSING_LABEL
+
+
+@dataclass(frozen=True)
+class DiscIndex:
+    """The usable discs of an RSNA directory and every row that was set aside.
+
+    Attributes:
+        discs: One record per usable disc, in the order of ``train_label_coordinates.csv``.
+        skips: Every CSV row or cell not used, with its reason, in reading order.
+    """
+
+    discs: tuple[DiscRecord, ...]
+    skips: tuple[Skip, ...]
+
+
+class _Recorder:
+    """Collects skips, or raises on errors in ``"raise"`` mode."""
+
+    def __init__(self, on_error: OnError) -> None:
+        self.on_error = on_error
+        self.skips: list[Skip] = []
+
+    def __call__(self, skip: Skip) -> None:
+        if self.on_error == "raise" and skip.reason.is_error:
+            raise RSNADataError.from_skip(skip)
+        self.skips.append(skip)
+
+
+def _rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[str, str] | None]]:
+    """Yield ``(line, row)`` for each data row; ``row`` is ``None`` when its width is wrong.
+
+    Raises:
+        RSNADataError: If the file lacks a required column (always, whatever ``on_error``).
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found (expected part of the RSNA layout)")
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = [name.strip() for name in next(reader, [])]
+        for name in required:
+            if name not in header:
+                raise RSNADataError(
+                    f"{path}:1: missing column {name!r} (header has {', '.join(header) or 'none'})"
+                )
+        for fields in reader:
+            if not fields or all(not f.strip() for f in fields):
+                continue
+            if len(fields) != len(header):
+                yield reader.line_num, None
+            else:
+                yield reader.line_num, dict(zip(header, fields, strict=True))
+
+
+def _parse_int(text: str) -> int | None:
+    try:
+        return int(text.strip())
+    except ValueError:
+        return None
+
+
+def _parse_float(text: str) -> float | None:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _read_labels(
+    path: Path, record: _Recorder
+) -> tuple[dict[tuple[int, str], str], dict[int, int]]:
+    """Map (study, level) to severity text ('' when not graded) and study to its line."""
+    severities: dict[tuple[int, str], str] = {}
+    lines: dict[int, int] = {}
+    for line, row in _rows(path, ("study_id", *_LABEL_COLUMNS)):
+        if row is None:
+            record(Skip(SkipReason.MALFORMED_ROW, "wrong number of fields", str(path), line))
+            continue
+        study = _parse_int(row["study_id"])
+        if study is None:
+            detail = f"study_id {row['study_id']!r} is not an integer"
+            record(Skip(SkipReason.UNPARSABLE_NUMBER, detail, str(path), line))
+            continue
+        if study in lines:
+            detail = f"study {study} already listed at line {lines[study]}"
+            record(Skip(SkipReason.DUPLICATE_ROW, detail, str(path), line, study))
+            continue
+        lines[study] = line
+        for level, column in zip(LEVELS, _LABEL_COLUMNS, strict=True):
+            severity = row[column].strip()
+            if severity and severity not in SEVERITY_TO_LABEL:
+                detail = (
+                    f"severity {severity!r} in column {column} is not one of "
+                    f"{', '.join(SEVERITY_TO_LABEL)}; the disc is kept unlabeled"
+                )
+                reason = SkipReason.UNKNOWN_SEVERITY
+                record(Skip(reason, detail, str(path), line, study, level=level))
+                severity = ""
+            severities[study, level] = severity
+    return severities, lines
+
+
+def _read_series(path: Path, record: _Recorder) -> dict[tuple[int, int], str]:
+    """Map (study, series) to its description."""
+    descriptions: dict[tuple[int, int], str] = {}
+    first_line: dict[tuple[int, int], int] = {}
+    for line, row in _rows(path, SERIES_COLUMNS):
+        if row is None:
+            record(Skip(SkipReason.MALFORMED_ROW, "wrong number of fields", str(path), line))
+            continue
+        study, series = _parse_int(row["study_id"]), _parse_int(row["series_id"])
+        if study is None or series is None:
+            detail = f"study_id {row['study_id']!r} or series_id {row['series_id']!r} not integer"
+            record(Skip(SkipReason.UNPARSABLE_NUMBER, detail, str(path), line))
+            continue
+        if (study, series) in descriptions:
+            detail = f"series {series} already listed at line {first_line[study, series]}"
+            record(Skip(SkipReason.DUPLICATE_ROW, detail, str(path), line, study, series))
+            continue
+        description = row["series_description"].strip()
+        if description not in SERIES_DESCRIPTIONS:
+            detail = (
+                f"series description {description!r} is not one of {', '.join(SERIES_DESCRIPTIONS)}"
+            )
+            reason = SkipReason.UNKNOWN_SERIES_DESCRIPTION
+            record(Skip(reason, detail, str(path), line, study, series))
+        descriptions[study, series] = description
+        first_line[study, series] = line
+    return descriptions
+
+
+def _coordinate_problem(
+    study: int,
+    series: int,
+    level: str,
+    description: str | None,
+    seen_rows: dict[tuple[int, int, str], int],
+    seen_discs: dict[tuple[int, str], DiscRecord],
+) -> tuple[SkipReason, str] | None:
+    """Why a parsed spinal canal coordinate row cannot become a disc, or ``None``."""
+    if level not in LEVELS:
+        return SkipReason.UNKNOWN_LEVEL, f"level {level!r} is not one of {', '.join(LEVELS)}"
+    if (study, series, level) in seen_rows:
+        first = seen_rows[study, series, level]
+        return SkipReason.DUPLICATE_ROW, f"{level} of series {series} already given at line {first}"
+    if description is None:
+        return SkipReason.SERIES_NOT_LISTED, f"series {series} is not in {SERIES_CSV}"
+    if description != SAGITTAL_T2:
+        detail = f"series {series} is {description!r}, not {SAGITTAL_T2!r}"
+        return SkipReason.NOT_SAGITTAL_T2, detail
+    if (study, level) in seen_discs:
+        kept = seen_discs[study, level].series_id
+        return SkipReason.DUPLICATE_DISC, f"{level} is already annotated on series {kept}"
+    return None
+
+
+def read_index(data_dir: str | Path, *, on_error: OnError = "skip") -> DiscIndex:
+    """Read the spinal canal stenosis discs of an RSNA 2024 directory.
+
+    A disc is a ``Spinal Canal Stenosis`` row of ``train_label_coordinates.csv`` on a series
+    that ``train_series_descriptions.csv`` calls ``Sagittal T2/STIR``; its grade comes from the
+    matching ``spinal_canal_stenosis_<level>`` cell of ``train.csv`` (empty cell, or a study
+    absent from ``train.csv``: label -1). Rows of the other conditions are ignored.
+
+    Errors (recorded, or raised in ``"raise"`` mode): a row with the wrong number of fields,
+    a number that does not parse (or is not finite), an unknown condition, level, severity or
+    series description, a repeated row, a coordinate on a series that is not listed.
+    Exclusions (always recorded, never raised): a coordinate on a series that is not
+    Sagittal T2/STIR, a second coordinate for the same study and level on another T2 series
+    (the first in file order is kept), a graded disc without any coordinate. An unknown
+    severity only drops the grade: the disc stays in the index with label -1.
+
+    Args:
+        data_dir: The directory holding ``train.csv``, ``train_label_coordinates.csv`` and
+            ``train_series_descriptions.csv``.
+        on_error: ``"skip"`` records each bad row and goes on; ``"raise"`` raises on the first.
+
+    Returns:
+        The discs and the skipped rows.
+
+    Raises:
+        RSNADataError: If a file lacks a required column (in both modes; the message names the
+            file and the column), or on the first bad row in ``"raise"`` mode (the message
+            names the file and the line).
+        FileNotFoundError: If one of the three CSV files is missing.
+        ValueError: If ``on_error`` is neither ``"skip"`` nor ``"raise"``.
+    """
+    if on_error not in ("skip", "raise"):
+        raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+    root = Path(data_dir)
+    record = _Recorder(on_error)
+    severities, label_lines = _read_labels(root / TRAIN_CSV, record)
+    descriptions = _read_series(root / SERIES_CSV, record)
+
+    path = root / COORDINATES_CSV
+    discs: list[DiscRecord] = []
+    seen_rows: dict[tuple[int, int, str], int] = {}
+    seen_discs: dict[tuple[int, str], DiscRecord] = {}
+    annotated: set[tuple[int, str]] = set()
+    for line, row in _rows(path, _COORDINATE_COLUMNS):
+        if row is None:
+            record(Skip(SkipReason.MALFORMED_ROW, "wrong number of fields", str(path), line))
+            continue
+        condition, level = row["condition"].strip(), row["level"].strip()
+        if condition not in CONDITIONS:
+            detail = f"condition {condition!r} is not one of {', '.join(CONDITIONS)}"
+            record(Skip(SkipReason.UNKNOWN_CONDITION, detail, str(path), line))
+            continue
+        if condition != SPINAL_CANAL:
+            continue
+        study, series, instance = (_parse_int(row[c]) for c in _COORDINATE_COLUMNS[:3])
+        x, y = _parse_float(row["x"]), _parse_float(row["y"])
+        if study is None or series is None or instance is None or x is None or y is None:
+            bad = ", ".join(
+                f"{column}={row[column]!r}"
+                for column, value in zip(
+                    ("study_id", "series_id", "instance_number", "x", "y"),
+                    (study, series, instance, x, y),
+                    strict=True,
+                )
+                if value is None
+            )
+            detail = f"not a finite number: {bad}"
+            record(Skip(SkipReason.UNPARSABLE_NUMBER, detail, str(path), line, study, series))
+            continue
+        if level in LEVELS:
+            annotated.add((study, level))
+        problem = _coordinate_problem(
+            study, series, level, descriptions.get((study, series)), seen_rows, seen_discs
+        )
+        if level in LEVELS:
+            seen_rows.setdefault((study, series, level), line)
+        if problem is not None:
+            reason, detail = problem
+            known_level = level if level in LEVELS else None
+            record(Skip(reason, detail, str(path), line, study, series, instance, known_level))
+            continue
+        severity = severities.get((study, level), "")
+        disc = DiscRecord(
+            study_id=study,
+            series_id=series,
+            instance_number=instance,
+            level=level,
+            x=x,
+            y=y,
+            severity=severity,
+            label=SEVERITY_TO_LABEL.get(severity, MISSING_LABEL),
+        )
+        seen_discs[study, level] = disc
+        discs.append(disc)
+
+    train_path = str(root / TRAIN_CSV)
+    for (study, level), severity in severities.items():
+        if severity and (study, level) not in annotated:
+            detail = f"{level} of study {study} is graded {severity!r} but has no coordinate"
+            skip = Skip(
+                SkipReason.MISSING_COORDINATE,
+                detail,
+                train_path,
+                label_lines[study],
+                study,
+                level=level,
+            )
+            record(skip)
+    return DiscIndex(discs=tuple(discs), skips=tuple(record.skips))
