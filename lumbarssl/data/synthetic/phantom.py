@@ -1,0 +1,474 @@
+"""Rendering the sagittal phantom: tissues painted in the spine frame, slices by lateral offset.
+
+The mid-sagittal image is painted once per series from rounded boxes, ellipses and bands in the
+spine frame of :mod:`~lumbarssl.data.synthetic.anatomy`, each with a one-pixel anti-aliased edge,
+back to front (body outline, muscle, abdomen, vertebrae, discs, canal, posterior elements). Moving
+away from the midline the anatomy changes in steps that are painted once as *layers* (the
+stenosis fades, the thecal sac gives way to pedicles and neural foramina, spinous processes to
+paraspinal muscle, then facet joints, then the psoas); a slice at lateral offset ``z`` is the mid
+image plus each layer's difference weighted by a smooth ramp in ``|z|``. A slice thus costs a few
+array additions, not a new painting.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage
+
+from lumbarssl.data.synthetic.anatomy import Anatomy, Centerline, smoothstep
+from lumbarssl.data.synthetic.canvas import Canvas, Field
+
+__all__ = [
+    "T1_SIGNAL",
+    "T2_SIGNAL",
+    "TISSUES",
+    "SagittalPhantom",
+    "add_rician_noise",
+    "quadratic_log_gain",
+    "rician_magnitude",
+    "smooth_noise",
+]
+
+F32 = NDArray[np.float32]
+F64 = NDArray[np.float64]
+
+TISSUES: tuple[str, ...] = (
+    "air",
+    "fat",
+    "muscle",
+    "marrow",
+    "cortex",
+    "annulus",
+    "nucleus",
+    "csf",
+    "cord",
+    "root",
+    "ligament",
+    "abdomen",
+    "vessel",
+    "epidural_fat",
+    "joint_fluid",
+)
+# Signal relative to the brightest tissue on fast spin-echo images: CSF on T2, fat on T1.
+T2_SIGNAL: Mapping[str, float] = {
+    "air": 0.0,
+    "fat": 0.75,
+    "muscle": 0.2,
+    "marrow": 0.48,
+    "cortex": 0.1,
+    "annulus": 0.15,
+    "nucleus": 0.85,
+    "csf": 1.0,
+    "cord": 0.36,
+    "root": 0.3,
+    "ligament": 0.07,
+    "abdomen": 0.3,
+    "vessel": 0.06,
+    "epidural_fat": 0.62,
+    "joint_fluid": 0.75,
+}
+T1_SIGNAL: Mapping[str, float] = {
+    "air": 0.0,
+    "fat": 1.0,
+    "muscle": 0.3,
+    "marrow": 0.68,
+    "cortex": 0.05,
+    "annulus": 0.28,
+    "nucleus": 0.36,
+    "csf": 0.18,
+    "cord": 0.42,
+    "root": 0.38,
+    "ligament": 0.07,
+    "abdomen": 0.38,
+    "vessel": 0.1,
+    "epidural_fat": 0.92,
+    "joint_fluid": 0.2,
+}
+# How much each tissue's signal varies between patients and scanners (relative, uniform +-).
+_SIGNAL_JITTER = 0.08
+# Correlation lengths (mm) of the marrow/fat texture and of the bowel texture.
+_FINE_TEXTURE_MM = 2.5
+_COARSE_TEXTURE_MM = 12.0
+# Cortical bone thickness (mm) of bodies and posterior elements.
+_CORTEX_MM = 1.0
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """Change of the image as ``|z|`` ramps from ``start`` to ``stop`` (mm)."""
+
+    delta: F32
+    start: float
+    stop: float
+
+
+class SagittalPhantom:
+    """One sagittal series of one patient, noise-free: the mid image and its lateral layers.
+
+    Args:
+        anatomy: The patient.
+        centerline: The spine drawn into this series' pixel plane.
+        size: Rows (= columns) of the image.
+        spacing: Pixel spacing (mm).
+        signal: Signal of each tissue (see :data:`T2_SIGNAL`).
+        rng: Generator for the tissue signal jitter, textures and bias field.
+        bias_field_strength: Standard deviation of the smooth log-gain field.
+    """
+
+    def __init__(
+        self,
+        anatomy: Anatomy,
+        centerline: Centerline,
+        size: int,
+        spacing: float,
+        signal: Mapping[str, float],
+        rng: np.random.Generator,
+        bias_field_strength: float,
+    ) -> None:
+        self.anatomy = anatomy
+        self.size = size
+        self.spacing = spacing
+        jitter = rng.uniform(1.0 - _SIGNAL_JITTER, 1.0 + _SIGNAL_JITTER, len(TISSUES))
+        self._signal = {n: signal[n] * float(j) for n, j in zip(TISSUES, jitter, strict=True)}
+        c = self._canvas = Canvas(centerline, size, spacing)
+        fine = smooth_noise(rng, size, spacing, _FINE_TEXTURE_MM)
+        coarse = smooth_noise(rng, size, spacing, _COARSE_TEXTURE_MM)
+        gain = self._bias_field(rng, bias_field_strength)
+
+        sig = self._signal
+        self._fat = sig["fat"] * (1.0 + 0.06 * fine)
+        self._muscle = sig["muscle"] * (1.0 + 0.15 * fine)
+        self._marrow = sig["marrow"] * (1.0 + 0.08 * fine)
+        self._abdomen = np.maximum(sig["abdomen"] * (1.0 + 0.35 * coarse), 0.0)
+        # Smooth anatomy along s, tabulated once and looked up per pixel.
+        s_grid = np.arange(float(c.s.min()) - 1.0, float(c.s.max()) + 1.0, 0.25)
+        self._wall = np.interp(c.s, s_grid, anatomy.canal_wall(s_grid)).astype(np.float32)
+        self._depth = np.interp(c.s, s_grid, anatomy.body_depth(s_grid)).astype(np.float32)
+        self._wall_max = float(self._wall.max()) + 2.0
+        self._canal_win = c.window(-math.inf, math.inf, -2.0, self._wall_max)
+        self._csf = {scale: self._csf_bounds(s_grid, scale) for scale in (1.0, 0.0)}
+
+        self._paint_background()
+        self._paint_bodies()
+        self._paint_discs()
+        self._paint_canal(stenosis_scale=1.0)
+        self._paint_posterior_elements()
+        self.mid = c.image * gain
+        hs, hb = anatomy.sac_half_width, anatomy.body_half_width
+        steps: list[tuple[Callable[[], None], float, float]] = [
+            (lambda: self._paint_canal(stenosis_scale=0.0), 0.25 * hs, 0.9 * hs),
+            (self._paint_paraspinal_muscle, 2.5, 6.0),
+            (self._paint_foramina, hs - 1.5, hs + 2.5),
+            (self._paint_facets, hs + 2.0, hs + 6.0),
+            (self._paint_psoas, hb - 2.0, hb + 3.0),
+            (self._paint_paraspinal_muscle, hb + 4.0, hb + 9.0),
+        ]
+        self.layers: list[_Layer] = []
+        before = c.image.copy()
+        for paint, start, stop in steps:
+            paint()
+            delta = c.image - before
+            delta *= gain
+            self.layers.append(_Layer(delta, start, stop))
+            before[...] = c.image
+
+    def slice(self, z: float) -> F32:
+        """Noise-free image at lateral offset ``z`` (mm) from the midline, shape ``(H, W)``.
+
+        The result may be :attr:`mid` itself: do not modify it in place.
+        """
+        image = self.mid
+        for layer in self.layers:
+            w = (abs(z) - layer.start) / (layer.stop - layer.start)
+            if w <= 0.0:
+                continue
+            w = min(w, 1.0)
+            weighted = np.float32(w * w * (3.0 - 2.0 * w)) * layer.delta
+            if image is self.mid:
+                weighted += image
+                image = weighted
+            else:
+                image += weighted
+        return image
+
+    @property
+    def frame(self) -> tuple[F32, F32]:
+        """Spine-frame coordinates ``(s, t)`` (mm) of every pixel, each of shape ``(H, W)``."""
+        return self._canvas.s, self._canvas.t
+
+    def canal_mask(self) -> NDArray[np.bool_]:
+        """Pixels of the mid image inside the spinal canal (between disc and posterior wall)."""
+        t = self._canvas.t
+        return (t > 0.0) & (t < self._wall)
+
+    def csf_mask(self) -> NDArray[np.bool_]:
+        """Pixels of the mid image inside the (possibly narrowed) CSF column."""
+        anterior, posterior = self._csf[1.0]
+        t, s = self._canvas.t, self._canvas.s
+        return (t > anterior) & (t < posterior) & (s < self.anatomy.sac_end)
+
+    # -- painting ---------------------------------------------------------------------------
+
+    def _csf_bounds(self, s_grid: F64, scale: float) -> tuple[F32, F32]:
+        """Full-image maps of the CSF column's bounds, filled inside the canal window only."""
+        c = self._canvas
+        anterior = np.zeros_like(c.s)
+        posterior = np.zeros_like(c.s)
+        if self._canal_win is not None:
+            ant, post = self.anatomy.csf_bounds(s_grid, scale)
+            s = c.s[self._canal_win]
+            anterior[self._canal_win] = np.interp(s, s_grid, ant)
+            posterior[self._canal_win] = np.interp(s, s_grid, post)
+        return anterior, posterior
+
+    def _paint_background(self) -> None:
+        a, c, sig = self.anatomy, self._canvas, self._signal
+        everywhere = (-math.inf, math.inf)
+        wall, depth = self._wall, self._depth
+        front = -depth - np.float32(a.abdomen_depth)
+        t_front = -80.0 - a.abdomen_depth
+        back = a.back_muscle_depth
+        c.band(
+            everywhere,
+            (t_front, 40.0 + back + a.posterior_fat),
+            front,
+            wall + np.float32(back + a.posterior_fat),
+            self._fat,
+        )
+        c.band(
+            everywhere,
+            (t_front, 0.0),
+            front + np.float32(8.0),
+            front + np.float32(16.0),
+            self._muscle,
+        )
+        c.band(
+            everywhere,
+            (t_front, 0.0),
+            front + np.float32(18.0),
+            -depth - np.float32(4.0),
+            self._abdomen,
+        )
+        c.band(everywhere, (0.0, 40.0 + back), wall, wall + np.float32(back), self._muscle)
+        aorta = -depth - np.float32(3.0)
+        c.band(
+            (-math.inf, a.aorta_end),
+            (-80.0, 0.0),
+            aorta - np.float32(2.0 * a.aorta_radius),
+            aorta,
+            sig["vessel"],
+        )
+
+    def _paint_bone(
+        self, s_lo: float, s_hi: float, t_lo: float, t_hi: float, radius: float, gain: float = 1.0
+    ) -> None:
+        marrow: Field = self._marrow if gain == 1.0 else self._marrow * np.float32(gain)
+        cortex = self._signal["cortex"]
+        self._canvas.box(s_lo, s_hi, t_lo, t_hi, radius, cortex, core=(_CORTEX_MM, marrow))
+
+    def _wall_at(self, s: float) -> float:
+        return float(self.anatomy.canal_wall(np.asarray([s]))[0])
+
+    def _paint_bodies(self) -> None:
+        for v in self.anatomy.vertebrae:
+            self._paint_bone(
+                v.top, v.bottom, -v.depth, 0.0, min(3.0, 0.25 * v.height), v.marrow_gain
+            )
+
+    def _paint_discs(self) -> None:
+        c, sig = self._canvas, self._signal
+        for d in self.anatomy.discs:
+            h = d.height
+            if h <= 0.5:
+                continue
+            c.box(
+                d.top - 0.3, d.bottom + 0.3, -d.depth - 1.5, 1.0, min(0.5 * h, 4.0), sig["annulus"]
+            )
+            if h < 4.0:
+                continue
+            dark = 0.8 * d.degeneration
+            nucleus = (1.0 - dark) * sig["nucleus"] + dark * sig["annulus"]
+            c.ellipse(d.center, -0.47 * d.depth, 0.36 * h, 0.36 * d.depth, nucleus)
+            if d.degeneration < 0.6:
+                # The intranuclear cleft: a thin dark line across the adult nucleus.
+                c.ellipse(
+                    d.center, -0.47 * d.depth, 0.5, 0.28 * d.depth, sig["annulus"], opacity=0.5
+                )
+
+    def _paint_canal(self, stenosis_scale: float) -> None:
+        a, c, sig = self.anatomy, self._canvas, self._signal
+        if self._canal_win is None:
+            return
+        ant, post = self._csf[stenosis_scale]
+        wall = self._wall
+        t_range = (-2.0, self._wall_max)
+        bottom = a.vertebrae[-1].bottom
+        all_s = (-math.inf, bottom)
+        c.band(all_s, t_range, 0.0, wall, sig["epidural_fat"])
+        c.band(all_s, (-2.0, 3.0), 0.0, 1.0, sig["ligament"])
+        for d in a.discs:
+            if d.height <= 0.5 or d.bottom > a.vertebra("S1").bottom:
+                continue
+            half = d.narrowing_half_length
+            s_range = (d.center - half, d.center + half)
+            c.band(s_range, t_range, post, wall + np.float32(0.5), sig["ligament"])
+            if d.stenosis * stenosis_scale > 0.0:
+                c.band(s_range, t_range, 0.0, ant, sig["annulus"])
+        c.band((-math.inf, a.sac_end), t_range, ant, post, sig["csf"])
+        win = self._canal_win
+        mid = np.zeros_like(ant)
+        half_cord = np.zeros_like(ant)
+        mid[win] = 0.5 * (ant[win] + post[win])
+        taper = (np.float32(a.conus_tip) - c.s[win]) * np.float32(1.0 / 25.0)
+        half_cord[win] = np.float32(a.cord_radius) * smoothstep(taper).astype(np.float32)
+        c.band((-math.inf, a.conus_tip), t_range, mid - half_cord, mid + half_cord, sig["cord"])
+        for fraction in (0.55, 0.7, 0.82):
+            at = ant + np.float32(fraction) * (post - ant)
+            c.band(
+                (a.conus_tip - 10.0, a.sac_end - 2.0),
+                t_range,
+                at - np.float32(0.5),
+                at + np.float32(0.5),
+                sig["root"],
+                opacity=0.7,
+            )
+
+    def _paint_posterior_elements(self) -> None:
+        a = self.anatomy
+        for v in a.vertebrae:
+            wall = self._wall_at(v.center)
+            if v.name.startswith("S"):
+                if v.name in ("S1", "S2", "S3"):
+                    self._paint_bone(v.top, v.bottom + 2.0, wall + 0.5, wall + 9.0, 2.0)
+                continue
+            center = v.center + 0.3 * v.height
+            half = 0.33 * v.height
+            self._paint_bone(center - half, center + half, wall + 0.5, wall + a.spinous_length, 4.0)
+
+    def _paint_paraspinal_muscle(self) -> None:
+        a, c = self.anatomy, self._canvas
+        back = a.back_muscle_depth
+        c.band(
+            (-math.inf, math.inf),
+            (0.0, 40.0 + back),
+            self._wall + np.float32(0.3),
+            self._wall + np.float32(back),
+            self._muscle,
+        )
+
+    def _paint_foramina(self) -> None:
+        a, c, sig = self.anatomy, self._canvas, self._signal
+        bottom = a.vertebra("S1").bottom
+        c.band(
+            (-math.inf, bottom),
+            (-2.0, self._wall_max),
+            -0.5,
+            self._wall + np.float32(1.0),
+            sig["epidural_fat"],
+        )
+        for d in a.discs:
+            if d.bottom <= bottom and d.height > 0.5:
+                c.box(d.top - 0.3, d.bottom + 0.3, -3.0, 2.0, 1.0, sig["annulus"])
+        for v in a.vertebrae:
+            if v.name.startswith("S") and v.name != "S1":
+                continue
+            wall = self._wall_at(v.center)
+            self._paint_bone(v.top + 1.5, v.top + 0.55 * v.height, -1.5, wall + 1.5, 3.0)
+            c.ellipse(v.top + 0.55 * v.height + 4.5, 0.4 * wall, 3.0, 2.5, sig["root"])
+        for d in a.discs:
+            if d.bottom <= bottom and d.height > 0.5:
+                wall = self._wall_at(d.center)
+                self._paint_bone(d.center - 9.0, d.center + 2.0, 0.62 * wall, wall + 2.0, 2.5)
+
+    def _paint_facets(self) -> None:
+        a, c, sig = self.anatomy, self._canvas, self._signal
+        for d in a.discs:
+            if d.height <= 0.5 or d.bottom > a.vertebra("S1").top + 1.0:
+                continue
+            wall = self._wall_at(d.center)
+            self._paint_bone(d.center - 13.0, d.center + 13.0, wall + 1.0, wall + 17.0, 5.0)
+            c.box(d.center - 0.7, d.center + 0.7, wall + 2.5, wall + 15.5, 0.5, sig["joint_fluid"])
+
+    def _paint_psoas(self) -> None:
+        c = self._canvas
+        c.band(
+            (-math.inf, math.inf),
+            (-80.0, self._wall_max),
+            -self._depth - np.float32(14.0),
+            self._wall + np.float32(1.5),
+            self._muscle,
+        )
+
+    def _bias_field(self, rng: np.random.Generator, strength: float) -> F32:
+        """Smooth gain: a random quadratic log-field times a posterior coil falloff."""
+        log_gain = quadratic_log_gain(rng, self.size, strength)
+        # Spine coils sit under the patient's back: signal falls off towards the front.
+        falloff = np.float32(1.0 / rng.uniform(150.0, 400.0))
+        log_gain += np.minimum(self._canvas.t - np.float32(10.0), 0.0) * falloff
+        return np.exp(log_gain)
+
+
+def quadratic_log_gain(rng: np.random.Generator, size: int, strength: float) -> F32:
+    """A random smooth log-gain field: a quadratic in the image coordinates, ``(size, size)``."""
+    u = np.linspace(-1.0, 1.0, size, dtype=np.float32)
+    cx, cy, cxy, cxx, cyy = (np.float32(v) for v in rng.normal(0.0, strength / 2.0, 5))
+    row = cy * u + cyy * (u * u - np.float32(1 / 3))
+    col = cx * u + cxx * (u * u - np.float32(1 / 3))
+    gain: F32 = row[:, None] + col[None, :] + cxy * u[:, None] * u[None, :]
+    return gain
+
+
+def smooth_noise(rng: np.random.Generator, size: int, spacing: float, corr_mm: float) -> F32:
+    """Zero-mean, unit-variance noise with correlation length ``corr_mm``, shape ``(size, size)``.
+
+    White noise on a grid two thirds of the correlation length apart (never finer than the
+    pixels), Gaussian-smoothed there and interpolated bilinearly to the pixels.
+    """
+    cell = max(corr_mm / 1.5, spacing)
+    cells = math.ceil(size * spacing / cell) + 1
+    coarse = ndimage.gaussian_filter(rng.standard_normal((cells, cells)), 0.5 * corr_mm / cell)
+    fine = _bilinear_resize(coarse.astype(np.float32), size)
+    normalised: F32 = ((fine - fine.mean()) / max(float(fine.std()), 1e-6)).astype(np.float32)
+    return normalised
+
+
+def _bilinear_resize(a: F32, size: int) -> F32:
+    """Resize a square array to ``(size, size)`` by bilinear interpolation, corners aligned."""
+    u = np.linspace(0.0, a.shape[0] - 1.0, size)
+    i = np.minimum(u.astype(np.intp), a.shape[0] - 2)
+    f = (u - i).astype(np.float32)
+    rows = a[i] * (1.0 - f)[:, None] + a[i + 1] * f[:, None]
+    out: F32 = rows[:, i] * (1.0 - f)[None, :] + rows[:, i + 1] * f[None, :]
+    return out
+
+
+def add_rician_noise(image: F32, noise_sd: float, rng: np.random.Generator) -> F32:
+    """Magnitude of the image plus complex Gaussian noise of standard deviation ``noise_sd``.
+
+    Args:
+        image: Noise-free magnitude image, shape ``(H, W)``.
+        noise_sd: Standard deviation of each of the real and imaginary noise parts.
+        rng: Random generator.
+
+    Returns:
+        The noisy image, shape ``(H, W)``, float32.
+    """
+    real = rng.standard_normal(image.shape, dtype=np.float32)
+    imag = rng.standard_normal(image.shape, dtype=np.float32)
+    real *= np.float32(noise_sd)
+    imag *= np.float32(noise_sd)
+    return rician_magnitude(image, real, imag)
+
+
+def rician_magnitude(image: F32, real: F32, imag: F32) -> F32:
+    """``|image + real + i imag|``, computed in a fresh float32 array."""
+    out = image + real
+    out *= out
+    out += np.square(imag)
+    magnitude: F32 = np.sqrt(out, out=out)
+    return magnitude
