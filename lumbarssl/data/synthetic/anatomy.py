@@ -9,6 +9,7 @@ plane of a sagittal image, where ``x`` (columns) runs posterior and ``y`` (rows)
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import TypeVar
@@ -182,14 +183,18 @@ class Anatomy:
         """The vertebra called ``name``."""
         return next(v for v in self.vertebrae if v.name == name)
 
+    @functools.cached_property
+    def _canal_table(self) -> tuple[FloatArray, FloatArray]:
+        centers = np.array([v.center for v in self.vertebrae] + [d.center for d in self.discs])
+        widths = np.array(
+            [v.canal_width for v in self.vertebrae] + [d.canal_width for d in self.discs]
+        )
+        order = np.argsort(centers)
+        return centers[order], widths[order]
+
     def canal_width(self, s: FloatArray) -> FloatArray:
         """Width of the CSF column without stenosis, interpolated along ``s``."""
-        centers = [v.center for v in self.vertebrae] + [d.center for d in self.discs]
-        widths = [v.canal_width for v in self.vertebrae] + [d.canal_width for d in self.discs]
-        order = np.argsort(centers)
-        return np.asarray(
-            np.interp(s, np.asarray(centers)[order], np.asarray(widths)[order]), dtype=np.float64
-        )
+        return np.asarray(np.interp(s, *self._canal_table), dtype=np.float64)
 
     def body_depth(self, s: FloatArray) -> FloatArray:
         """Antero-posterior depth of the bodies and discs, interpolated along ``s``."""

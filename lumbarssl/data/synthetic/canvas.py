@@ -56,6 +56,13 @@ class Canvas:
         r1 = int(np.searchsorted(self.s_row, s_hi + slack, side="right"))
         if r0 >= r1:
             return None
+        # Refine with each row's own slope (the global one is loose where the spine bends).
+        s_row, tan = self.s_row[r0:r1], self.tan_row[r0:r1]
+        a, b = s_row + (t_lo - m) * tan, s_row + (t_hi + m) * tan
+        rows = np.flatnonzero((np.maximum(a, b) >= s_lo - m) & (np.minimum(a, b) <= s_hi + m))
+        if rows.size == 0:
+            return None
+        r0, r1 = r0 + int(rows[0]), r0 + int(rows[-1]) + 1
         x = self.x_row[r0:r1]
         inv_cos = self.inv_cos_row[r0:r1]
         x_lo = float(np.min(x + (t_lo - m) * inv_cos))
@@ -112,13 +119,17 @@ class Canvas:
         win = self.window(s_c - r_s, s_c + r_s, t_c - r_t, t_c + r_t)
         if win is None:
             return
-        ds = (self.s[win] - np.float32(s_c)) * np.float32(1.0 / r_s)
-        dt = (self.t[win] - np.float32(t_c)) * np.float32(1.0 / r_t)
+        s_off = self.s[win] - np.float32(s_c)
+        t_off = self.t[win] - np.float32(t_c)
+        ds = s_off * np.float32(1.0 / r_s)
+        dt = t_off * np.float32(1.0 / r_t)
         u = np.hypot(ds, dt)
-        # Distance to the boundary to first order: (u - 1) / |grad u|, exact on a circle.
+        # Distance to the boundary to first order, (u - 1) / |grad u| (exact on a circle), and
+        # never less than the distance to the bounding box, so nothing leaks out of the window.
         grad = np.hypot(ds * np.float32(1.0 / r_s), dt * np.float32(1.0 / r_t))
         sdf = (u - 1.0) * u / np.maximum(grad, np.float32(1e-6))
-        self.paint(win, self._alpha(sdf), value, opacity)
+        outside_box = np.maximum(np.abs(s_off) - np.float32(r_s), np.abs(t_off) - np.float32(r_t))
+        self.paint(win, self._alpha(np.maximum(sdf, outside_box)), value, opacity)
 
     def band(
         self,

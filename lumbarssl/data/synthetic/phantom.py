@@ -118,6 +118,8 @@ class SagittalPhantom:
         signal: Signal of each tissue (see :data:`T2_SIGNAL`).
         rng: Generator for the tissue signal jitter, textures and bias field.
         bias_field_strength: Standard deviation of the smooth log-gain field.
+        max_offset: Largest ``|z|`` (mm) that :meth:`slice` will be asked for; layers that only
+            change the image beyond it are not painted (the slices are the same either way).
     """
 
     def __init__(
@@ -129,6 +131,8 @@ class SagittalPhantom:
         signal: Mapping[str, float],
         rng: np.random.Generator,
         bias_field_strength: float,
+        *,
+        max_offset: float = math.inf,
     ) -> None:
         self.anatomy = anatomy
         self.size = size
@@ -147,7 +151,8 @@ class SagittalPhantom:
         self._abdomen = np.maximum(sig["abdomen"] * (1.0 + 0.35 * coarse), 0.0)
         # Smooth anatomy along s, tabulated once and looked up per pixel.
         s_grid = np.arange(float(c.s.min()) - 1.0, float(c.s.max()) + 1.0, 0.25)
-        self._wall = np.interp(c.s, s_grid, anatomy.canal_wall(s_grid)).astype(np.float32)
+        self._s_grid, self._wall_table = s_grid, anatomy.canal_wall(s_grid)
+        self._wall = np.interp(c.s, s_grid, self._wall_table).astype(np.float32)
         self._depth = np.interp(c.s, s_grid, anatomy.body_depth(s_grid)).astype(np.float32)
         self._wall_max = float(self._wall.max()) + 2.0
         self._canal_win = c.window(-math.inf, math.inf, -2.0, self._wall_max)
@@ -170,7 +175,9 @@ class SagittalPhantom:
         ]
         self.layers: list[_Layer] = []
         before = c.image.copy()
-        for paint, start, stop in steps:
+        # Each layer is painted over the previous ones, so only a tail of unused layers can go.
+        used = [k for k, (_, start, _) in enumerate(steps) if start < max_offset]
+        for paint, start, stop in steps[: max(used, default=-1) + 1]:
             paint()
             delta = c.image - before
             delta *= gain
@@ -272,7 +279,7 @@ class SagittalPhantom:
         self._canvas.box(s_lo, s_hi, t_lo, t_hi, radius, cortex, core=(_CORTEX_MM, marrow))
 
     def _wall_at(self, s: float) -> float:
-        return float(self.anatomy.canal_wall(np.asarray([s]))[0])
+        return float(np.interp(s, self._s_grid, self._wall_table))
 
     def _paint_bodies(self) -> None:
         for v in self.anatomy.vertebrae:

@@ -45,6 +45,7 @@ def sagittal_phantom(
 ) -> SagittalPhantom:
     """The noise-free phantom of a sagittal series of ``plan``."""
     signal = T1_SIGNAL if series.description == SAGITTAL_T1 else T2_SIGNAL
+    reach = max(abs(plan.slice_offset(j, series)) for j in (0, series.n_slices - 1))
     return SagittalPhantom(
         plan.anatomy,
         plan.centerline,
@@ -53,6 +54,7 @@ def sagittal_phantom(
         signal,
         rng,
         config.bias_field_strength,
+        max_offset=reach,
     )
 
 
