@@ -43,8 +43,8 @@ _SPINE: tuple[tuple[str, float, float, float, float], ...] = (
 )
 # Lumbar discs are more degenerated lower down (added to the degeneration score).
 _DEGENERATION_BY_LEVEL = (0.0, 0.05, 0.1, 0.15, 0.15)
-# Thickness of the posterior longitudinal ligament and dura in front of the CSF (mm).
-_ANTERIOR_LINING_MM = 1.0
+#: Thickness (mm) of the posterior longitudinal ligament and dura in front of the CSF.
+ANTERIOR_LINING_MM = 1.0
 # Step of the sampled centreline (mm) and how far beyond the anatomy it extends.
 _CURVE_STEP_MM = 0.5
 _CURVE_REACH_MM = 900.0
@@ -218,7 +218,7 @@ class Anatomy:
             ``(anterior, posterior)`` arrays of the shape of ``s``.
         """
         width = self.canal_width(s)
-        anterior = np.full_like(width, _ANTERIOR_LINING_MM)
+        anterior = np.full_like(width, ANTERIOR_LINING_MM)
         posterior = anterior + width
         for disc in self.discs:
             r = disc.stenosis * stenosis_scale
@@ -231,7 +231,7 @@ class Anatomy:
 
     def canal_wall(self, s: FloatArray) -> FloatArray:
         """``t`` of the posterior wall of the spinal canal (laminae and ligamentum flavum)."""
-        return _ANTERIOR_LINING_MM + self.canal_width(s) + self.epidural_depth
+        return ANTERIOR_LINING_MM + self.canal_width(s) + self.epidural_depth
 
     def tangent_angle(self, s: FloatArray) -> FloatArray:
         """Angle of the spine's tangent from the image's downward axis, towards posterior.

@@ -63,76 +63,72 @@ class AxialPhantom:
         texture = smooth_noise(rng, size, spacing, _TEXTURE_MM)
         gain = np.exp(quadratic_log_gain(rng, size, bias_field_strength))
         lumbar = [v for v in anatomy.vertebrae if v.name.startswith("L")]
-        self._body = self._paint(
-            texture, disc=False, depth=float(np.mean([v.depth for v in lumbar]))
-        )
-        self._disc = self._paint(
-            texture, disc=True, depth=float(np.mean([v.depth for v in lumbar]))
-        )
-        self._body *= gain
-        self._disc *= gain
+        self._depth = float(np.mean([v.depth for v in lumbar]))
+        self._width = float(np.mean([v.canal_width for v in lumbar]))
+        canvas = self._canvas()
+        self._paint_surroundings(canvas, texture)
+        surroundings = canvas.image.copy()
+        self._paint_spine(canvas, disc=False)
+        self._body = canvas.image * gain
+        canvas.image = surroundings
+        self._paint_spine(canvas, disc=True)
+        self._disc = canvas.image * gain
 
-    def slice_heights(self, n_slices: int) -> NDArray[np.float64]:
-        """Spine positions ``s`` of ``n_slices`` slices from the L1/L2 to the L5/S1 disc."""
-        discs = self.anatomy.lumbar_discs
-        return np.linspace(discs[0].center, discs[-1].center, n_slices)
-
-    def slice(self, s: float) -> F32:
-        """Noise-free cross-section at spine position ``s``, shape ``(H, W)``."""
+    def slice(self, row_mm: float) -> F32:
+        """Noise-free cross-section at the height of sagittal row ``row_mm``, shape ``(H, W)``."""
+        s_row, x_row, _, _ = (float(v[0]) for v in self.centerline.rows(np.asarray([row_mm])))
         in_disc = 0.0
         for d in self.anatomy.discs:
             half = 0.5 * d.height
-            in_disc = max(in_disc, float(np.clip((half + 1.0 - abs(s - d.center)) / 2.0, 0.0, 1.0)))
+            overlap = (half + 1.0 - abs(s_row - d.center)) / 2.0
+            in_disc = max(in_disc, min(max(overlap, 0.0), 1.0))
         image = (1.0 - in_disc) * self._body + in_disc * self._disc
         # Follow the lordosis: the spine's front-back position changes with height.
-        shift = (self.centerline.to_image(s, 0.0)[0] - self._margin_x) / self.spacing
+        shift = (x_row - self._margin_x) / self.spacing
         return _shift_rows(image.astype(np.float32), round(shift))
 
-    def _paint(self, texture: F32, *, disc: bool, depth: float) -> F32:
-        a, sig = self.anatomy, self._signal
+    def _canvas(self) -> Canvas:
+        """A canvas whose frame is ``s`` = antero-posterior (rows), ``t`` = lateral (columns)."""
         fov = self.size * self.spacing
-        half = 0.5 * fov
-        # The canvas frame: s runs down the rows (antero-posterior), t along the columns.
         rows = np.arange(-2.0 * fov, 2.0 * fov, 0.5)
         straight = Centerline(
             s=rows,
-            x=np.full_like(rows, half),
+            x=np.full_like(rows, 0.5 * fov),
             y=rows + self._margin_x,
             sin=np.zeros_like(rows),
             cos=np.ones_like(rows),
         )
-        c = Canvas(straight, self.size, self.spacing)
-        width = float(
-            np.interp(
-                self._reference,
-                [v.center for v in a.vertebrae],
-                [v.canal_width for v in a.vertebrae],
-            )
-        )
-        wall = 1.0 + width + a.epidural_depth
+        return Canvas(straight, self.size, self.spacing)
+
+    def _paint_surroundings(self, c: Canvas, texture: F32) -> None:
+        """Body outline, abdomen and muscles: the same at body and disc heights."""
+        a, sig = self.anatomy, self._signal
+        depth, wall = self._depth, 1.0 + self._width + a.epidural_depth
         front = -depth - a.abdomen_depth
         back = wall + a.back_muscle_depth + a.posterior_fat
         centre, radius = 0.5 * (front + back), 0.5 * (back - front)
         hb, hs = a.body_half_width, a.sac_half_width
         c.ellipse(centre, 0.0, radius, _BODY_ASPECT * radius, sig["fat"])
-        c.ellipse(
-            centre - 10.0,
-            0.0,
-            radius - 18.0,
-            _BODY_ASPECT * radius - 18.0,
-            np.maximum(sig["abdomen"] * (1.0 + 0.35 * texture), 0.0),
-        )
+        abdomen = np.maximum(sig["abdomen"] * (1.0 + 0.35 * texture), 0.0)
+        c.ellipse(centre - 10.0, 0.0, radius - 18.0, _BODY_ASPECT * radius - 18.0, abdomen)
+        muscle_depth = a.back_muscle_depth
         for side in (-1.0, 1.0):
             c.ellipse(
-                wall + 0.45 * a.back_muscle_depth,
+                wall + 0.45 * muscle_depth,
                 side * (hs + 20.0),
-                0.5 * a.back_muscle_depth,
+                0.5 * muscle_depth,
                 22.0,
                 sig["muscle"],
             )
             c.ellipse(-0.55 * depth, side * (hb + 12.0), 16.0, 12.0, sig["muscle"])
-        tissue = "annulus" if disc else "cortex"
-        c.ellipse(-0.5 * depth, 0.0, 0.5 * depth, hb, sig[tissue])
+
+    def _paint_spine(self, c: Canvas, *, disc: bool) -> None:
+        """The vertebral body (or disc), the canal and the posterior elements."""
+        a, sig = self.anatomy, self._signal
+        depth, width = self._depth, self._width
+        wall = 1.0 + width + a.epidural_depth
+        hb, hs = a.body_half_width, a.sac_half_width
+        c.ellipse(-0.5 * depth, 0.0, 0.5 * depth, hb, sig["annulus" if disc else "cortex"])
         if disc:
             c.ellipse(-0.5 * depth, 0.0, 0.32 * depth, 0.6 * hb, sig["nucleus"])
         else:
@@ -140,44 +136,21 @@ class AxialPhantom:
         c.ellipse(
             1.0 + 0.5 * width, 0.0, 0.5 * width + a.epidural_depth, hs + 2.0, sig["epidural_fat"]
         )
+        bone = (sig["cortex"], (1.2, sig["marrow"]))
         if disc:
             for side in (-1.0, 1.0):
                 c.ellipse(wall + 3.0, side * (hs + 6.0), 7.0, 6.0, sig["cortex"])
                 c.ellipse(wall + 3.0, side * (hs + 6.0), 5.8, 4.8, sig["marrow"])
             c.box(wall - 3.0, wall + 1.0, -hs, hs, 1.0, sig["ligament"])
         else:
-            for side in (-1.0, 1.0):
-                lo, hi = (hs, hs + 6.0) if side > 0 else (-hs - 6.0, -hs)
-                c.box(-3.0, wall + 2.0, lo, hi, 2.0, sig["cortex"], core=(1.2, sig["marrow"]))
-            c.box(
-                wall - 1.0,
-                wall + 5.0,
-                -hs - 6.0,
-                hs + 6.0,
-                2.0,
-                sig["cortex"],
-                core=(1.2, sig["marrow"]),
-            )
-            c.box(
-                wall + 2.0,
-                wall + a.spinous_length,
-                -3.5,
-                3.5,
-                2.0,
-                sig["cortex"],
-                core=(1.2, sig["marrow"]),
-            )
+            for lo, hi in ((hs, hs + 6.0), (-hs - 6.0, -hs)):
+                c.box(-3.0, wall + 2.0, lo, hi, 2.0, bone[0], core=bone[1])
+            c.box(wall - 1.0, wall + 5.0, -hs - 6.0, hs + 6.0, 2.0, bone[0], core=bone[1])
+            c.box(wall + 2.0, wall + a.spinous_length, -3.5, 3.5, 2.0, bone[0], core=bone[1])
         c.ellipse(1.0 + 0.5 * width, 0.0, 0.5 * width, hs, sig["csf"])
         for k, lateral in enumerate((-0.5, -0.2, 0.2, 0.5)):
-            c.ellipse(
-                1.0 + width * (0.65 + 0.05 * (k % 2)),
-                lateral * hs,
-                1.0,
-                1.0,
-                sig["root"],
-                opacity=0.8,
-            )
-        return c.image
+            at = 1.0 + width * (0.65 + 0.05 * (k % 2))
+            c.ellipse(at, lateral * hs, 1.0, 1.0, sig["root"], opacity=0.8)
 
 
 def _shift_rows(image: F32, shift: int) -> F32:

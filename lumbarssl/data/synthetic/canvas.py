@@ -9,6 +9,7 @@ the image.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -73,12 +74,11 @@ class Canvas:
             return None
         return slice(r0, r1), slice(c0, c1)
 
-    def paint(self, win: Window, alpha: F32, value: Field, opacity: float = 1.0) -> None:
-        """Composite ``value`` over the window with opacity ``alpha * opacity``."""
+    def paint(self, win: Window, alpha: F32, target: float | F32, opacity: float = 1.0) -> None:
+        """Composite ``target`` (a constant or a window-shaped array) over the window."""
         region = self.image[win]
         if opacity != 1.0:
             alpha = alpha * np.float32(opacity)
-        target = value if isinstance(value, float) else value[win]
         region += alpha * (target - region)
 
     def box(
@@ -107,10 +107,66 @@ class Canvas:
         qt = np.abs(self.t[win] - np.float32(t_lo + half_t)) - np.float32(half_t - radius)
         outside = np.hypot(np.maximum(qs, 0.0), np.maximum(qt, 0.0))
         sdf = outside + np.minimum(np.maximum(qs, qt), 0.0) - np.float32(radius)
-        self.paint(win, self._alpha(sdf), value, opacity)
+        self.paint(win, self._alpha(sdf), _on(value, win), opacity)
         if core is not None:
             inset, inner = core
-            self.paint(win, self._alpha(sdf + np.float32(inset)), inner, opacity)
+            self.paint(win, self._alpha(sdf + np.float32(inset)), _on(inner, win), opacity)
+
+    def boxes(
+        self,
+        s_lo: Sequence[float],
+        s_hi: Sequence[float],
+        t_lo: Sequence[float],
+        t_hi: Sequence[float],
+        radius: float,
+        value: Field,
+        *,
+        gain: Sequence[float] | None = None,
+        core: tuple[float, Field] | None = None,
+    ) -> None:
+        """Paint a row of rounded boxes that follow each other along ``s``, in one pass.
+
+        The boxes must be sorted along ``s`` and must not overlap there; each pixel belongs to
+        the box nearest along ``s`` (the gaps are split at their midpoints). Same result as one
+        :meth:`box` call per box wherever the gaps are wider than an edge ramp.
+
+        Args:
+            s_lo: Per box, lower ``s`` bound.
+            s_hi: Per box, upper ``s`` bound.
+            t_lo: Per box, lower ``t`` bound.
+            t_hi: Per box, upper ``t`` bound.
+            radius: Corner radius (clipped to each box's half-sides).
+            value: Signal painted.
+            gain: Per box, a factor on ``value`` (and on the core's value).
+            core: ``(inset, value)`` of a second box inside each box.
+        """
+        if len(s_lo) == 0:
+            return
+        lo_s, hi_s = np.asarray(s_lo, np.float64), np.asarray(s_hi, np.float64)
+        lo_t, hi_t = np.asarray(t_lo, np.float64), np.asarray(t_hi, np.float64)
+        win = self.window(
+            float(lo_s.min()), float(hi_s.max()), float(lo_t.min()), float(hi_t.max())
+        )
+        if win is None:
+            return
+        s, t = self.s[win], self.t[win]
+        half_s, half_t = 0.5 * (hi_s - lo_s), 0.5 * (hi_t - lo_t)
+        r = np.minimum(np.minimum(radius, half_s), half_t)
+        splits = (0.5 * (hi_s[:-1] + lo_s[1:])).astype(np.float32)
+        k = np.searchsorted(splits, s)
+
+        def per_pixel(v: NDArray[np.float64]) -> F32:
+            return v.astype(np.float32)[k]
+
+        qs = np.abs(s - per_pixel(lo_s + half_s)) - per_pixel(half_s - r)
+        qt = np.abs(t - per_pixel(lo_t + half_t)) - per_pixel(half_t - r)
+        outside = np.hypot(np.maximum(qs, 0.0), np.maximum(qt, 0.0))
+        sdf = outside + np.minimum(np.maximum(qs, qt), 0.0) - per_pixel(r)
+        factor = None if gain is None else per_pixel(np.asarray(gain, np.float64))
+        self.paint(win, self._alpha(sdf), _on(value, win, factor))
+        if core is not None:
+            inset, inner = core
+            self.paint(win, self._alpha(sdf + np.float32(inset)), _on(inner, win, factor))
 
     def ellipse(
         self, s_c: float, t_c: float, r_s: float, r_t: float, value: Field, *, opacity: float = 1.0
@@ -129,7 +185,7 @@ class Canvas:
         grad = np.hypot(ds * np.float32(1.0 / r_s), dt * np.float32(1.0 / r_t))
         sdf = (u - 1.0) * u / np.maximum(grad, np.float32(1e-6))
         outside_box = np.maximum(np.abs(s_off) - np.float32(r_s), np.abs(t_off) - np.float32(r_t))
-        self.paint(win, self._alpha(np.maximum(sdf, outside_box)), value, opacity)
+        self.paint(win, self._alpha(np.maximum(sdf, outside_box)), _on(value, win), opacity)
 
     def band(
         self,
@@ -140,11 +196,13 @@ class Canvas:
         value: Field,
         *,
         opacity: float = 1.0,
+        weight: F32 | None = None,
     ) -> None:
         """Paint ``lo <= t <= hi`` for ``s`` in ``s_range``.
 
         ``lo`` and ``hi`` are constants or full-image maps (functions of ``s``); ``t_range`` must
-        contain every value they take in that stretch.
+        contain every value they take in that stretch. ``weight``, a full-image map in ``[0, 1]``,
+        multiplies the opacity.
         """
         win = self.window(*s_range, *t_range)
         if win is None:
@@ -160,8 +218,16 @@ class Canvas:
         if math.isfinite(s_hi):
             alpha = np.minimum(alpha, np.float32(s_hi) - s)
         alpha = np.clip(alpha * inv_edge + np.float32(0.5), 0.0, 1.0)
-        self.paint(win, alpha, value, opacity)
+        if weight is not None:
+            alpha *= weight[win]
+        self.paint(win, alpha, _on(value, win), opacity)
 
     def _alpha(self, sdf: F32) -> F32:
         alpha: F32 = np.clip(np.float32(0.5) - sdf * np.float32(1.0 / self.edge), 0.0, 1.0)
         return alpha
+
+
+def _on(value: Field, win: Window, factor: F32 | None = None) -> float | F32:
+    """``value`` restricted to the window, times a window-shaped factor when given."""
+    base = value if isinstance(value, float) else value[win]
+    return base if factor is None else base * factor

@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from lumbarssl.data.synthetic.anatomy import Anatomy, Centerline, smoothstep
+from lumbarssl.data.synthetic.anatomy import ANTERIOR_LINING_MM, Anatomy, Centerline, smoothstep
 from lumbarssl.data.synthetic.canvas import Canvas, Field
 
 __all__ = [
@@ -96,6 +96,8 @@ _FINE_TEXTURE_MM = 2.5
 _COARSE_TEXTURE_MM = 12.0
 # Cortical bone thickness (mm) of bodies and posterior elements.
 _CORTEX_MM = 1.0
+# Length (mm) over which the aorta fades out above its bifurcation.
+_AORTA_FADE_MM = 25.0
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,7 @@ class SagittalPhantom:
         self._wall_max = float(self._wall.max()) + 2.0
         self._canal_win = c.window(-math.inf, math.inf, -2.0, self._wall_max)
         self._csf = {scale: self._csf_bounds(s_grid, scale) for scale in (1.0, 0.0)}
+        self._flavum = self._flavum_weight(s_grid)
 
         self._paint_background()
         self._paint_bodies()
@@ -233,6 +236,22 @@ class SagittalPhantom:
             posterior[self._canal_win] = np.interp(s, s_grid, post)
         return anterior, posterior
 
+    def _flavum_weight(self, s_grid: F64) -> F32:
+        """Where along the canal the ligamentum flavum lies: 1 across each disc level, else 0."""
+        a, c = self.anatomy, self._canvas
+        weight = np.zeros_like(c.s)
+        if self._canal_win is None:
+            return weight
+        table = np.zeros_like(s_grid)
+        last = a.vertebra("S1").bottom
+        for d in a.discs:
+            if d.height > 0.5 and d.bottom <= last:
+                half = d.narrowing_half_length
+                inside = (half - np.abs(s_grid - d.center)) / self._canvas.edge + 0.5
+                table = np.maximum(table, np.clip(inside, 0.0, 1.0))
+        weight[self._canal_win] = np.interp(c.s[self._canal_win], s_grid, table)
+        return weight
+
     def _paint_background(self) -> None:
         a, c, sig = self.anatomy, self._canvas, self._signal
         everywhere = (-math.inf, math.inf)
@@ -262,13 +281,16 @@ class SagittalPhantom:
             self._abdomen,
         )
         c.band(everywhere, (0.0, 40.0 + back), wall, wall + np.float32(back), self._muscle)
+        # The aorta runs in front of the spine and fades out at its bifurcation.
         aorta = -depth - np.float32(3.0)
+        fade = np.clip((np.float32(a.aorta_end) - c.s) * np.float32(1.0 / _AORTA_FADE_MM), 0.0, 1.0)
         c.band(
             (-math.inf, a.aorta_end),
             (-80.0, 0.0),
             aorta - np.float32(2.0 * a.aorta_radius),
             aorta,
             sig["vessel"],
+            weight=fade,
         )
 
     def _paint_bone(
@@ -278,24 +300,53 @@ class SagittalPhantom:
         cortex = self._signal["cortex"]
         self._canvas.box(s_lo, s_hi, t_lo, t_hi, radius, cortex, core=(_CORTEX_MM, marrow))
 
+    def _paint_bones(
+        self,
+        boxes: list[tuple[float, float, float, float]],
+        radius: float,
+        gain: list[float] | None = None,
+    ) -> None:
+        """Bones (cortex around marrow) that follow each other along the spine, in one pass."""
+        if not boxes:
+            return
+        s_lo, s_hi, t_lo, t_hi = (list(v) for v in zip(*boxes, strict=True))
+        self._canvas.boxes(
+            s_lo,
+            s_hi,
+            t_lo,
+            t_hi,
+            radius,
+            self._signal["cortex"],
+            gain=gain,
+            core=(_CORTEX_MM, self._marrow),
+        )
+
     def _wall_at(self, s: float) -> float:
         return float(np.interp(s, self._s_grid, self._wall_table))
 
     def _paint_bodies(self) -> None:
-        for v in self.anatomy.vertebrae:
-            self._paint_bone(
-                v.top, v.bottom, -v.depth, 0.0, min(3.0, 0.25 * v.height), v.marrow_gain
-            )
+        vertebrae = self.anatomy.vertebrae
+        # Corners are rounded to the smallest body's quarter height (3 mm for adult bodies).
+        radius = min(3.0, 0.25 * min(v.height for v in vertebrae))
+        self._paint_bones(
+            [(v.top, v.bottom, -v.depth, 0.0) for v in vertebrae],
+            radius,
+            gain=[v.marrow_gain for v in vertebrae],
+        )
 
     def _paint_discs(self) -> None:
         c, sig = self._canvas, self._signal
-        for d in self.anatomy.discs:
+        discs = [d for d in self.anatomy.discs if d.height > 0.5]
+        c.boxes(
+            [d.top - 0.3 for d in discs],
+            [d.bottom + 0.3 for d in discs],
+            [-d.depth - 1.5 for d in discs],
+            [1.0] * len(discs),
+            4.0,
+            sig["annulus"],
+        )
+        for d in discs:
             h = d.height
-            if h <= 0.5:
-                continue
-            c.box(
-                d.top - 0.3, d.bottom + 0.3, -d.depth - 1.5, 1.0, min(0.5 * h, 4.0), sig["annulus"]
-            )
             if h < 4.0:
                 continue
             dark = 0.8 * d.degeneration
@@ -318,14 +369,11 @@ class SagittalPhantom:
         all_s = (-math.inf, bottom)
         c.band(all_s, t_range, 0.0, wall, sig["epidural_fat"])
         c.band(all_s, (-2.0, 3.0), 0.0, 1.0, sig["ligament"])
-        for d in a.discs:
-            if d.height <= 0.5 or d.bottom > a.vertebra("S1").bottom:
-                continue
-            half = d.narrowing_half_length
-            s_range = (d.center - half, d.center + half)
-            c.band(s_range, t_range, post, wall + np.float32(0.5), sig["ligament"])
-            if d.stenosis * stenosis_scale > 0.0:
-                c.band(s_range, t_range, 0.0, ant, sig["annulus"])
+        # Ligamentum flavum behind the CSF at every disc level; the disc bulge in front of it.
+        c.band(all_s, t_range, post, wall + np.float32(0.5), sig["ligament"], weight=self._flavum)
+        if stenosis_scale > 0.0:
+            bulge = np.clip((ant - np.float32(ANTERIOR_LINING_MM)) / np.float32(c.edge), 0.0, 1.0)
+            c.band(all_s, t_range, 0.0, ant, sig["annulus"], weight=bulge)
         c.band((-math.inf, a.sac_end), t_range, ant, post, sig["csf"])
         win = self._canal_win
         mid = np.zeros_like(ant)
@@ -347,15 +395,16 @@ class SagittalPhantom:
 
     def _paint_posterior_elements(self) -> None:
         a = self.anatomy
+        spinous, sacral = [], []
         for v in a.vertebrae:
             wall = self._wall_at(v.center)
-            if v.name.startswith("S"):
-                if v.name in ("S1", "S2", "S3"):
-                    self._paint_bone(v.top, v.bottom + 2.0, wall + 0.5, wall + 9.0, 2.0)
-                continue
-            center = v.center + 0.3 * v.height
-            half = 0.33 * v.height
-            self._paint_bone(center - half, center + half, wall + 0.5, wall + a.spinous_length, 4.0)
+            if v.name in ("S1", "S2", "S3"):
+                sacral.append((v.top, v.bottom + 2.0, wall + 0.5, wall + 9.0))
+            elif not v.name.startswith("S"):
+                center, half = v.center + 0.3 * v.height, 0.33 * v.height
+                spinous.append((center - half, center + half, wall + 0.5, wall + a.spinous_length))
+        self._paint_bones(spinous, 4.0)
+        self._paint_bones(sacral, 2.0)
 
     def _paint_paraspinal_muscle(self) -> None:
         a, c = self.anatomy, self._canvas
@@ -378,28 +427,54 @@ class SagittalPhantom:
             self._wall + np.float32(1.0),
             sig["epidural_fat"],
         )
-        for d in a.discs:
-            if d.bottom <= bottom and d.height > 0.5:
-                c.box(d.top - 0.3, d.bottom + 0.3, -3.0, 2.0, 1.0, sig["annulus"])
-        for v in a.vertebrae:
-            if v.name.startswith("S") and v.name != "S1":
-                continue
-            wall = self._wall_at(v.center)
-            self._paint_bone(v.top + 1.5, v.top + 0.55 * v.height, -1.5, wall + 1.5, 3.0)
-            c.ellipse(v.top + 0.55 * v.height + 4.5, 0.4 * wall, 3.0, 2.5, sig["root"])
-        for d in a.discs:
-            if d.bottom <= bottom and d.height > 0.5:
-                wall = self._wall_at(d.center)
-                self._paint_bone(d.center - 9.0, d.center + 2.0, 0.62 * wall, wall + 2.0, 2.5)
+        discs = [d for d in a.discs if d.bottom <= bottom and d.height > 0.5]
+        c.boxes(
+            [d.top - 0.3 for d in discs],
+            [d.bottom + 0.3 for d in discs],
+            [-3.0] * len(discs),
+            [2.0] * len(discs),
+            1.0,
+            sig["annulus"],
+        )
+        pedicled = [v for v in a.vertebrae if not v.name.startswith("S") or v.name == "S1"]
+        walls = [self._wall_at(v.center) for v in pedicled]
+        self._paint_bones(
+            [
+                (v.top + 1.5, v.top + 0.55 * v.height, -1.5, w + 1.5)
+                for v, w in zip(pedicled, walls, strict=True)
+            ],
+            3.0,
+        )
+        for v, w in zip(pedicled, walls, strict=True):
+            c.ellipse(v.top + 0.55 * v.height + 4.5, 0.4 * w, 3.0, 2.5, sig["root"])
+        # Superior articular processes close each foramen from behind.
+        self._paint_bones(
+            [
+                (d.center - 9.0, d.center + 2.0, 0.62 * w, w + 2.0)
+                for d, w in ((d, self._wall_at(d.center)) for d in discs)
+            ],
+            2.5,
+        )
 
     def _paint_facets(self) -> None:
         a, c, sig = self.anatomy, self._canvas, self._signal
-        for d in a.discs:
-            if d.height <= 0.5 or d.bottom > a.vertebra("S1").top + 1.0:
-                continue
-            wall = self._wall_at(d.center)
-            self._paint_bone(d.center - 13.0, d.center + 13.0, wall + 1.0, wall + 17.0, 5.0)
-            c.box(d.center - 0.7, d.center + 0.7, wall + 2.5, wall + 15.5, 0.5, sig["joint_fluid"])
+        discs = [d for d in a.discs if d.height > 0.5 and d.bottom <= a.vertebra("S1").top + 1.0]
+        walls = [self._wall_at(d.center) for d in discs]
+        self._paint_bones(
+            [
+                (d.center - 13.0, d.center + 13.0, w + 1.0, w + 17.0)
+                for d, w in zip(discs, walls, strict=True)
+            ],
+            5.0,
+        )
+        c.boxes(
+            [d.center - 0.7 for d in discs],
+            [d.center + 0.7 for d in discs],
+            [w + 2.5 for w in walls],
+            [w + 15.5 for w in walls],
+            0.5,
+            sig["joint_fluid"],
+        )
 
     def _paint_psoas(self) -> None:
         c = self._canvas

@@ -16,6 +16,7 @@ so a study does not depend on the studies before it, nor on the number of worker
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, replace
 
@@ -346,6 +347,7 @@ def _permuted_id(seed: int, index: int, salt: int) -> int:
     return _ID_OFFSET + (a * index + b) % _ID_PRIME
 
 
+@functools.lru_cache(maxsize=8)
 def config_digest(config: SyntheticConfig) -> str:
     """Short hash of the parameters that shape a study (all but ``n_studies``)."""
     params = config.to_dict()

@@ -89,12 +89,11 @@ def render_series(
         noise = _NoisePool(rng, plan.size, series.noise_sd)
         for j in range(n):
             row_mm = bottom - j * series.slice_spacing  # ascending patient Z
-            s = float(plan.centerline.rows(np.asarray([row_mm]))[0][0])
             z = corner[1] - row_mm
             yield RenderedSlice(
                 spatial_index=j,
                 instance_number=series.instance_number(j),
-                pixels=_store(noise.add(axial.slice(s), rng), series),
+                pixels=_store(noise.add(axial.slice(row_mm), rng), series),
                 position=(-0.5 * fov, corner[0], z),
                 slice_location=z,
             )
@@ -123,23 +122,26 @@ class _NoisePool:
     """Complex Gaussian noise for the slices of one series.
 
     Drawing two fresh Gaussian images per slice costs more than painting the slice, so a series
-    draws one pool a quarter larger than the image and each slice reads its real and imaginary
-    parts at independent random offsets into it.
+    draws one pool of white noise a quarter larger than the image, and each slice reads its real
+    and imaginary parts from it at two different random offsets (white noise at different
+    offsets is uncorrelated).
     """
 
     def __init__(self, rng: np.random.Generator, size: int, noise_sd: float) -> None:
         self.size = size
         self.slack = max(size // 4, 8)
         side = size + self.slack
-        self.pool = rng.standard_normal((2, side, side), dtype=np.float32)
+        self.pool = rng.standard_normal((side, side), dtype=np.float32)
         self.pool *= np.float32(noise_sd)
 
     def add(self, image: F32, rng: np.random.Generator) -> F32:
         """Rician magnitude of ``image`` plus complex noise, ``(H, W)``."""
-        (r0, c0, r1, c1) = (int(v) for v in rng.integers(0, self.slack + 1, 4))
+        r0, c0, r1, c1 = (int(v) for v in rng.integers(0, self.slack + 1, 4))
+        if (r0, c0) == (r1, c1):
+            r1 = (r1 + 1) % (self.slack + 1)
         n = self.size
-        real = self.pool[0, r0 : r0 + n, c0 : c0 + n]
-        return rician_magnitude(image, real, self.pool[1, r1 : r1 + n, c1 : c1 + n])
+        real = self.pool[r0 : r0 + n, c0 : c0 + n]
+        return rician_magnitude(image, real, self.pool[r1 : r1 + n, c1 : c1 + n])
 
 
 def _store(image: F32, series: SeriesPlan) -> NDArray[np.uint16]:
