@@ -16,6 +16,8 @@ from scipy import integrate
 from lumbarssl.data.constants import LEVELS, SEVERITIES
 from lumbarssl.data.synthetic import SyntheticConfig, bayes_ceiling, sample_study_plan
 from lumbarssl.data.synthetic.labels import (
+    beta_cdf,
+    beta_pdf,
     grade_from_r,
     grade_probabilities,
     latent_density,
@@ -194,3 +196,12 @@ def test_a_study_does_not_depend_on_other_parameters_of_other_streams() -> None:
             (d.r, d.recorded_grade) for d in b.discs
         ]
         assert a.study_id == b.study_id
+
+
+@given(st.floats(0.2, 10.0), st.floats(0.2, 10.0))
+def test_beta_helpers_match_scipy_stats(a: float, b: float) -> None:
+    from scipy import stats
+
+    r = np.linspace(0.001, 0.999, 57)
+    np.testing.assert_allclose(beta_pdf(r, a, b), stats.beta.pdf(r, a, b), rtol=1e-9)
+    np.testing.assert_allclose(beta_cdf(r, a, b), stats.beta.cdf(r, a, b), rtol=1e-9, atol=1e-12)

@@ -22,11 +22,10 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import stats
 
 from lumbarssl.data.constants import SEVERITIES
 from lumbarssl.data.synthetic.config import SyntheticConfig
-from lumbarssl.data.synthetic.labels import grade_probabilities
+from lumbarssl.data.synthetic.labels import beta_cdf, grade_probabilities
 
 __all__ = ["BayesCeiling", "bayes_ceiling"]
 
@@ -101,8 +100,8 @@ def bayes_ceiling(config: SyntheticConfig) -> BayesCeiling:
     """
     edges = np.linspace(0.0, 1.0, _GRID_CELLS + 1)
     mid = 0.5 * (edges[1:] + edges[:-1])
-    healthy = np.diff(stats.beta.cdf(edges, *config.healthy_r_beta))
-    stenotic = np.diff(stats.beta.cdf(edges, *config.stenotic_r_beta))
+    healthy = np.diff(beta_cdf(edges, *config.healthy_r_beta))
+    stenotic = np.diff(beta_cdf(edges, *config.stenotic_r_beta))
     prevalence = float(np.mean(config.stenosis_prevalence))
     mass = (1.0 - prevalence) * healthy + prevalence * stenotic  # P(r in cell), levels pooled
 

@@ -32,6 +32,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
+from pydicom.dataset import Dataset
 from tqdm import tqdm
 
 from lumbarssl import __version__
@@ -53,6 +54,7 @@ from lumbarssl.data.synthetic.config import GENERATOR_VERSION, SyntheticConfig
 from lumbarssl.data.synthetic.dicom_io import SeriesWriter, mr_template
 from lumbarssl.data.synthetic.plan import (
     PIXEL_STREAM,
+    SeriesPlan,
     StudyPlan,
     config_digest,
     instance_uid,
@@ -244,7 +246,7 @@ def write_study(config: SyntheticConfig, out_dir: Path, index: int) -> _StudyRow
     return _rows(plan, n_images)
 
 
-def _template(plan: StudyPlan, series: Any) -> Any:
+def _template(plan: StudyPlan, series: SeriesPlan) -> Dataset:
     return mr_template(
         study_uid=plan.uid,
         series_uid=series.uid,

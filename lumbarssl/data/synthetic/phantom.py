@@ -8,6 +8,10 @@ stenosis fades, the thecal sac gives way to pedicles and neural foramina, spinou
 paraspinal muscle, then facet joints, then the psoas); a slice at lateral offset ``z`` is the mid
 image plus each layer's difference weighted by a smooth ramp in ``|z|``. A slice thus costs a few
 array additions, not a new painting.
+
+The shapes' sizes and positions below are typical adult anatomy in millimetres (or fractions of a
+body's height and depth), tuned by eye against sagittal T2 images; they are constants of the
+model, not parameters of the generator.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import hashlib
 from dataclasses import dataclass, replace
 
 import numpy as np
+from numpy.typing import NDArray
 from pydicom.uid import generate_uid
 
 from lumbarssl.data.constants import AXIAL_T2, LEVELS, SAGITTAL_T1, SAGITTAL_T2
@@ -44,6 +45,9 @@ _COORDINATE_MARGIN = 0.08
 # across it to this fraction of the remaining CSF column, so a point stays on its disc's canal.
 _JITTER_S_CLIP = 0.25
 _JITTER_T_CLIP = 0.25
+# The midline lies within this fraction of a slice spacing from the centre slice, which is then
+# the mid-sagittal slice that carries the coordinates.
+_MIDLINE_OFFSET = 0.4
 # Study dates are spread over these days.
 _FIRST_STUDY_DATE = np.datetime64("2015-01-01")
 _STUDY_DATE_SPAN_DAYS = 3000
@@ -208,7 +212,7 @@ def sample_study_plan(config: SyntheticConfig, index: int) -> StudyPlan:
     points = [_canal_point(anatomy, k, jitter[k]) for k in range(n)]
     centerline = _fit_in_view(centerline, points, fov)
     series = _sample_series(config, index, acq)
-    midline_offset = acq.uniform(-0.4, 0.4) * series[0].slice_spacing
+    midline_offset = acq.uniform(-_MIDLINE_OFFSET, _MIDLINE_OFFSET) * series[0].slice_spacing
     study_date = _FIRST_STUDY_DATE + np.timedelta64(
         int(acq.integers(0, _STUDY_DATE_SPAN_DAYS)), "D"
     )
@@ -252,7 +256,7 @@ def _choose_levels(rng: np.random.Generator, p: float, max_levels: int) -> froze
     return frozenset(int(k) for k in order[:count]) if happens else frozenset()
 
 
-def _canal_point(anatomy: Anatomy, k: int, jitter: np.ndarray) -> tuple[float, float]:
+def _canal_point(anatomy: Anatomy, k: int, jitter: NDArray[np.float64]) -> tuple[float, float]:
     """Frame position of disc ``k``'s coordinate: in the CSF column at the disc's centre."""
     disc = anatomy.lumbar_discs[k]
     clip_s = _JITTER_S_CLIP * disc.height
