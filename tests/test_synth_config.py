@@ -68,8 +68,13 @@ def test_invalid_values_name_the_field(field: str, value: Any, message: str) -> 
 
 def test_sizes_that_cannot_reach_the_field_of_view_are_rejected() -> None:
     # 64 px at most 1.2 mm cover 77 mm, far below the 220 mm the default field of view needs.
-    with pytest.raises(ValueError, match="cannot reach field_of_view_range"):
+    with pytest.raises(ValueError, match="cannot reach field_of_view_range") as info:
         SyntheticConfig(image_size_range=(64, 96))
+    # The message suggests a spacing range that works; check that it does.
+    suggested = str(info.value).split("pixel_spacing_range=(")[1].rstrip(")").split(", ")
+    SyntheticConfig(
+        image_size_range=(64, 96), pixel_spacing_range=(float(suggested[0]), float(suggested[1]))
+    )
     with pytest.raises(ValueError, match="exceed field_of_view_range"):
         SyntheticConfig(pixel_spacing_range=(1.0, 1.2), image_size_range=(256, 640))
 

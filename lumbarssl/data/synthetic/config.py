@@ -171,19 +171,24 @@ class SyntheticConfig:
         _check_scalar("coordinate_jitter_mm", self.coordinate_jitter_mm, low=0.0, high=5.0)
         # Every image size must admit a pixel spacing that keeps the field of view in range.
         size_lo, size_hi = self.image_size_range
-        if self.field_of_view_range[0] / size_lo > self.pixel_spacing_range[1]:
+        fov_lo, fov_hi = self.field_of_view_range
+        hint = (
+            f"; for these image sizes use e.g. pixel_spacing_range=({fov_lo / size_hi:.2f}, "
+            f"{fov_hi / size_lo:.2f})"
+        )
+        if fov_lo / size_lo > self.pixel_spacing_range[1]:
             raise ValueError(
                 f"image_size_range {self.image_size_range} and pixel_spacing_range "
                 f"{self.pixel_spacing_range} cannot reach field_of_view_range "
                 f"{self.field_of_view_range}: {size_lo} px x {self.pixel_spacing_range[1]} mm < "
-                f"{self.field_of_view_range[0]} mm"
+                f"{fov_lo} mm{hint}"
             )
-        if self.field_of_view_range[1] / size_hi < self.pixel_spacing_range[0]:
+        if fov_hi / size_hi < self.pixel_spacing_range[0]:
             raise ValueError(
                 f"image_size_range {self.image_size_range} and pixel_spacing_range "
                 f"{self.pixel_spacing_range} exceed field_of_view_range "
                 f"{self.field_of_view_range}: {size_hi} px x {self.pixel_spacing_range[0]} mm > "
-                f"{self.field_of_view_range[1]} mm"
+                f"{fov_hi} mm{hint}"
             )
 
     def to_dict(self) -> dict[str, Any]:
