@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from lumbarssl import __version__
 
 # Module names under lumbarssl.cli, in the order they appear in ``lumbarssl --help``.
-_COMMAND_MODULES: tuple[str, ...] = ("prepare",)
+_COMMAND_MODULES: tuple[str, ...] = ("synth", "prepare")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,355 @@
+"""Writing a synthetic dataset in the RSNA 2024 layout, study by study.
+
+Output (``OUT_DIR``)::
+
+    train.csv                      study_id + 25 condition/level columns
+    train_label_coordinates.csv    study_id,series_id,instance_number,condition,level,x,y
+    train_series_descriptions.csv  study_id,series_id,series_description
+    train_images/<study_id>/<series_id>/<instance_number>.dcm
+    synthetic_truth.csv            study_id,level,r,grade (the grade before reader noise)
+    synthetic_meta.json            generator version, seed, parameters, Bayes ceiling, counts
+
+Studies are rendered by worker processes in any order but their rows are written in study order,
+and every study draws from its own random streams, so the output is the same byte for byte
+whatever the number of workers. Nothing is held per study once it is written: memory does not grow
+with the number of studies.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, TextIO
+
+from pydicom.dataset import Dataset
+from tqdm import tqdm
+
+from lumbarssl import __version__
+from lumbarssl.data.constants import (
+    CONDITION_SLUGS,
+    COORDINATE_COLUMNS,
+    COORDINATES_CSV,
+    IMAGES_DIR,
+    LEVEL_SLUGS,
+    SERIES_COLUMNS,
+    SERIES_CSV,
+    SEVERITIES,
+    SPINAL_CANAL,
+    TRAIN_COLUMNS,
+    TRAIN_CSV,
+)
+from lumbarssl.data.synthetic.ceiling import BayesCeiling, bayes_ceiling
+from lumbarssl.data.synthetic.config import GENERATOR_VERSION, SyntheticConfig
+from lumbarssl.data.synthetic.dicom_io import SeriesWriter, mr_template
+from lumbarssl.data.synthetic.plan import (
+    PIXEL_STREAM,
+    SeriesPlan,
+    StudyPlan,
+    config_digest,
+    instance_uid,
+    sample_study_plan,
+    study_rng,
+)
+from lumbarssl.data.synthetic.render import orientation_of, render_series
+
+__all__ = [
+    "META_JSON",
+    "TRUTH_COLUMNS",
+    "TRUTH_CSV",
+    "SyntheticSummary",
+    "generate_dataset",
+    "write_study",
+]
+
+#: Ground truth of every graded disc.
+TRUTH_CSV = "synthetic_truth.csv"
+TRUTH_COLUMNS: tuple[str, ...] = ("study_id", "level", "r", "grade")
+#: Parameters, generator version and Bayes ceiling of the dataset.
+META_JSON = "synthetic_meta.json"
+# The conditions other than spinal canal stenosis are not rendered; their cells hold this.
+_UNRENDERED_GRADE = SEVERITIES[0]
+_MISSING = "missing"
+_PARTIAL = ".partial"
+# Study-level work units handed to one worker at a time (amortises inter-process overhead).
+_MAX_CHUNK = 8
+# Window of the stored images, as fractions of the series' intensity scale.
+_WINDOW = (0.45, 0.9)
+
+
+@dataclass(frozen=True)
+class SyntheticSummary:
+    """What :func:`generate_dataset` wrote.
+
+    Attributes:
+        out_dir: The dataset directory.
+        config: The parameters used.
+        n_studies: Studies written.
+        n_series: Series written (all descriptions).
+        n_images: DICOM files written.
+        label_counts: Recorded spinal canal grades in ``train.csv`` by severity, plus
+            ``"missing"`` for empty cells.
+        series_counts: Series by description.
+        ceiling: Scores of the Bayes-optimal classifier that knows ``r``.
+        seconds: Wall-clock time of the run.
+    """
+
+    out_dir: Path
+    config: SyntheticConfig
+    n_studies: int
+    n_series: int
+    n_images: int
+    label_counts: dict[str, int]
+    series_counts: dict[str, int]
+    ceiling: BayesCeiling
+    seconds: float = field(compare=False)
+
+    def describe(self) -> str:
+        """A few lines for people: counts, label frequencies and the ceiling."""
+        graded = sum(self.label_counts[s] for s in SEVERITIES)
+        freqs = ", ".join(
+            f"{s} {self.label_counts[s]} ({100.0 * self.label_counts[s] / max(graded, 1):.1f} %)"
+            for s in SEVERITIES
+        )
+        c = self.ceiling
+        recalls = "/".join(f"{v:.3f}" for v in c.recalls)
+        return "\n".join(
+            [
+                f"Synthetic RSNA-layout data (generator {GENERATOR_VERSION}, seed "
+                f"{self.config.seed}): {self.n_studies} studies, {self.n_series} series, "
+                f"{self.n_images} images in {self.out_dir} ({self.seconds:.1f} s)",
+                f"Spinal canal labels: {freqs}, {self.label_counts[_MISSING]} missing",
+                "Bayes ceiling (classifier that knows r exactly, balanced-accuracy-optimal rule): "
+                f"balanced accuracy {c.balanced_accuracy:.3f}, recall N/M/S {recalls}, "
+                f"severe-to-normal {100.0 * c.severe_to_normal_rate:.2f} %",
+                f"  posterior-argmax rule for comparison: balanced accuracy "
+                f"{c.argmax_balanced_accuracy:.3f}, accuracy {c.argmax_accuracy:.3f}",
+            ]
+        )
+
+
+@dataclass(frozen=True)
+class _StudyRows:
+    train: list[str]
+    coordinates: list[list[str]]
+    series: list[list[str]]
+    truth: list[list[str]]
+    n_images: int
+
+
+def generate_dataset(
+    out_dir: str | os.PathLike[str],
+    config: SyntheticConfig,
+    *,
+    workers: int = 1,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> SyntheticSummary:
+    """Write ``config.n_studies`` synthetic studies in the RSNA 2024 layout.
+
+    Args:
+        out_dir: Directory to write; created if needed.
+        config: Generator parameters, seed included.
+        workers: Processes rendering studies; the output does not depend on it.
+        progress: Show a progress bar.
+        overwrite: Replace an existing dataset in ``out_dir`` (only the files this function
+            writes are removed).
+
+    Returns:
+        Counts, label frequencies and the Bayes ceiling.
+
+    Raises:
+        ValueError: If ``workers < 1``.
+        FileExistsError: If ``out_dir`` already holds a dataset and ``overwrite`` is false.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    out = Path(out_dir)
+    _prepare(out, overwrite)
+    started = time.perf_counter()
+    ceiling = bayes_ceiling(config)
+    labels: Counter[str] = Counter(dict.fromkeys((*SEVERITIES, _MISSING), 0))
+    series_counts: Counter[str] = Counter()
+    n_series = n_images = 0
+    names = (TRAIN_CSV, COORDINATES_CSV, SERIES_CSV, TRUTH_CSV)
+    headers = (TRAIN_COLUMNS, COORDINATE_COLUMNS, SERIES_COLUMNS, TRUTH_COLUMNS)
+    with ExitStack() as stack:
+        files: list[TextIO] = [
+            stack.enter_context(open(out / (name + _PARTIAL), "w", newline="", encoding="utf-8"))
+            for name in names
+        ]
+        train, coords, series, truth = (csv.writer(f, lineterminator="\n") for f in files)
+        for writer, header in zip((train, coords, series, truth), headers, strict=True):
+            writer.writerow(header)
+        rows_iter = _study_rows(config, out, workers)
+        bar = stack.enter_context(
+            tqdm(total=config.n_studies, disable=not progress, unit="study", desc="synth")
+        )
+        for rows in rows_iter:
+            train.writerow(rows.train)
+            coords.writerows(rows.coordinates)
+            series.writerows(rows.series)
+            truth.writerows(rows.truth)
+            for cell in rows.train[1 : 1 + len(LEVEL_SLUGS)]:
+                labels[cell or _MISSING] += 1
+            series_counts.update(row[2] for row in rows.series)
+            n_series += len(rows.series)
+            n_images += rows.n_images
+            bar.update()
+    for name in names:
+        os.replace(out / (name + _PARTIAL), out / name)
+    summary = SyntheticSummary(
+        out_dir=out,
+        config=config,
+        n_studies=config.n_studies,
+        n_series=n_series,
+        n_images=n_images,
+        label_counts=dict(labels),
+        series_counts=dict(sorted(series_counts.items())),
+        ceiling=ceiling,
+        seconds=time.perf_counter() - started,
+    )
+    (out / META_JSON).write_text(json.dumps(_meta(summary), indent=2) + "\n", encoding="utf-8")
+    return summary
+
+
+def write_study(config: SyntheticConfig, out_dir: Path, index: int) -> _StudyRows:
+    """Render and write study ``index``; return its CSV rows (the unit of work of a worker)."""
+    plan = sample_study_plan(config, index)
+    rng = study_rng(config, index, PIXEL_STREAM)
+    key = config_digest(config)
+    n_images = 0
+    for series in plan.series:
+        folder = out_dir / IMAGES_DIR / str(plan.study_id) / str(series.series_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        writer = SeriesWriter(_template(plan, series))
+        for image in render_series(plan, series, config, rng):
+            writer.write(
+                folder / f"{image.instance_number}.dcm",
+                sop_instance_uid=instance_uid(key, index, series.series_id, image.instance_number),
+                instance_number=image.instance_number,
+                position=image.position,
+                slice_location=image.slice_location,
+                pixels=image.pixels,
+            )
+            n_images += 1
+    return _rows(plan, n_images)
+
+
+def _template(plan: StudyPlan, series: SeriesPlan) -> Dataset:
+    return mr_template(
+        study_uid=plan.uid,
+        series_uid=series.uid,
+        frame_uid=plan.frame_uid,
+        study_id=plan.study_id,
+        series_number=series.series_number,
+        description=series.description,
+        rows=plan.size,
+        columns=plan.size,
+        pixel_spacing=plan.spacing,
+        slice_thickness=series.slice_thickness,
+        slice_spacing=series.slice_spacing,
+        orientation=orientation_of(series),
+        rescale=series.rescale,
+        window=(_WINDOW[0] * series.intensity_scale, _WINDOW[1] * series.intensity_scale),
+        echo_time=series.echo_time,
+        repetition_time=series.repetition_time,
+        study_date=plan.study_date,
+    )
+
+
+def _rows(plan: StudyPlan, n_images: int) -> _StudyRows:
+    canal = ["" if d.recorded_grade is None else SEVERITIES[d.recorded_grade] for d in plan.discs]
+    others = [_UNRENDERED_GRADE] * (len(CONDITION_SLUGS) - 1) * len(LEVEL_SLUGS)
+    t2 = plan.sagittal_t2
+    coordinates = [
+        [
+            str(plan.study_id),
+            str(t2.series_id),
+            str(plan.annotated_instance),
+            SPINAL_CANAL,
+            d.level,
+            f"{d.coordinate[0]:.6f}",
+            f"{d.coordinate[1]:.6f}",
+        ]
+        for d in plan.discs
+        if d.coordinate is not None
+    ]
+    return _StudyRows(
+        train=[str(plan.study_id), *canal, *others],
+        coordinates=coordinates,
+        series=[[str(plan.study_id), str(s.series_id), s.description] for s in plan.series],
+        truth=[
+            [str(plan.study_id), d.level, f"{d.r:.6f}", SEVERITIES[d.true_grade]]
+            for d in plan.discs
+        ],
+        n_images=n_images,
+    )
+
+
+def _study_rows(config: SyntheticConfig, out: Path, workers: int) -> Iterator[_StudyRows]:
+    work = partial(write_study, config, out)
+    indices = range(config.n_studies)
+    if workers == 1:
+        yield from map(work, indices)
+        return
+    chunk = max(1, min(_MAX_CHUNK, config.n_studies // (4 * workers)))
+    # Spawned workers do not inherit the parent's threads or locks (safe beside torch).
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        yield from pool.map(work, indices, chunksize=chunk)
+
+
+def _prepare(out: Path, overwrite: bool) -> None:
+    outputs = [TRAIN_CSV, COORDINATES_CSV, SERIES_CSV, TRUTH_CSV, META_JSON, IMAGES_DIR]
+    existing = [name for name in outputs if (out / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{out} already holds a dataset ({', '.join(existing)}); pass overwrite=True "
+            "(--overwrite) to replace it"
+        )
+    for name in existing:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    (out / IMAGES_DIR).mkdir(parents=True)
+
+
+def _meta(summary: SyntheticSummary) -> dict[str, Any]:
+    config = summary.config
+    return {
+        "generator": "lumbarssl.data.synthetic",
+        "generator_version": GENERATOR_VERSION,
+        "lumbarssl_version": __version__,
+        "seed": config.seed,
+        "n_studies": summary.n_studies,
+        "n_series": summary.n_series,
+        "n_images": summary.n_images,
+        "series_counts": summary.series_counts,
+        "spinal_canal_label_counts": summary.label_counts,
+        "parameters": config.to_dict(),
+        "ceiling": {
+            "description": (
+                "Bayes-optimal classifier that knows the latent stenosis r exactly. "
+                "balanced_accuracy, recalls, accuracy and severe_to_normal_rate are those of "
+                "the balanced-accuracy-optimal rule argmax_k P(k|r)/pi_k (the ceiling for "
+                "balanced accuracy); argmax_* are those of the posterior-argmax rule "
+                "argmax_k P(k|r) (the ceiling for plain accuracy). Population values."
+            ),
+            **summary.ceiling.to_dict(),
+        },
+        "rendered_conditions": [SPINAL_CANAL],
+        "unrendered_condition_value": _UNRENDERED_GRADE,
+    }

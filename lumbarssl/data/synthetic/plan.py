@@ -1,0 +1,383 @@
+"""Everything about one synthetic study except its pixels: ids, labels, anatomy and geometry.
+
+:func:`sample_study_plan` is cheap (no image is rendered), so label statistics over thousands of
+studies can be checked through the very code path the generator uses. Each study draws from its
+own random streams, derived from ``(seed, study index, purpose)``:
+
+====  =========================================================================
+0     labels: latent stenosis, reader grades, missing cells, coordinate errors
+1     anatomy: the patient
+2     acquisition: image geometry, series, scanner settings
+3     pixels: textures, bias field, noise (used by the renderer)
+====  =========================================================================
+
+so a study does not depend on the studies before it, nor on the number of worker processes.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass, replace
+
+import numpy as np
+from numpy.typing import NDArray
+from pydicom.uid import generate_uid
+
+from lumbarssl.data.constants import AXIAL_T2, LEVELS, SAGITTAL_T1, SAGITTAL_T2
+from lumbarssl.data.synthetic.anatomy import Anatomy, Centerline, sample_anatomy
+from lumbarssl.data.synthetic.config import GENERATOR_VERSION, SyntheticConfig
+from lumbarssl.data.synthetic.labels import grade_from_r, reader_grade, sample_latent_stenosis
+
+__all__ = ["DiscPlan", "SeriesPlan", "StudyPlan", "sample_study_plan", "study_rng"]
+
+LABEL_STREAM, ANATOMY_STREAM, ACQUISITION_STREAM, PIXEL_STREAM = 0, 1, 2, 3
+
+# Study and series ids: an affine bijection of the index modulo this prime, offset so the ids
+# have 7 to 10 digits like RSNA's, distinct within a dataset by construction.
+_ID_PRIME = 2_147_483_647
+_ID_OFFSET = 1_000_000
+# A study has at most these series: Sagittal T2/STIR, Sagittal T1, Axial T2.
+_SERIES_PER_STUDY = 3
+# Coordinates stay this far (fraction of the field of view) inside the image edge.
+_COORDINATE_MARGIN = 0.08
+# The annotator's error along the spine is clipped to this fraction of the disc height, and
+# across it to this fraction of the remaining CSF column, so a point stays on its disc's canal.
+_JITTER_S_CLIP = 0.25
+_JITTER_T_CLIP = 0.25
+# The midline lies within this fraction of a slice spacing from the centre slice, which is then
+# the mid-sagittal slice that carries the coordinates.
+_MIDLINE_OFFSET = 0.4
+# Study dates are spread over these days.
+_FIRST_STUDY_DATE = np.datetime64("2015-01-01")
+_STUDY_DATE_SPAN_DAYS = 3000
+# Echo and repetition times (ms) of T2- and T1-weighted fast spin echo.
+_TIMING = {"T2": ((80.0, 120.0), (2500.0, 4500.0)), "T1": ((8.0, 15.0), (400.0, 700.0))}
+# Rescale slopes and intercepts of series stored with a Modality LUT.
+_RESCALE_SLOPE_RANGE = (0.5, 4.0)
+_RESCALE_INTERCEPT_RANGE = (-200.0, 0.0)
+
+
+@dataclass(frozen=True)
+class DiscPlan:
+    """Ground truth and annotation of one graded disc.
+
+    Attributes:
+        level: ``"L1/L2"`` ... ``"L5/S1"``.
+        r: Latent stenosis.
+        true_grade: Grade of ``r`` before reader noise (index into ``SEVERITIES``).
+        recorded_grade: Grade the reader recorded; ``None`` for an empty ``train.csv`` cell.
+        coordinate: ``(x, y)`` pixel position on the annotated instance; ``None`` if the study
+            has no coordinate for this level.
+    """
+
+    level: str
+    r: float
+    true_grade: int
+    recorded_grade: int | None
+    coordinate: tuple[float, float] | None
+
+
+@dataclass(frozen=True)
+class SeriesPlan:
+    """One series of a study.
+
+    Attributes:
+        series_id: Integer id (the folder name under the study).
+        description: ``Sagittal T2/STIR``, ``Sagittal T1`` or ``Axial T2``.
+        uid: SeriesInstanceUID.
+        series_number: SeriesNumber tag.
+        n_slices: Number of instances.
+        slice_spacing: Distance between slice centres (mm).
+        slice_thickness: Slice thickness (mm).
+        reversed: Whether InstanceNumber runs against the spatial order.
+        rescale: ``(slope, intercept)`` of the stored values, ``(1, 0)`` when absent.
+        intensity_scale: Value of CSF (T2) or fat (T1) before bias and noise.
+        noise_sd: Noise standard deviation relative to that value.
+        echo_time: EchoTime (ms).
+        repetition_time: RepetitionTime (ms).
+    """
+
+    series_id: int
+    description: str
+    uid: str
+    series_number: int
+    n_slices: int
+    slice_spacing: float
+    slice_thickness: float
+    reversed: bool
+    rescale: tuple[float, float]
+    intensity_scale: float
+    noise_sd: float
+    echo_time: float
+    repetition_time: float
+
+    def instance_number(self, spatial_index: int) -> int:
+        """InstanceNumber of the slice at ``spatial_index`` along the slice normal."""
+        return self.n_slices - spatial_index if self.reversed else spatial_index + 1
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """Everything about one study except its pixel values.
+
+    Attributes:
+        index: Position of the study in the dataset.
+        study_id: Integer id (the folder name).
+        uid: StudyInstanceUID.
+        frame_uid: FrameOfReferenceUID shared by the study's series.
+        anatomy: The patient.
+        centerline: The spine in the sagittal pixel plane (mm from the first pixel's centre).
+        size: Rows (= columns) of every image.
+        spacing: In-plane pixel spacing (mm).
+        midline_offset: Lateral offset (mm) of the midline from the centre slice's plane.
+        study_date: StudyDate, ``YYYYMMDD``.
+        series: The study's series; the first is the Sagittal T2/STIR.
+        discs: The five graded discs, L1/L2 to L5/S1.
+    """
+
+    index: int
+    study_id: int
+    uid: str
+    frame_uid: str
+    anatomy: Anatomy
+    centerline: Centerline
+    size: int
+    spacing: float
+    midline_offset: float
+    study_date: str
+    series: tuple[SeriesPlan, ...]
+    discs: tuple[DiscPlan, ...]
+
+    @property
+    def sagittal_t2(self) -> SeriesPlan:
+        """The graded series."""
+        return self.series[0]
+
+    @property
+    def annotated_instance(self) -> int:
+        """InstanceNumber of the mid-sagittal T2 slice that carries the coordinates."""
+        t2 = self.sagittal_t2
+        return t2.instance_number(t2.n_slices // 2)
+
+    def slice_offset(self, spatial_index: int, series: SeriesPlan) -> float:
+        """Lateral offset (mm) from the midline of a sagittal slice."""
+        return (spatial_index - series.n_slices // 2) * series.slice_spacing - self.midline_offset
+
+
+def study_rng(config: SyntheticConfig, index: int, stream: int) -> np.random.Generator:
+    """The random generator of one study and purpose (see the module docstring)."""
+    return np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(index, stream)))
+
+
+def sample_study_plan(config: SyntheticConfig, index: int) -> StudyPlan:
+    """Draw study ``index`` of the dataset that ``config`` describes.
+
+    Args:
+        config: Generator parameters (``n_studies`` is not used: a study does not depend on it).
+        index: Study index, ``0 <= index``.
+
+    Returns:
+        The study's plan.
+    """
+    if index < 0:
+        raise ValueError(f"index must be >= 0, got {index}")
+    label_rng = study_rng(config, index, LABEL_STREAM)
+    r = sample_latent_stenosis(
+        config.stenosis_prevalence, config.healthy_r_beta, config.stenotic_r_beta, label_rng
+    )
+    true_grade = grade_from_r(r, config.grade_thresholds)
+    recorded = reader_grade(r, config.grade_thresholds, config.reader_noise_sd, label_rng)
+    # Draw every value whatever the branch, so one probability does not shift the other draws.
+    n = len(LEVELS)
+    missing = _choose_levels(label_rng, config.p_missing_labels, max_levels=2)
+    dropped = _choose_levels(label_rng, config.p_partial_coordinates, max_levels=3)
+    jitter = label_rng.normal(0.0, config.coordinate_jitter_mm, size=(n, 2))
+
+    anatomy = sample_anatomy(
+        r,
+        config.patient_scale_range,
+        config.lordosis_range_deg,
+        config.rotation_range_deg,
+        study_rng(config, index, ANATOMY_STREAM),
+    )
+    acq = study_rng(config, index, ACQUISITION_STREAM)
+    size = int(acq.integers(config.image_size_range[0], config.image_size_range[1] + 1))
+    fov = acq.uniform(*config.field_of_view_range)
+    lo, hi = config.pixel_spacing_range
+    spacing = float(np.clip(round(float(np.clip(fov / size, lo, hi)), 4), lo, hi))
+    fov = size * spacing
+    anchor = (anatomy.anchor_fraction[0] * fov, anatomy.anchor_fraction[1] * fov)
+    centerline = Centerline.build(anatomy, anchor)
+    points = [_canal_point(anatomy, k, jitter[k]) for k in range(n)]
+    centerline = _fit_in_view(centerline, points, fov)
+    series = _sample_series(config, index, acq)
+    midline_offset = acq.uniform(-_MIDLINE_OFFSET, _MIDLINE_OFFSET) * series[0].slice_spacing
+    study_date = _FIRST_STUDY_DATE + np.timedelta64(
+        int(acq.integers(0, _STUDY_DATE_SPAN_DAYS)), "D"
+    )
+    series = tuple(_fit_axial(s, anatomy, centerline) for s in series)
+
+    discs = []
+    for k, level in enumerate(LEVELS):
+        coordinate = None
+        if k not in dropped:
+            x_mm, y_mm = centerline.to_image(*points[k])
+            coordinate = (x_mm / spacing, y_mm / spacing)
+        discs.append(
+            DiscPlan(
+                level=level,
+                r=float(r[k]),
+                true_grade=int(true_grade[k]),
+                recorded_grade=None if k in missing else int(recorded[k]),
+                coordinate=coordinate,
+            )
+        )
+    return StudyPlan(
+        index=index,
+        study_id=_permuted_id(config.seed, index, salt=0),
+        uid=_uid(config, index, "study"),
+        frame_uid=_uid(config, index, "frame"),
+        anatomy=anatomy,
+        centerline=centerline,
+        size=size,
+        spacing=spacing,
+        midline_offset=float(midline_offset),
+        study_date=str(study_date).replace("-", ""),
+        series=series,
+        discs=tuple(discs),
+    )
+
+
+def _choose_levels(rng: np.random.Generator, p: float, max_levels: int) -> frozenset[int]:
+    happens = rng.random() < p
+    count = int(rng.integers(1, max_levels + 1))
+    order = rng.permutation(len(LEVELS))
+    return frozenset(int(k) for k in order[:count]) if happens else frozenset()
+
+
+def _canal_point(anatomy: Anatomy, k: int, jitter: NDArray[np.float64]) -> tuple[float, float]:
+    """Frame position of disc ``k``'s coordinate: in the CSF column at the disc's centre."""
+    disc = anatomy.lumbar_discs[k]
+    clip_s = _JITTER_S_CLIP * disc.height
+    s = disc.center + float(np.clip(jitter[0], -clip_s, clip_s))
+    anterior, posterior = (float(v[0]) for v in anatomy.csf_bounds(np.asarray([s])))
+    clip_t = _JITTER_T_CLIP * (posterior - anterior)
+    t = 0.5 * (anterior + posterior) + float(np.clip(jitter[1], -clip_t, clip_t))
+    return s, t
+
+
+def _fit_in_view(
+    centerline: Centerline, points: list[tuple[float, float]], fov: float
+) -> Centerline:
+    """Shift the spine so every coordinate lies inside the margin of the field of view."""
+    xy = np.array([centerline.to_image(s, t) for s, t in points])
+    margin = _COORDINATE_MARGIN * fov
+    shift = []
+    for axis in (0, 1):
+        low, high = float(xy[:, axis].min()), float(xy[:, axis].max())
+        if low < margin:
+            shift.append(margin - low)
+        elif high > fov - margin:
+            shift.append(fov - margin - high)
+        else:
+            shift.append(0.0)
+    if shift == [0.0, 0.0]:
+        return centerline
+    return centerline.shifted(*shift)
+
+
+def _sample_series(
+    config: SyntheticConfig, index: int, rng: np.random.Generator
+) -> tuple[SeriesPlan, ...]:
+    has_t1 = rng.random() < config.p_sagittal_t1
+    has_axial = rng.random() < config.p_axial_t2
+    descriptions = [SAGITTAL_T2] + [SAGITTAL_T1] * has_t1 + [AXIAL_T2] * has_axial
+    numbers = rng.permutation(np.arange(1, 10))
+    slices = int(rng.integers(config.slices_range[0], config.slices_range[1] + 1))
+    spacing = round(rng.uniform(*config.slice_spacing_range), 3)
+    series = []
+    for k, description in enumerate((SAGITTAL_T2, SAGITTAL_T1, AXIAL_T2)):
+        # Draw for every kind, present or not, to keep the stream aligned.
+        reversed_ = bool(rng.random() < config.p_reversed_instances)
+        rescaled = bool(rng.random() < config.p_rescale)
+        slope = round(rng.uniform(*_RESCALE_SLOPE_RANGE), 4)
+        intercept = round(rng.uniform(*_RESCALE_INTERCEPT_RANGE), 1)
+        ratio = rng.uniform(*config.slice_thickness_ratio_range)
+        scale = rng.uniform(*config.intensity_scale_range)
+        noise = rng.uniform(*config.noise_sd_range)
+        axial_slices = int(rng.integers(config.slices_range[0], config.slices_range[1] + 1))
+        echo_range, repetition_range = _TIMING["T1" if description == SAGITTAL_T1 else "T2"]
+        echo_time = round(rng.uniform(*echo_range), 1)
+        repetition_time = round(rng.uniform(*repetition_range), 0)
+        if description not in descriptions:
+            continue
+        n = axial_slices if description == AXIAL_T2 else slices
+        series.append(
+            SeriesPlan(
+                series_id=_permuted_id(config.seed, _SERIES_PER_STUDY * index + k, salt=1),
+                description=description,
+                uid=_uid(config, index, f"series-{k}"),
+                series_number=int(numbers[k]),
+                n_slices=n,
+                slice_spacing=spacing,
+                slice_thickness=round(spacing * ratio, 3),
+                reversed=reversed_,
+                rescale=(slope, intercept) if rescaled else (1.0, 0.0),
+                intensity_scale=scale,
+                noise_sd=noise,
+                echo_time=echo_time,
+                repetition_time=repetition_time,
+            )
+        )
+    return tuple(series)
+
+
+def _fit_axial(series: SeriesPlan, anatomy: Anatomy, centerline: Centerline) -> SeriesPlan:
+    """Spread an axial series' slices evenly in height from the L5/S1 to the L1/L2 disc."""
+    if series.description != AXIAL_T2 or series.n_slices < 2:
+        return series
+    discs = anatomy.lumbar_discs
+    top = centerline.to_image(discs[0].center, 0.0)[1]
+    bottom = centerline.to_image(discs[-1].center, 0.0)[1]
+    spacing = round((bottom - top) / (series.n_slices - 1), 3)
+    ratio = series.slice_thickness / series.slice_spacing
+    return replace(series, slice_spacing=spacing, slice_thickness=round(spacing * ratio, 3))
+
+
+def _permuted_id(seed: int, index: int, salt: int) -> int:
+    a, b = (int(v) for v in np.random.SeedSequence((seed, salt)).generate_state(2, np.uint64))
+    a = 1 + a % (_ID_PRIME - 1)
+    return _ID_OFFSET + (a * index + b) % _ID_PRIME
+
+
+@functools.lru_cache(maxsize=8)
+def config_digest(config: SyntheticConfig) -> str:
+    """Short hash of the parameters that shape a study (all but ``n_studies``)."""
+    params = config.to_dict()
+    params.pop("n_studies")
+    text = repr(sorted(params.items())) + GENERATOR_VERSION
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _uid(config: SyntheticConfig, index: int, *parts: str) -> str:
+    return str(
+        generate_uid(
+            entropy_srcs=["lumbarssl.synthetic", config_digest(config), str(index), *parts]
+        )
+    )
+
+
+def instance_uid(config_key: str, index: int, series_id: int, instance_number: int) -> str:
+    """SOPInstanceUID of one image, deterministic in the dataset's parameters."""
+    return str(
+        generate_uid(
+            entropy_srcs=[
+                "lumbarssl.synthetic",
+                config_key,
+                str(index),
+                str(series_id),
+                str(instance_number),
+            ]
+        )
+    )
