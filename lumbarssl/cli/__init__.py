@@ -15,7 +15,15 @@ from collections.abc import Sequence
 from lumbarssl import __version__
 
 # Module names under lumbarssl.cli, in the order they appear in ``lumbarssl --help``.
-_COMMAND_MODULES: tuple[str, ...] = ("synth", "prepare")
+_COMMAND_MODULES: tuple[str, ...] = (
+    "synth",
+    "prepare",
+    "pretrain",
+    "finetune",
+    "train_localizer",
+    "evaluate",
+    "predict",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

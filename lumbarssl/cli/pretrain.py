@@ -1,0 +1,24 @@
+"""``lumbarssl pretrain``: multi-positive contrastive pretraining (paper Sec. 3.4, 4.3)."""
+
+from __future__ import annotations
+
+import argparse
+
+from lumbarssl.cli._stages import register_stage
+from lumbarssl.pipeline.pretrain import PretrainConfig, run_pretraining
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``pretrain`` sub-command."""
+    register_stage(
+        subparsers,
+        "pretrain",
+        PretrainConfig,
+        run_pretraining,
+        help="contrastive pretraining of the disc encoder",
+        description=(
+            "Pretrain a 1-channel ResNet-18 and projection head with multi-positive NT-Xent "
+            "(V views per disc, tau=0.1, cosine LR, gradient clipping; paper Sec. 4.3). "
+            "Defaults are the paper's; run under torchrun for several GPUs."
+        ),
+    )

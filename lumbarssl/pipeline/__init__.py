@@ -1,0 +1,59 @@
+"""The paper's stages as functions: pretraining, supervised grading, localizer, evaluation, predict.
+
+Each stage takes one frozen config dataclass whose defaults are the paper's hyper-parameters;
+the ``lumbarssl`` command line and ``examples/reproduce_paper.py`` are thin layers over them.
+"""
+
+from lumbarssl.pipeline._common import MODEL_FILE, STAGE_CONFIG_FILE, Splits, make_splits
+from lumbarssl.pipeline.config import StageConfig, param
+from lumbarssl.pipeline.evaluate import (
+    EPOCH_METRICS,
+    ClassifierPredictions,
+    EvaluateConfig,
+    epoch_metrics,
+    predict_classifier,
+    run_evaluation,
+    summarize,
+)
+from lumbarssl.pipeline.finetune import FinetuneConfig, load_pretrained_encoder, run_finetuning
+from lumbarssl.pipeline.inference import (
+    DiscGrader,
+    LevelPrediction,
+    NotSagittalError,
+    SeriesPrediction,
+    write_prediction,
+)
+from lumbarssl.pipeline.localize import LocalizerConfig, localizer_splits, run_localizer_training
+from lumbarssl.pipeline.pretrain import PretrainConfig, pretraining_rows, run_pretraining
+from lumbarssl.pipeline.result import StageResult
+
+__all__ = [
+    "EPOCH_METRICS",
+    "MODEL_FILE",
+    "STAGE_CONFIG_FILE",
+    "ClassifierPredictions",
+    "DiscGrader",
+    "EvaluateConfig",
+    "FinetuneConfig",
+    "LevelPrediction",
+    "LocalizerConfig",
+    "NotSagittalError",
+    "PretrainConfig",
+    "SeriesPrediction",
+    "Splits",
+    "StageConfig",
+    "StageResult",
+    "epoch_metrics",
+    "load_pretrained_encoder",
+    "localizer_splits",
+    "make_splits",
+    "param",
+    "predict_classifier",
+    "pretraining_rows",
+    "run_evaluation",
+    "run_finetuning",
+    "run_localizer_training",
+    "run_pretraining",
+    "summarize",
+    "write_prediction",
+]

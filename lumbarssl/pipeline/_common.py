@@ -1,0 +1,230 @@
+"""Plumbing shared by the stages: splits, loaders, trainer settings, exported checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from lumbarssl.data.cache import PreparedCache
+from lumbarssl.data.constants import MISSING_LABEL
+from lumbarssl.data.splits import train_val_test_split
+from lumbarssl.models import save_checkpoint
+from lumbarssl.pipeline.config import StageConfig
+from lumbarssl.training import (
+    TrainerConfig,
+    is_distributed,
+    is_main_process,
+    load_training_state,
+    seeded_generator,
+)
+from lumbarssl.training.device import default_num_workers
+
+#: File name of the model-only checkpoint every stage exports (weights of the best epoch).
+MODEL_FILE = "model.pt"
+#: File name of the stage config saved beside its outputs.
+STAGE_CONFIG_FILE = "stage_config.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+    """Row indices of the prepared cache for one run.
+
+    Attributes:
+        train: Graded discs for supervised training, int64 (N_train,).
+        val: Graded discs for model selection, int64 (N_val,).
+        test: Graded discs held out for the reported metrics, int64 (N_test,).
+        unlabeled: Discs without a grade that may join contrastive pretraining, int64; with a
+            study-level split, those of validation and test studies are left out.
+    """
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    unlabeled: np.ndarray
+
+    def to_dict(self) -> dict[str, list[int]]:
+        """Return the index lists, JSON-serialisable."""
+        return {f.name: getattr(self, f.name).tolist() for f in dataclasses.fields(self)}
+
+
+def make_splits(cache: PreparedCache, config: StageConfig) -> Splits:
+    """Split the cache's discs the same way for every stage of a run.
+
+    The split is a pure function of the cache, ``config.split``, the fractions and the seed,
+    so pretraining, fine-tuning and evaluation agree without sharing state.
+
+    Args:
+        cache: The prepared ROI cache.
+        config: Any stage config (its split fields are used).
+
+    Returns:
+        The four index sets.
+    """
+    table = cache.table
+    labels = np.asarray(table.label)
+    studies = np.asarray(table.study_id)
+    train, val, test = train_val_test_split(
+        labels,
+        studies if config.split == "study" else None,
+        val_size=config.val_size,
+        test_size=config.test_size,
+        seed=config.seed,
+    )
+    unlabeled = np.flatnonzero(labels == MISSING_LABEL)
+    if config.split == "study":
+        held_out = np.isin(studies[unlabeled], studies[np.concatenate([val, test])])
+        unlabeled = unlabeled[~held_out]
+    return Splits(train=train, val=val, test=test, unlabeled=unlabeled.astype(np.int64))
+
+
+def make_loader(
+    dataset: Dataset[Any],
+    config: StageConfig,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    drop_last: bool = False,
+    seed_offset: int = 0,
+) -> DataLoader[Any]:
+    """A DataLoader with seeded order, worker defaults and, under torchrun, a sampler.
+
+    Args:
+        dataset: The dataset.
+        config: Stage config (seed, workers, device).
+        batch_size: Samples per batch (per process under torchrun).
+        shuffle: Shuffle every epoch.
+        drop_last: Drop a last incomplete batch.
+        seed_offset: Added to the seed so different loaders draw different streams.
+
+    Returns:
+        The loader.
+    """
+    workers = default_num_workers() if config.num_workers is None else config.num_workers
+    generator = seeded_generator(config.seed + seed_offset)
+    sampler: DistributedSampler[Any] | None = None
+    if is_distributed() and shuffle:
+        sampler = DistributedSampler(
+            dataset, shuffle=True, seed=config.seed + seed_offset, drop_last=drop_last
+        )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        drop_last=drop_last,
+        num_workers=workers,
+        generator=generator,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+    )
+
+
+def trainer_config(config: StageConfig, **stage: Any) -> TrainerConfig:
+    """The :class:`~lumbarssl.training.TrainerConfig` of a stage.
+
+    Args:
+        config: The stage config (hardware and output settings).
+        **stage: Stage-specific trainer fields (epochs, monitor, clipping, ...).
+
+    Returns:
+        The trainer config writing into ``config.out_dir``.
+    """
+    return TrainerConfig(
+        out_dir=config.out_dir,
+        device=config.device,
+        amp=config.amp,
+        channels_last=config.channels_last,
+        compile=config.compile,
+        progress=config.progress,
+        **stage,
+    )
+
+
+def prepare_out_dir(config: StageConfig) -> Path:
+    """Create the output directory and save the stage config in it (main process only).
+
+    Args:
+        config: The stage config.
+
+    Returns:
+        The output directory.
+
+    Raises:
+        ValueError: If ``config.resume`` is set and the directory holds a run whose saved
+            config differs (the message names the differing fields).
+    """
+    out = Path(config.out_dir)
+    saved_path = out / STAGE_CONFIG_FILE
+    if config.resume and saved_path.exists():
+        saved = json.loads(saved_path.read_text())
+        current = json.loads(json.dumps(config.to_dict()))
+        ignored = {"resume", "progress", "num_workers", "device"}
+        changed = sorted(
+            k
+            for k in set(saved) | set(current)
+            if k not in ignored and saved.get(k) != current.get(k)
+        )
+        if changed:
+            details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+            raise ValueError(
+                f"cannot resume {out}: it holds a run with other settings ({details}); "
+                "use a new out_dir or the saved settings"
+            )
+    if is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        config.save(saved_path)
+    return out
+
+
+def export_best(
+    model: nn.Module,
+    best_checkpoint: Path | None,
+    out_dir: Path,
+    metadata: dict[str, Any],
+) -> Path:
+    """Load the best epoch's weights into ``model`` and save a model-only checkpoint.
+
+    Args:
+        model: The bare (not DDP-wrapped) model of the stage.
+        best_checkpoint: The trainer's ``best.pt`` (``None`` keeps the current weights).
+        out_dir: Where ``model.pt`` goes.
+        metadata: Provenance and preprocessing facts stored with the weights.
+
+    Returns:
+        Path of ``model.pt``.
+    """
+    if best_checkpoint is not None and best_checkpoint.exists():
+        state = load_training_state(best_checkpoint)
+        model.load_state_dict(state["model"])
+    path = out_dir / MODEL_FILE
+    if is_main_process():
+        save_checkpoint(path, model, metadata=metadata)
+    return path
+
+
+def base_metadata(config: StageConfig, stage: str) -> dict[str, Any]:
+    """Provenance recorded in every checkpoint and report of a stage."""
+    return {
+        "stage": stage,
+        "data_source": config.data_source,
+        "profile": config.profile,
+        "seed": config.seed,
+        "split": config.split,
+        "cache_dir": str(config.cache_dir),
+    }
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write indented JSON (main process only), replacing the file atomically."""
+    if not is_main_process():
+        return
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=True) + "\n")
+    tmp.replace(path)

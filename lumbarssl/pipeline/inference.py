@@ -1,0 +1,220 @@
+"""Fully automated grading of an unannotated sagittal T2 series (paper Sec. 4.5).
+
+The localizer finds the five disc centres on the mid-sagittal slice, the ROI extractor crops
+them exactly as in training, and the classifier grades each crop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.transforms import v2
+
+from lumbarssl.data.constants import LEVELS, SEVERITIES
+from lumbarssl.data.dicom import DicomSeries, read_series
+from lumbarssl.data.roi import LOCALIZER_SIZE, ROI_SIZE, extract_roi, localizer_input
+from lumbarssl.models import DiscClassifier, Localizer2p5D, load_checkpoint
+from lumbarssl.training import select_device
+
+#: Smallest |x component| of the slice normal accepted as sagittal (about 37 degrees of tilt).
+_SAGITTAL_MIN_COSINE = 0.8
+
+
+class NotSagittalError(ValueError):
+    """The series is not a sagittal acquisition, so disc centres cannot be localised."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LevelPrediction:
+    """The localizer's centre and the classifier's grade for one disc level.
+
+    Attributes:
+        level: ``"L1/L2"`` ... ``"L5/S1"``.
+        x: Column of the predicted centre on the slice, in pixels.
+        y: Row of the predicted centre on the slice, in pixels.
+        grade: Predicted severity (``"Normal/Mild"``, ``"Moderate"``, ``"Severe"``).
+        probabilities: Severity -> probability.
+    """
+
+    level: str
+    x: float
+    y: float
+    grade: str
+    probabilities: dict[str, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesPrediction:
+    """Predictions for one series.
+
+    Attributes:
+        series_dir: The series directory.
+        instance_number: InstanceNumber of the slice the centres refer to (the mid slice).
+        slice_shape: ``(H, W)`` of that slice.
+        levels: One prediction per level, L1/L2 first.
+        provenance: Facts about the two checkpoints (data source, profile, seed).
+    """
+
+    series_dir: str
+    instance_number: int
+    slice_shape: tuple[int, int]
+    levels: tuple[LevelPrediction, ...]
+    provenance: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dictionary."""
+        return dataclasses.asdict(self)
+
+
+def _check_sagittal(series: DicomSeries) -> None:
+    normal = series.geometry.slices[len(series) // 2].normal
+    if normal is None:
+        return  # no orientation stored: nothing to check against
+    if abs(float(normal[0])) < _SAGITTAL_MIN_COSINE:
+        raise NotSagittalError(
+            f"{series.geometry.series_dir}: slice normal {np.round(normal, 3).tolist()} is not "
+            "along the patient's left-right axis; expected a sagittal series"
+        )
+
+
+def _number(metadata: Mapping[str, object], key: str, default: float | None = None) -> float:
+    value = metadata.get(key, default)
+    if not isinstance(value, (int, float)):
+        raise ValueError(f"checkpoint metadata lacks a number for {key!r} (got {value!r})")
+    return float(value)
+
+
+class DiscGrader:
+    """A localizer and a classifier, loaded from checkpoints, that grade whole series.
+
+    Args:
+        localizer: The ``model.pt`` of ``lumbarssl train-localizer``.
+        classifier: The ``model.pt`` of ``lumbarssl finetune``.
+        device: Device to run on.
+
+    Raises:
+        TypeError: If a checkpoint holds the wrong kind of model.
+    """
+
+    def __init__(
+        self, localizer: str | Path, classifier: str | Path, *, device: str = "auto"
+    ) -> None:
+        self.device = select_device(device)
+        loc_model, self.localizer_meta = load_checkpoint(localizer)
+        cls_model, self.classifier_meta = load_checkpoint(classifier)
+        if not isinstance(loc_model, Localizer2p5D):
+            raise TypeError(f"{localizer} holds a {type(loc_model).__name__}, not a Localizer2p5D")
+        if not isinstance(cls_model, DiscClassifier):
+            raise TypeError(
+                f"{classifier} holds a {type(cls_model).__name__}, not a DiscClassifier"
+            )
+        self.localizer: nn.Module = loc_model.to(self.device).eval()
+        self.classifier: nn.Module = cls_model.to(self.device).eval()
+        size = int(_number(self.classifier_meta, "input_size"))
+        self.roi_size = int(_number(self.classifier_meta, "roi_size", ROI_SIZE))
+        self.localizer_size = int(_number(self.localizer_meta, "input_size", LOCALIZER_SIZE))
+        self.preprocess = v2.Compose(
+            [
+                v2.Resize((size, size), antialias=True),
+                v2.Normalize(
+                    mean=[_number(self.classifier_meta, "roi_mean")],
+                    std=[_number(self.classifier_meta, "roi_std")],
+                ),
+            ]
+        )
+
+    @torch.no_grad()
+    def predict_series(self, series_dir: str | Path) -> tuple[SeriesPrediction, np.ndarray]:
+        """Localise and grade the five discs of one series.
+
+        Args:
+            series_dir: Directory of ``*.dcm`` files of one sagittal T2 series.
+
+        Returns:
+            The prediction and the mid slice it refers to, float32 (H, W).
+
+        Raises:
+            NotSagittalError: If the slices are not sagittal.
+            lumbarssl.data.dicom.DicomReadError: If a file is corrupt or not DICOM (the
+                message names it).
+            lumbarssl.data.dicom.SeriesGeometryError: If the directory holds no DICOM slice.
+        """
+        series = read_series(series_dir)
+        _check_sagittal(series)
+        center = len(series) // 2
+        image = series.pixels[center]
+        height, width = image.shape
+        stack = localizer_input(list(series.pixels), center, self.localizer_size)
+        inputs = torch.from_numpy(stack).float().div(255.0).unsqueeze(0).to(self.device)
+        levels = torch.arange(len(LEVELS), device=self.device)
+        centres = self.localizer(inputs.expand(len(LEVELS), -1, -1, -1), levels).float().cpu()
+        xs = (centres[:, 0] * width).tolist()
+        ys = (centres[:, 1] * height).tolist()
+        rois = torch.stack(
+            [
+                self.preprocess(
+                    torch.from_numpy(extract_roi(image, x, y, self.roi_size)).float()[None] / 255.0
+                )
+                for x, y in zip(xs, ys, strict=True)
+            ]
+        ).to(self.device)
+        probabilities = torch.softmax(self.classifier(rois).float(), dim=1).cpu().numpy()
+        predictions = tuple(
+            LevelPrediction(
+                level=LEVELS[i],
+                x=float(xs[i]),
+                y=float(ys[i]),
+                grade=SEVERITIES[int(probabilities[i].argmax())],
+                probabilities={
+                    s: float(p) for s, p in zip(SEVERITIES, probabilities[i], strict=True)
+                },
+            )
+            for i in range(len(LEVELS))
+        )
+        provenance = {
+            "classifier": {
+                k: self.classifier_meta.get(k) for k in ("data_source", "profile", "seed", "mode")
+            },
+            "localizer": {
+                k: self.localizer_meta.get(k) for k in ("data_source", "profile", "seed")
+            },
+        }
+        result = SeriesPrediction(
+            series_dir=str(series_dir),
+            instance_number=series.geometry.slices[center].instance_number,
+            slice_shape=(int(height), int(width)),
+            levels=predictions,
+            provenance=provenance,
+        )
+        return result, image
+
+
+def write_prediction(
+    prediction: SeriesPrediction, image: np.ndarray, out_dir: str | Path
+) -> tuple[Path, Path]:
+    """Write ``prediction.json`` and ``overlay.png`` (the slice with each level's grade).
+
+    Args:
+        prediction: Output of :meth:`DiscGrader.predict_series`.
+        image: The slice the centres refer to, (H, W).
+        out_dir: Output directory (created).
+
+    Returns:
+        Paths of the JSON file and the PNG.
+    """
+    from lumbarssl.reporting.figures import plot_prediction_overlay
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "prediction.json"
+    json_path.write_text(json.dumps(prediction.to_dict(), indent=2) + "\n")
+    png_path = out / "overlay.png"
+    plot_prediction_overlay(image, prediction, png_path)
+    return json_path, png_path

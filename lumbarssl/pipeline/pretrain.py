@@ -1,0 +1,203 @@
+"""Stage 1: multi-positive contrastive pretraining of the disc encoder (paper Sec. 3.4, 4.3)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import CosineAnnealingLR
+
+from lumbarssl.data.cache import PreparedCache
+from lumbarssl.data.datasets import DiscDatasetConfig, DiscROIDataset
+from lumbarssl.losses import MultiPositiveNTXent
+from lumbarssl.models import ContrastiveModel
+from lumbarssl.pipeline._common import (
+    base_metadata,
+    export_best,
+    make_loader,
+    make_splits,
+    prepare_out_dir,
+    trainer_config,
+    write_json,
+)
+from lumbarssl.pipeline.config import StageConfig, param
+from lumbarssl.pipeline.result import StageResult
+from lumbarssl.training import Trainer, init_distributed, is_distributed, seed_everything
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PretrainConfig(StageConfig):
+    """Contrastive pretraining; defaults are the paper's where it gives them.
+
+    Attributes:
+        epochs: Training epochs (Sec. 4.3: 60).
+        batch_size: Discs per step, each contributing ``views`` images (not given in the
+            paper; 64 discs = 192 images).
+        views: Stochastic views per disc, V (Sec. 3.4: 3).
+        temperature: NT-Xent temperature tau (Sec. 4.3: 0.1).
+        lr: AdamW learning rate at the start of the cosine schedule (not given in the paper).
+        weight_decay: AdamW weight decay (not given in the paper).
+        max_grad_norm: Gradient-norm clipping threshold (Sec. 4.3 clips; value not given).
+        input_size: Network input side after resizing the ROI (Sec. 4.2: 224).
+        max_train_discs: Use at most this many training discs (a seeded subset); ``None`` uses
+            all. For scaled-down CPU profiles.
+    """
+
+    epochs: int = param(60, "training epochs (Sec. 4.3)")
+    batch_size: int = param(64, "discs per step; V images each (not given in the paper)")
+    views: int = param(3, "views per disc V (Sec. 3.4)")
+    temperature: float = param(0.1, "NT-Xent temperature (Sec. 4.3)")
+    lr: float = param(1e-3, "AdamW learning rate, cosine-annealed (not given in the paper)")
+    weight_decay: float = param(1e-4, "AdamW weight decay (not given in the paper)")
+    max_grad_norm: float = param(1.0, "gradient-norm clipping (Sec. 4.3; value not given)")
+    input_size: int = param(224, "input side after resizing the ROI (Sec. 4.2)")
+    max_train_discs: int | None = param(None, "cap on training discs (scaled-down profiles)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("epochs", "batch_size", "input_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.views < 2:
+            raise ValueError(f"views must be >= 2 (a disc needs a positive), got {self.views}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.max_grad_norm <= 0:
+            raise ValueError(
+                f"need lr > 0, weight_decay >= 0, max_grad_norm > 0; got {self.lr}, "
+                f"{self.weight_decay}, {self.max_grad_norm}"
+            )
+        if self.max_train_discs is not None and self.max_train_discs < 2:
+            raise ValueError(f"max_train_discs must be >= 2, got {self.max_train_discs}")
+
+
+def _contrastive_step(loss_fn: nn.Module) -> Any:
+    def step(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        images = batch["image"]  # (B, V, 1, H, W)
+        n, v = images.shape[:2]
+        z = model(images.flatten(0, 1))  # (B*V, D)
+        loss: Tensor = loss_fn(z.view(n, v, -1))
+        return loss
+
+    return step
+
+
+def _contrastive_evaluator(loss_fn: nn.Module) -> Any:
+    # Validation runs on the main process alone, so its loss must not gather across processes.
+    step = _contrastive_step(loss_fn)
+
+    def evaluate(model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> dict[str, float]:
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for batch in batches:
+                n = int(batch["image"].shape[0])
+                total += float(step(model, batch)) * n
+                count += n
+        return {"loss": total / count if count else float("nan")}
+
+    return evaluate
+
+
+def _views_in_batch(batch: dict[str, Tensor]) -> int:
+    return int(batch["image"].shape[0] * batch["image"].shape[1])
+
+
+def pretraining_rows(cache: PreparedCache, config: PretrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Rows used to pretrain and to validate the contrastive loss.
+
+    Training uses the supervised training discs plus unlabeled discs (labels are not needed);
+    validation and test discs are never seen, so the held-out metrics stay held out.
+
+    Args:
+        cache: The prepared cache.
+        config: The pretraining config.
+
+    Returns:
+        ``(train_rows, val_rows)``, int64.
+    """
+    splits = make_splits(cache, config)
+    train = np.sort(np.concatenate([splits.train, splits.unlabeled]))
+    if config.max_train_discs is not None and len(train) > config.max_train_discs:
+        rng = np.random.default_rng(config.seed)
+        train = np.sort(rng.choice(train, size=config.max_train_discs, replace=False))
+    return train.astype(np.int64), splits.val
+
+
+def run_pretraining(config: PretrainConfig) -> StageResult:
+    """Pretrain a 1-channel ResNet-18 + projection head with multi-positive NT-Xent.
+
+    V augmented views of each disc ROI are positives of each other (Eq. 3); the cosine
+    schedule, AdamW and gradient clipping follow Sec. 4.3. Under ``torchrun`` the loss
+    gathers embeddings from every process, so negatives span the global batch. The best
+    epoch by validation loss is exported as ``model.pt``
+    (a :class:`~lumbarssl.models.ContrastiveModel`).
+
+    Args:
+        config: The stage config.
+
+    Returns:
+        Paths and history of the run.
+    """
+    info = init_distributed(device=config.device)
+    seed_everything(config.seed + info.rank)
+    out = prepare_out_dir(config)
+    cache = PreparedCache.open(config.cache_dir)
+    train_rows, val_rows = pretraining_rows(cache, config)
+    mean, std = cache.roi_stats()
+    data_config = DiscDatasetConfig(
+        input_size=config.input_size, n_views=config.views, mean=mean, std=std
+    )
+    train_set = DiscROIDataset(
+        cache, "contrastive", config=data_config, indices=train_rows, labeled_only=False
+    )
+    val_set = DiscROIDataset(
+        cache, "contrastive", config=data_config, indices=val_rows, labeled_only=False
+    )
+    train_loader = make_loader(
+        train_set, config, batch_size=config.batch_size, shuffle=True, drop_last=True
+    )
+    val_loader = make_loader(val_set, config, batch_size=config.batch_size, shuffle=False)
+
+    torch.manual_seed(config.seed)  # identical initial weights on every process
+    model = ContrastiveModel()
+    loss_fn = MultiPositiveNTXent(
+        temperature=config.temperature, gather_distributed=is_distributed()
+    )
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    scheduler = CosineAnnealingLR(optimizer, T_max=config.epochs)
+    trainer = Trainer(
+        model,
+        optimizer,
+        train_step=_contrastive_step(loss_fn),
+        evaluate=_contrastive_evaluator(
+            MultiPositiveNTXent(temperature=config.temperature, gather_distributed=False)
+        ),
+        scheduler=scheduler,
+        batch_size_fn=_views_in_batch,
+        config=trainer_config(
+            config,
+            epochs=config.epochs,
+            max_grad_norm=config.max_grad_norm,
+            monitor="val_loss",
+            monitor_mode="min",
+        ),
+    )
+    history = trainer.fit(train_loader, val_loader, resume=config.resume)
+    metadata = base_metadata(config, "pretrain") | {
+        "input_size": config.input_size,
+        "roi_mean": mean,
+        "roi_std": std,
+        "n_train_discs": len(train_rows),
+    }
+    model_path = export_best(model, trainer.best_checkpoint, out, metadata)
+    write_json(out / "splits.json", {"train": train_rows.tolist(), "val": val_rows.tolist()})
+    return StageResult(out_dir=out, model_path=model_path, history=tuple(history))
+
+
+__all__ = ["PretrainConfig", "pretraining_rows", "run_pretraining"]
