@@ -1,0 +1,238 @@
+"""The whole paper pipeline on the smoke profile, run once, then checked from many angles."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lumbarssl.cli import main as cli_main
+from lumbarssl.data.constants import LEVELS, SEVERITIES
+from lumbarssl.models import ContrastiveModel, DiscClassifier, Localizer2p5D, load_checkpoint
+from lumbarssl.pipeline import FinetuneConfig, run_finetuning
+from lumbarssl.reporting import COLUMNS
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "examples" / "reproduce_paper.py"
+FIGURES = ("fig1_rois.png", "fig2_contrastive.png", "fig3_finetune.png", "fig4_localizer.png")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("reproduce") / "smoke"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"}
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--profile", "smoke", "--out", str(out), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "USING THE BUILT-IN SYNTHETIC PHANTOM" in result.stdout
+    return out
+
+
+def _report(run_dir: Path) -> dict[str, object]:
+    report: dict[str, object] = json.loads((run_dir / "report.json").read_text())
+    return report
+
+
+def test_report_names_data_profile_and_seed(run_dir: Path) -> None:
+    report = _report(run_dir)
+    provenance = report["provenance"]
+    assert isinstance(provenance, dict)
+    assert (provenance["data_source"], provenance["profile"], provenance["seed"]) == (
+        "synthetic",
+        "smoke",
+        0,
+    )
+    markdown = (run_dir / "report.md").read_text()
+    assert "data: synthetic phantom · profile: smoke · seed: 0" in markdown
+    assert "0.781" in markdown  # the paper's published fine-tuned balanced accuracy beside ours
+
+
+def test_table1_has_three_rows_of_finite_fractions_with_intervals(run_dir: Path) -> None:
+    table = _report(run_dir)["table1"]
+    assert isinstance(table, dict)
+    assert list(table) == ["scratch", "linear_probe", "finetune"]
+    for row in table.values():
+        assert list(row) == list(COLUMNS)
+        for column, (point, low, high) in row.items():
+            for value in (point, low, high):
+                assert math.isfinite(value), (column, value)
+                assert 0.0 <= value <= 1.0, (column, value)
+            assert low <= point + 1e-12, (column, low, point)
+            assert point <= high + 1e-12, (column, point, high)
+
+
+def test_ceiling_rsna_and_localizer_numbers_are_sane(run_dir: Path) -> None:
+    report = _report(run_dir)
+    ceiling = report["ceiling"]
+    assert isinstance(ceiling, dict)
+    assert 0.0 <= ceiling["Bal Acc"][0] <= 1.0
+    rsna = report["rsna"]
+    assert isinstance(rsna, dict)
+    for scores in rsna.values():
+        assert all(math.isfinite(v) and v >= 0.0 for v in scores.values())
+    localizer = report["localizer"]
+    assert isinstance(localizer, dict)
+    assert math.isfinite(localizer["rmse_px"])
+    assert localizer["rmse_px"] >= 0.0
+    assert localizer["n_discs"] > 0
+
+
+def test_every_figure_is_a_valid_png(run_dir: Path) -> None:
+    for name in FIGURES:
+        path = run_dir / name
+        assert path.read_bytes()[:8] == PNG_MAGIC, name
+        with Image.open(path) as image:
+            image.verify()
+        with Image.open(path) as image:
+            assert image.size[0] > 300
+            assert image.size[1] > 200
+
+
+def test_checkpoints_rebuild_the_right_models(run_dir: Path) -> None:
+    pretrain, meta = load_checkpoint(run_dir / "pretrain" / "model.pt")
+    assert isinstance(pretrain, ContrastiveModel)
+    assert meta["data_source"] == "synthetic"
+    for mode in ("scratch", "linear_probe", "finetune"):
+        model, meta = load_checkpoint(run_dir / mode / "model.pt")
+        assert isinstance(model, DiscClassifier)
+        assert meta["mode"] == mode
+    localizer, _ = load_checkpoint(run_dir / "localizer" / "model.pt")
+    assert isinstance(localizer, Localizer2p5D)
+
+
+def test_frozen_layers_kept_the_pretrained_weights(run_dir: Path) -> None:
+    pretrained, _ = load_checkpoint(run_dir / "pretrain" / "model.pt")
+    assert isinstance(pretrained, ContrastiveModel)
+    reference = pretrained.encoder.state_dict()
+    probe, _ = load_checkpoint(run_dir / "linear_probe" / "model.pt")
+    tuned, _ = load_checkpoint(run_dir / "finetune" / "model.pt")
+    assert isinstance(probe, DiscClassifier)
+    assert isinstance(tuned, DiscClassifier)
+    for name, value in probe.encoder.state_dict().items():
+        assert torch.equal(value, reference[name]), f"linear probe changed {name}"
+    changed = set()
+    for name, value in tuned.encoder.state_dict().items():
+        if not torch.equal(value, reference[name]):
+            changed.add(name.split(".")[0])
+    # Sec. 4.4: stem and layers 1-3 frozen (BatchNorm statistics included); layer4 trains.
+    assert changed == {"layer4"}
+
+
+def test_test_predictions_cover_the_held_out_discs(run_dir: Path) -> None:
+    with (run_dir / "finetune" / "predictions_test.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    report = json.loads((run_dir / "finetune" / "report_test.json").read_text())
+    assert len(rows) == report["n_discs"]
+    probabilities = np.array([[float(r[f"p{c}"]) for c in range(3)] for r in rows])
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    assert {r["level"] for r in rows} <= set(LEVELS)
+
+
+def test_predict_grades_an_unannotated_series(run_dir: Path, tmp_path: Path) -> None:
+    with (run_dir / "data" / "train_series_descriptions.csv").open() as handle:
+        series = next(
+            r for r in csv.DictReader(handle) if r["series_description"] == "Sagittal T2/STIR"
+        )
+    series_dir = run_dir / "data" / "train_images" / series["study_id"] / series["series_id"]
+    code = cli_main(
+        [
+            "predict",
+            str(series_dir),
+            "--localizer",
+            str(run_dir / "localizer" / "model.pt"),
+            "--classifier",
+            str(run_dir / "finetune" / "model.pt"),
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 0
+    prediction = json.loads((tmp_path / "prediction.json").read_text())
+    assert [level["level"] for level in prediction["levels"]] == list(LEVELS)
+    for level in prediction["levels"]:
+        assert level["grade"] in SEVERITIES
+        assert sum(level["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        height, width = prediction["slice_shape"]
+        assert 0.0 <= level["x"] <= width
+        assert 0.0 <= level["y"] <= height
+    assert (tmp_path / "overlay.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_predict_refuses_a_non_sagittal_series(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with (run_dir / "data" / "train_series_descriptions.csv").open() as handle:
+        axial = [r for r in csv.DictReader(handle) if r["series_description"] == "Axial T2"]
+    if not axial:
+        pytest.skip("this smoke dataset drew no axial series")
+    series_dir = run_dir / "data" / "train_images" / axial[0]["study_id"] / axial[0]["series_id"]
+    code = cli_main(
+        [
+            "predict",
+            str(series_dir),
+            "--localizer",
+            str(run_dir / "localizer" / "model.pt"),
+            "--classifier",
+            str(run_dir / "finetune" / "model.pt"),
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 2
+    assert "expected a sagittal series" in capsys.readouterr().err
+
+
+def test_resuming_with_other_settings_is_refused(run_dir: Path) -> None:
+    config = FinetuneConfig(
+        cache_dir=str(run_dir / "cache"),
+        out_dir=str(run_dir / "scratch"),
+        mode="scratch",
+        epochs=1,
+        batch_size=24,
+        input_size=48,  # the smoke run used 32
+        data_source="synthetic",
+        profile="smoke",
+        resume=True,
+    )
+    with pytest.raises(ValueError, match=r"input_size: 32 -> 48"):
+        run_finetuning(config)
+
+
+def test_same_seed_gives_the_same_table(run_dir: Path, tmp_path: Path) -> None:
+    def table(out: Path) -> object:
+        run_finetuning(
+            FinetuneConfig(
+                cache_dir=str(run_dir / "cache"),
+                out_dir=str(out),
+                mode="scratch",
+                epochs=1,
+                input_size=32,
+                n_resamples=50,
+                data_source="synthetic",
+                profile="smoke",
+                num_workers=0,
+                device="cpu",
+                progress="off",
+            )
+        )
+        return json.loads((out / "report_test.json").read_text())["table1"]
+
+    assert table(tmp_path / "a") == table(tmp_path / "b")
