@@ -236,3 +236,100 @@ def test_same_seed_gives_the_same_table(run_dir: Path, tmp_path: Path) -> None:
         return json.loads((out / "report_test.json").read_text())["table1"]
 
     assert table(tmp_path / "a") == table(tmp_path / "b")
+
+
+def _tiny(cache: Path, out: Path) -> list[str]:
+    return [
+        "--cache-dir",
+        str(cache),
+        "--out-dir",
+        str(out),
+        "--epochs",
+        "1",
+        "--num-workers",
+        "0",
+        "--device",
+        "cpu",
+        "--progress",
+        "off",
+        "--data-source",
+        "synthetic",
+        "--profile",
+        "cli-test",
+    ]
+
+
+def test_training_commands_run_and_save_their_settings(run_dir: Path, tmp_path: Path) -> None:
+    cache = run_dir / "cache"
+    pretrain = tmp_path / "pretrain"
+    args = [*_tiny(cache, pretrain), "--input-size", "32", "--batch-size", "32"]
+    assert cli_main(["pretrain", *args, "--temperature", "0.2"]) == 0
+    assert json.loads((pretrain / "stage_config.json").read_text())["temperature"] == 0.2
+    probe = tmp_path / "probe"
+    probe_args = [*_tiny(cache, probe), "--input-size", "32", "--n-resamples", "20"]
+    code = cli_main(
+        ["finetune", *probe_args, "--mode", "linear-probe", "--encoder", str(pretrain / "model.pt")]
+    )
+    assert code == 0
+    saved = json.loads((probe / "stage_config.json").read_text())
+    assert (saved["mode"], saved["alpha"], saved["head_lr"]) == (
+        "linear_probe",
+        [0.8, 4.0, 5.0],
+        5e-4,
+    )
+    localizer = tmp_path / "localizer"
+    assert cli_main(["train-localizer", *_tiny(cache, localizer), "--input-size", "48"]) == 0
+    assert "rmse_px" in json.loads((localizer / "report_test.json").read_text())
+
+
+def test_evaluate_command_prints_table1_with_provenance(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [
+        "evaluate",
+        "--cache-dir",
+        str(run_dir / "cache"),
+        "--out-dir",
+        str(tmp_path),
+        "--checkpoint",
+        str(run_dir / "finetune" / "model.pt"),
+        "--data-source",
+        "synthetic",
+        "--profile",
+        "smoke",
+        "--n-resamples",
+        "50",
+        "--device",
+        "cpu",
+    ]
+    assert cli_main(args) == 0
+    printed = capsys.readouterr().out
+    assert "data: synthetic phantom · profile: smoke · seed: 0" in printed
+    report = json.loads((tmp_path / "report_test.json").read_text())
+    # The same checkpoint on the same split scores what the fine-tuning stage reported.
+    stage = json.loads((run_dir / "finetune" / "report_test.json").read_text())
+    assert report["table1"]["Bal Acc"][0] == pytest.approx(stage["table1"]["Bal Acc"][0])
+    assert report["confusion"] == stage["confusion"]
+
+
+def test_evaluate_refuses_a_non_classifier_checkpoint(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [
+        "evaluate",
+        "--cache-dir",
+        str(run_dir / "cache"),
+        "--out-dir",
+        str(tmp_path),
+        "--checkpoint",
+        str(run_dir / "localizer" / "model.pt"),
+    ]
+    assert cli_main(args) == 2
+    assert "holds a Localizer2p5D, expected a DiscClassifier" in capsys.readouterr().err
+
+
+def test_bad_hyper_parameter_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli_main(["pretrain", "--cache-dir", "c", "--out-dir", "o", "--temperature", "-1"])
+    assert info.value.code == 2
+    assert "temperature must be > 0, got -1.0" in capsys.readouterr().err

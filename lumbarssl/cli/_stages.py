@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from lumbarssl.cli._dataclass_args import add_dataclass_arguments, dataclass_from_args
+
+#: Exceptions that mean the input was wrong, reported without a traceback.
+_USER_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    TypeError,
+    FileNotFoundError,
+    FileExistsError,
+)
 
 
 def register_stage(
@@ -46,8 +55,17 @@ def register_stage(
             overrides = {
                 k: v for k, v in saved.items() if getattr(args, k, None) == defaults.get(k)
             }
-        config = dataclass_from_args(config_cls, args, **overrides)
-        run(config)
+        try:
+            config = dataclass_from_args(config_cls, args, **overrides)
+        except ValueError as exc:
+            parser.error(str(exc))  # exits with status 2 and the usage line
+        try:
+            run(config)
+        except _USER_ERRORS as exc:
+            # Bad input (a wrong checkpoint, a missing cache, a resume with other settings):
+            # one clear line instead of a traceback.
+            print(f"lumbarssl {name}: error: {exc}", file=sys.stderr)
+            return 2
         return 0
 
     parser.set_defaults(func=handler)
