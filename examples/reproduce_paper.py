@@ -128,8 +128,8 @@ PROFILES: dict[str, Profile] = {
         pretrain_batch=64,
         finetune_epochs=12,
         finetune_batch=24,
-        localizer_epochs=6,
-        localizer_input=128,
+        localizer_epochs=10,
+        localizer_input=96,
         n_resamples=1000,
     ),
     # Plumbing only: every stage runs once on a tiny set.

@@ -75,3 +75,21 @@ def test_validation_messages() -> None:
         model(x, torch.tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match=r"level indices must be in \[0, 5\), got values \[0, 5\]"):
         model(x, torch.tensor([0, 5]))
+
+
+def test_several_levels_per_stack_equal_one_call_per_level() -> None:
+    torch.manual_seed(0)
+    model = Localizer2p5D().eval()  # eval: the head's dropout would differ between calls
+    x = torch.randn(3, 3, 64, 64)
+    levels = torch.tensor([[0, 1, 2, 3, 4], [4, 3, 2, 1, 0], [2, 2, 0, 1, 3]])
+    with torch.no_grad():
+        joint = model(x, levels)
+        separate = torch.stack([model(x, levels[:, k]) for k in range(levels.shape[1])], dim=1)
+    assert joint.shape == (3, 5, 2)
+    torch.testing.assert_close(joint, separate, rtol=1e-5, atol=1e-6)
+
+
+def test_several_levels_need_one_row_per_stack() -> None:
+    model = Localizer2p5D()
+    with pytest.raises(ValueError, match=r"level of shape \(B, K\) with B = 2, got \(3, 5\)"):
+        model(torch.randn(2, 3, 32, 32), torch.zeros(3, 5, dtype=torch.long))

@@ -23,7 +23,12 @@ from lumbarssl.pipeline.inference import (
     SeriesPrediction,
     write_prediction,
 )
-from lumbarssl.pipeline.localize import LocalizerConfig, localizer_splits, run_localizer_training
+from lumbarssl.pipeline.localize import (
+    LocalizerConfig,
+    SeriesLocalizerDataset,
+    localizer_splits,
+    run_localizer_training,
+)
 from lumbarssl.pipeline.pretrain import PretrainConfig, pretraining_rows, run_pretraining
 from lumbarssl.pipeline.result import StageResult
 
@@ -39,6 +44,7 @@ __all__ = [
     "LocalizerConfig",
     "NotSagittalError",
     "PretrainConfig",
+    "SeriesLocalizerDataset",
     "SeriesPrediction",
     "Splits",
     "StageConfig",

@@ -23,6 +23,7 @@ from lumbarssl.training import (
     is_main_process,
     load_training_state,
     seeded_generator,
+    select_device,
 )
 from lumbarssl.training.device import default_num_workers
 
@@ -124,6 +125,28 @@ def make_loader(
         pin_memory=torch.cuda.is_available(),
         persistent_workers=False,
     )
+
+
+def adamw(params: Any, config: StageConfig, *, lr: float | None = None, weight_decay: float) -> Any:
+    """AdamW with the fused kernel where the stage runs on a CPU or CUDA device.
+
+    PyTorch uses its slow per-tensor loop on the CPU unless asked otherwise; the fused
+    kernel computes the same update several times faster.
+
+    Args:
+        params: Parameters or parameter groups.
+        config: The stage config (its device decides).
+        lr: Learning rate (groups may carry their own).
+        weight_decay: Decoupled weight decay.
+
+    Returns:
+        The optimizer.
+    """
+    fused = select_device(config.device).type in ("cpu", "cuda")
+    kwargs: dict[str, Any] = {"weight_decay": weight_decay, "fused": fused}
+    if lr is not None:
+        kwargs["lr"] = lr
+    return torch.optim.AdamW(params, **kwargs)
 
 
 def trainer_config(config: StageConfig, **stage: Any) -> TrainerConfig:

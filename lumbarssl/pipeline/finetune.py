@@ -20,6 +20,7 @@ from lumbarssl.models import (
     resnet18_encoder,
 )
 from lumbarssl.pipeline._common import (
+    adamw,
     base_metadata,
     export_best,
     make_loader,
@@ -174,8 +175,9 @@ def run_finetuning(config: FinetuneConfig) -> StageResult:
         encoder = load_pretrained_encoder(config.encoder)
     model = DiscClassifier(encoder, num_classes=len(config.alpha), mode=config.mode)
     backbone_lr = config.head_lr if config.mode == "scratch" else config.backbone_lr
-    optimizer = torch.optim.AdamW(
+    optimizer = adamw(
         model.param_groups(backbone_lr=backbone_lr, head_lr=config.head_lr),
+        config,
         weight_decay=config.weight_decay,
     )
     scheduler = ReduceLROnPlateau(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -14,14 +15,14 @@ import torch.nn.functional as F
 from sklearn.model_selection import GroupShuffleSplit
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from lumbarssl.data.cache import PreparedCache
 from lumbarssl.data.constants import LEVELS
-from lumbarssl.data.datasets import LocalizerDataset
 from lumbarssl.metrics import localization_rmse
 from lumbarssl.models import Localizer2p5D
 from lumbarssl.pipeline._common import (
+    adamw,
     base_metadata,
     export_best,
     make_loader,
@@ -46,7 +47,8 @@ class LocalizerConfig(StageConfig):
 
     Attributes:
         epochs: Training epochs (Sec. 5.3: 40).
-        batch_size: Samples per step (Sec. 4.5: 32).
+        batch_size: Discs per step (Sec. 4.5: 32). Steps take whole series, so a step holds
+            ``ceil(batch_size / 5)`` input stacks and their (up to) five discs each.
         lr: AdamW learning rate (Sec. 4.5: 1e-4).
         weight_decay: AdamW weight decay (Sec. 4.5: 0.01).
         plateau_patience: ReduceLROnPlateau patience on validation RMSE (Sec. 4.5: 3).
@@ -59,7 +61,7 @@ class LocalizerConfig(StageConfig):
     """
 
     epochs: int = param(40, "training epochs (Sec. 5.3)")
-    batch_size: int = param(32, "samples per step (Sec. 4.5)")
+    batch_size: int = param(32, "discs per step, taken as whole series (Sec. 4.5)")
     lr: float = param(1e-4, "AdamW learning rate (Sec. 4.5)")
     weight_decay: float = param(0.01, "AdamW weight decay (Sec. 4.5)")
     plateau_patience: int = param(3, "ReduceLROnPlateau patience (Sec. 4.5)")
@@ -112,6 +114,76 @@ def localizer_splits(
     )
 
 
+class SeriesLocalizerDataset(Dataset[dict[str, Tensor]]):
+    """All annotated levels of one 2.5D localizer input per item (paper Sec. 3.2, 4.5).
+
+    The five discs of a series share one input stack, and the localizer's backbone features do
+    not depend on the level, so each stack is passed through the backbone once and the head
+    once per level (:meth:`~lumbarssl.models.Localizer2p5D.forward` with ``(B, K)`` levels).
+
+    Each item is a dict: ``"image"`` float32 (3, L, L) in [0, 1]; ``"level"`` int64 (5,), the
+    levels 0-4; ``"target"`` float32 (5, 2), the centres normalised by (W, H); ``"mask"`` bool
+    (5,), which levels have a coordinate; ``"scale"`` float32 (2,), (W, H) of the slice;
+    ``"spacing"`` float32 (2,), PixelSpacing (column, row) in mm; ``"row"`` int64 (5,), the
+    cache row of each level or -1.
+
+    Args:
+        cache: The prepared cache.
+        rows: Cache rows to include (their stacks are grouped).
+
+    Raises:
+        ValueError: If two included rows give the same level of the same stack.
+    """
+
+    def __init__(self, cache: PreparedCache, rows: np.ndarray) -> None:
+        self.cache = cache
+        table = cache.table
+        groups: dict[int, list[int]] = {}
+        for row in rows.tolist():
+            groups.setdefault(int(table.localizer_index[row]), []).append(int(row))
+        for index, members in groups.items():
+            levels = table.level_id[members]
+            if len(set(levels.tolist())) != len(members):
+                raise ValueError(f"localizer input {index}: two discs of one level {members}")
+        self.groups = sorted(groups.items())
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, item: int) -> dict[str, Tensor]:
+        index, members = self.groups[item]
+        table = self.cache.table
+        n = len(LEVELS)
+        target = torch.zeros(n, 2)
+        mask = torch.zeros(n, dtype=torch.bool)
+        row_ids = torch.full((n,), -1, dtype=torch.int64)
+        first = members[0]
+        width, height = float(table.width[first]), float(table.height[first])
+        for row in members:
+            level = int(table.level_id[row])
+            target[level, 0] = float(table.x[row]) / width
+            target[level, 1] = float(table.y[row]) / height
+            mask[level] = True
+            row_ids[level] = row
+        stack = np.asarray(self.cache.localizer_images[index])
+        return {
+            "image": torch.from_numpy(stack.astype(np.float32) / 255.0),
+            "level": torch.arange(n),
+            "target": target,
+            "mask": mask,
+            "scale": torch.tensor([width, height]),
+            "spacing": torch.tensor(
+                [float(table.col_spacing_mm[first]), float(table.row_spacing_mm[first])]
+            ),
+            "row": row_ids,
+        }
+
+
+def _stacks_per_step(discs_per_step: int) -> int:
+    # The paper's batch counts discs; a batch of series carries len(LEVELS) discs each.
+    return max(1, math.ceil(discs_per_step / len(LEVELS)))
+
+
 def _resize(images: Tensor, size: int) -> Tensor:
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
@@ -120,8 +192,9 @@ def _resize(images: Tensor, size: int) -> Tensor:
 
 def _localizer_step(size: int) -> Any:
     def step(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        pred = model(_resize(batch["image"], size), batch["level"])
-        return F.smooth_l1_loss(pred, batch["target"])
+        pred = model(_resize(batch["image"], size), batch["level"])  # (B, 5, 2)
+        mask = batch["mask"]
+        return F.smooth_l1_loss(pred[mask], batch["target"][mask])
 
     return step
 
@@ -130,22 +203,23 @@ def _localizer_step(size: int) -> Any:
 def _predict(
     model: nn.Module, batches: Iterable[Mapping[str, Tensor]], size: int
 ) -> dict[str, Tensor]:
-    preds, targets, scales, spacings, rows, levels = [], [], [], [], [], []
+    """Per-disc predictions, flattened over the annotated levels of each stack."""
+    keys = ("pred", "target", "scale", "spacing", "row", "level")
+    out: dict[str, list[Tensor]] = {key: [] for key in keys}
     for batch in batches:
-        preds.append(model(_resize(batch["image"], size), batch["level"]).float().cpu())
-        targets.append(batch["target"].cpu())
-        scales.append(batch["scale"].cpu())
-        spacings.append(batch["spacing"].cpu())
-        rows.append(batch["index"].cpu())
-        levels.append(batch["level"].cpu())
-    return {
-        "pred": torch.cat(preds),
-        "target": torch.cat(targets),
-        "scale": torch.cat(scales),
-        "spacing": torch.cat(spacings),
-        "row": torch.cat(rows),
-        "level": torch.cat(levels),
-    }
+        mask = batch["mask"]
+        pred = model(_resize(batch["image"], size), batch["level"]).float()
+        per_level = {
+            "pred": pred,
+            "target": batch["target"],
+            "scale": batch["scale"].unsqueeze(1).expand(-1, mask.shape[1], -1),
+            "spacing": batch["spacing"].unsqueeze(1).expand(-1, mask.shape[1], -1),
+            "row": batch["row"],
+            "level": batch["level"],
+        }
+        for key in keys:
+            out[key].append(per_level[key][mask].cpu())
+    return {key: torch.cat(values) for key, values in out.items()}
 
 
 def _pixels(normalised: Tensor, scale: Tensor) -> np.ndarray:
@@ -172,6 +246,10 @@ def _evaluator(size: int) -> Any:
         return {"loss": loss} | _rmse(outputs)
 
     return evaluate
+
+
+def _stacks_in_batch(batch: Mapping[str, Tensor]) -> int:
+    return int(batch["image"].shape[0])
 
 
 def _write_predictions(path: Path, outputs: Mapping[str, Tensor]) -> None:
@@ -220,21 +298,17 @@ def run_localizer_training(config: LocalizerConfig) -> StageResult:
         test_size=config.test_size,
         seed=config.seed,
     )
+    stacks = _stacks_per_step(config.batch_size)
+    train_set = SeriesLocalizerDataset(cache, train)
     train_loader = make_loader(
-        LocalizerDataset(cache, indices=train),
-        config,
-        batch_size=config.batch_size,
-        shuffle=True,
-        drop_last=len(train) > config.batch_size,
+        train_set, config, batch_size=stacks, shuffle=True, drop_last=len(train_set) > stacks
     )
     val_loader = make_loader(
-        LocalizerDataset(cache, indices=val), config, batch_size=64, shuffle=False
+        SeriesLocalizerDataset(cache, val), config, batch_size=16, shuffle=False
     )
     torch.manual_seed(config.seed)
     model = Localizer2p5D(weights=config.weights)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
+    optimizer = adamw(model.parameters(), config, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = ReduceLROnPlateau(
         optimizer, mode="min", patience=config.plateau_patience, factor=config.plateau_factor
     )
@@ -244,6 +318,7 @@ def run_localizer_training(config: LocalizerConfig) -> StageResult:
         train_step=_localizer_step(config.input_size),
         evaluate=_evaluator(config.input_size),
         scheduler=scheduler,
+        batch_size_fn=_stacks_in_batch,
         config=trainer_config(
             config,
             epochs=config.epochs,
@@ -258,7 +333,7 @@ def run_localizer_training(config: LocalizerConfig) -> StageResult:
     if info.rank == 0:
         device = select_device(config.device)
         model.to(device).eval()
-        loader = DataLoader(LocalizerDataset(cache, indices=test), batch_size=64)
+        loader = DataLoader(SeriesLocalizerDataset(cache, test), batch_size=16)
         outputs = _predict(model, (move_to_device(b, device) for b in loader), config.input_size)
         _write_predictions(out / "predictions_test.csv", outputs)
         write_json(

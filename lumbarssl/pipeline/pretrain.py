@@ -16,6 +16,7 @@ from lumbarssl.data.datasets import DiscDatasetConfig, DiscROIDataset
 from lumbarssl.losses import MultiPositiveNTXent
 from lumbarssl.models import ContrastiveModel
 from lumbarssl.pipeline._common import (
+    adamw,
     base_metadata,
     export_best,
     make_loader,
@@ -167,9 +168,7 @@ def run_pretraining(config: PretrainConfig) -> StageResult:
     loss_fn = MultiPositiveNTXent(
         temperature=config.temperature, gather_distributed=is_distributed()
     )
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
+    optimizer = adamw(model.parameters(), config, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = CosineAnnealingLR(optimizer, T_max=config.epochs)
     trainer = Trainer(
         model,
