@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -18,13 +18,17 @@ from lumbarssl.data.splits import train_val_test_split
 from lumbarssl.models import save_checkpoint
 from lumbarssl.pipeline.config import StageConfig
 from lumbarssl.training import (
+    DistributedInfo,
     TrainerConfig,
+    init_distributed,
     is_distributed,
     is_main_process,
     load_training_state,
+    seed_everything,
     seeded_generator,
     select_device,
 )
+from lumbarssl.training._atomic import atomic_write
 from lumbarssl.training.device import default_num_workers
 
 #: File name of the model-only checkpoint every stage exports (weights of the best epoch).
@@ -83,6 +87,25 @@ def make_splits(cache: PreparedCache, config: StageConfig) -> Splits:
         held_out = np.isin(studies[unlabeled], studies[np.concatenate([val, test])])
         unlabeled = unlabeled[~held_out]
     return Splits(train=train, val=val, test=test, unlabeled=unlabeled.astype(np.int64))
+
+
+def start_stage(config: StageConfig) -> tuple[DistributedInfo, Path, PreparedCache]:
+    """What every training stage does first.
+
+    Joins the ``torchrun`` process group if there is one, seeds every generator (offset by
+    the rank, so processes draw different augmentations), creates the output directory with
+    the saved config, and opens the cache.
+
+    Args:
+        config: The stage config.
+
+    Returns:
+        The process's distributed description, the output directory and the cache.
+    """
+    info = init_distributed(device=config.device)
+    seed_everything(config.seed + info.rank)
+    out = prepare_out_dir(config)
+    return info, out, PreparedCache.open(config.cache_dir)
 
 
 def make_loader(
@@ -248,6 +271,9 @@ def write_json(path: Path, data: Any) -> None:
     """Write indented JSON (main process only), replacing the file atomically."""
     if not is_main_process():
         return
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=True) + "\n")
-    tmp.replace(path)
+    payload = (json.dumps(data, indent=2, allow_nan=True) + "\n").encode()
+
+    def write(handle: BinaryIO) -> None:
+        handle.write(payload)
+
+    atomic_write(path, write)

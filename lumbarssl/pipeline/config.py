@@ -98,6 +98,13 @@ class StageConfig:
         if self.num_workers is not None and self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
 
+    def _require_positive(self, *names: str) -> None:
+        """Raise if any of the named integer fields is below 1."""
+        for name in names:
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dictionary (tuples become lists)."""
         return dataclasses.asdict(self)

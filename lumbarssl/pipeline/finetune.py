@@ -10,7 +10,6 @@ import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from lumbarssl.data.cache import PreparedCache
 from lumbarssl.data.datasets import DiscDatasetConfig, DiscROIDataset
 from lumbarssl.losses import WeightedFocalLoss
 from lumbarssl.models import (
@@ -25,14 +24,14 @@ from lumbarssl.pipeline._common import (
     export_best,
     make_loader,
     make_splits,
-    prepare_out_dir,
+    start_stage,
     trainer_config,
     write_json,
 )
 from lumbarssl.pipeline.config import StageConfig, param
 from lumbarssl.pipeline.evaluate import epoch_metrics, predict_classifier, summarize
 from lumbarssl.pipeline.result import StageResult
-from lumbarssl.training import Trainer, init_distributed, seed_everything
+from lumbarssl.training import Trainer
 
 FinetuneMode = Literal["scratch", "linear_probe", "finetune"]
 
@@ -83,9 +82,7 @@ class FinetuneConfig(StageConfig):
                 f"mode {self.mode!r} starts from a pretrained encoder: pass encoder= (the "
                 "model.pt of `lumbarssl pretrain`)"
             )
-        for name in ("epochs", "batch_size", "input_size", "n_resamples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self._require_positive("epochs", "batch_size", "input_size", "n_resamples")
         if self.backbone_lr < 0 or self.head_lr <= 0 or self.weight_decay < 0:
             raise ValueError(
                 f"need backbone_lr >= 0, head_lr > 0, weight_decay >= 0; got "
@@ -151,10 +148,7 @@ def run_finetuning(config: FinetuneConfig) -> StageResult:
     Returns:
         Paths and history of the run.
     """
-    info = init_distributed(device=config.device)
-    seed_everything(config.seed + info.rank)
-    out = prepare_out_dir(config)
-    cache = PreparedCache.open(config.cache_dir)
+    info, out, cache = start_stage(config)
     splits = make_splits(cache, config)
     mean, std = cache.roi_stats()
     data_config = DiscDatasetConfig(input_size=config.input_size, mean=mean, std=std)

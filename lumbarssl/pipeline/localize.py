@@ -26,7 +26,7 @@ from lumbarssl.pipeline._common import (
     base_metadata,
     export_best,
     make_loader,
-    prepare_out_dir,
+    start_stage,
     trainer_config,
     write_json,
 )
@@ -34,9 +34,7 @@ from lumbarssl.pipeline.config import StageConfig, param
 from lumbarssl.pipeline.result import StageResult
 from lumbarssl.training import (
     Trainer,
-    init_distributed,
     move_to_device,
-    seed_everything,
     select_device,
 )
 
@@ -71,9 +69,7 @@ class LocalizerConfig(StageConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("epochs", "batch_size", "input_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self._require_positive("epochs", "batch_size", "input_size")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ValueError(
                 f"need lr > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}"
@@ -288,10 +284,7 @@ def run_localizer_training(config: LocalizerConfig) -> StageResult:
     Returns:
         Paths and history of the run.
     """
-    info = init_distributed(device=config.device)
-    seed_everything(config.seed + info.rank)
-    out = prepare_out_dir(config)
-    cache = PreparedCache.open(config.cache_dir)
+    info, out, cache = start_stage(config)
     train, val, test = localizer_splits(
         np.asarray(cache.table.study_id),
         val_size=config.val_size,

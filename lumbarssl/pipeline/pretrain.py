@@ -21,13 +21,13 @@ from lumbarssl.pipeline._common import (
     export_best,
     make_loader,
     make_splits,
-    prepare_out_dir,
+    start_stage,
     trainer_config,
     write_json,
 )
 from lumbarssl.pipeline.config import StageConfig, param
 from lumbarssl.pipeline.result import StageResult
-from lumbarssl.training import Trainer, init_distributed, is_distributed, seed_everything
+from lumbarssl.training import Trainer, is_distributed
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -60,9 +60,7 @@ class PretrainConfig(StageConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("epochs", "batch_size", "input_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self._require_positive("epochs", "batch_size", "input_size")
         if self.views < 2:
             raise ValueError(f"views must be >= 2 (a disc needs a positive), got {self.views}")
         if self.temperature <= 0:
@@ -143,10 +141,7 @@ def run_pretraining(config: PretrainConfig) -> StageResult:
     Returns:
         Paths and history of the run.
     """
-    info = init_distributed(device=config.device)
-    seed_everything(config.seed + info.rank)
-    out = prepare_out_dir(config)
-    cache = PreparedCache.open(config.cache_dir)
+    _, out, cache = start_stage(config)
     train_rows, val_rows = pretraining_rows(cache, config)
     mean, std = cache.roi_stats()
     data_config = DiscDatasetConfig(
