@@ -19,7 +19,7 @@ need the ``dicom`` extra (``pip install "lumbarssl[dicom]"``).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -257,8 +257,10 @@ def _numbers(value: object) -> tuple[float, ...] | None:
         parts: list[str] = value.decode("ascii", errors="replace").strip(" \x00").split("\\")
     elif isinstance(value, str | int | float):
         parts = [str(value)]
+    elif isinstance(value, Iterable):  # a multi-valued element pydicom already converted
+        parts = [str(v) for v in value]
     else:
-        parts = [str(v) for v in value]  # type: ignore[attr-defined]
+        return None
     try:
         numbers = tuple(float(part) for part in parts)
     except ValueError:
@@ -363,6 +365,9 @@ def _six(values: tuple[float, ...]) -> tuple[float, float, float, float, float, 
 
 def read_header(path: str | Path) -> SliceHeader:
     """Read the geometry of one DICOM file without reading its pixel data.
+
+    The six elements are read straight from the file when its encoding allows (little
+    endian, not deflated), otherwise by pydicom; the header is the same either way.
 
     Args:
         path: The ``.dcm`` file.
@@ -478,15 +483,14 @@ def _spatial_order(
 class LazySeries:
     """A series whose headers are read and ordered, and whose pixels are decoded on demand.
 
-    Made by :func:`open_series`, which locates the elements each file needs without parsing
-    the whole header. :meth:`decode` then reads one slice's pixel data and decodes it with
-    pydicom. The series keeps no pixels.
+    Made by :func:`open_series` (not meant to be built directly), which locates the elements
+    each file needs without parsing the whole header. :meth:`decode` then reads one slice's
+    pixel data and decodes it with pydicom. The series keeps no pixels.
 
     Args:
         geometry: The ordered headers.
-        sources: Per slice of ``geometry``, what was read of its file: the elements found
-            (:class:`~lumbarssl.data._tagscan.TagScan`), or the file as parsed by pydicom
-            with its pixel data deferred.
+        sources: Per slice of ``geometry``, what :func:`open_series` read of its file: the
+            elements it found, or the file as parsed by pydicom with its pixel data deferred.
 
     Attributes:
         geometry: Headers in spatial order and the instance → index map.
