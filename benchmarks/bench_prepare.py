@@ -16,9 +16,12 @@
     K idle cores by Amdahl's law; the total CPU time of all processes, against ``workers=1``,
     shows what the parallel run costs in extra work.
 
-Each output directory is deleted after its run, outside the timed region. Medians over
-``--repeats`` interleaved runs in one process; the load average of the machine is printed
-before and after::
+Fairness: generated data is flushed to disk before timing (its writeback would otherwise
+slow every file prepare writes); glibc's allocator is settled first (see
+``_settle_allocator``), and the minor page faults per file are printed so that a variant
+paying for fresh memory shows; each output directory is deleted after its run, outside the
+timed region. Medians over ``--repeats`` interleaved runs in one process; the load average of
+the machine is printed before and after::
 
     python benchmarks/bench_prepare.py [--data-dir DIR] [--studies 32] [--workers 2]
 """

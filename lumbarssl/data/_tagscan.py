@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.dataelem import RawDataElement
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 __all__ = ["TagScan", "scan_tags"]
@@ -99,6 +99,14 @@ def _element(data: bytes, pos: int, implicit: bool) -> tuple[int, bytes | None, 
     return tag, vr, _UINT16.unpack_from(data, pos + 6)[0], pos + 8
 
 
+def _raw(
+    tag: int, vr: bytes | None, length: int, value: bytes | None, offset: int, implicit: bool
+) -> RawDataElement:
+    """The element as pydicom's reader yields it (little endian, raw value)."""
+    text_vr = None if vr is None else vr.decode("ascii")
+    return RawDataElement(BaseTag(tag), text_vr, length, value, offset, implicit, True)
+
+
 def _skip_sequence(data: bytes, pos: int, implicit: bool) -> int:
     """Skip the items of an undefined-length sequence; return the offset past its delimiter."""
     while True:
@@ -161,12 +169,11 @@ def _walk(data: bytes, complete: bool, tags: Collection[int]) -> TagScan:
         if pos == len(data) and complete:
             return TagScan(uid, found, None)  # a dataset without pixel data
         tag, vr, length, pos = _element(data, pos, implicit)
-        text_vr = None if vr is None else vr.decode("ascii")
         if tag >= _PIXEL_GROUP_START:
             # Encapsulated (compressed) frames and float pixel data are left to pydicom.
             pixels = None
             if tag == _PIXEL_DATA and length != _UNDEFINED:
-                pixels = RawDataElement(Tag(tag), text_vr, length, None, pos, implicit, True)
+                pixels = _raw(tag, vr, length, None, pos, implicit)
             return TagScan(uid, found, pixels)
         if length == _UNDEFINED:
             if not (implicit or vr in (b"SQ", b"UN")):
@@ -178,7 +185,7 @@ def _walk(data: bytes, complete: bool, tags: Collection[int]) -> TagScan:
         if tag in tags:
             # As pydicom's reader: an empty element has no value.
             value = data[pos : pos + length] if length else None
-            found[tag] = RawDataElement(Tag(tag), text_vr, length, value, pos, implicit, True)
+            found[tag] = _raw(tag, vr, length, value, pos, implicit)
         pos += length
 
 
