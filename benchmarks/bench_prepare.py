@@ -16,12 +16,14 @@
     K idle cores by Amdahl's law; the total CPU time of all processes, against ``workers=1``,
     shows what the parallel run costs in extra work.
 
-Fairness: generated data is flushed to disk before timing (its writeback would otherwise
-slow every file prepare writes); glibc's allocator is settled first (see
-``_settle_allocator``), and the minor page faults per file are printed so that a variant
-paying for fresh memory shows; each output directory is deleted after its run, outside the
-timed region. Medians over ``--repeats`` interleaved runs in one process; the load average of
-the machine is printed before and after::
+Fairness: each output directory is deleted after its run and everything written is flushed
+to disk (``os.sync``) before the next run, outside the timed region: otherwise the writeback
+of generated data, or of an earlier run's deleted output, lands on whichever run writes files
+next, i.e. on prepare, never on bare pydicom, and gets worse from one repetition to the next.
+glibc's allocator is settled first (see ``_settle_allocator``), and the minor page faults per
+file are printed so that a variant paying for fresh memory shows. Medians over ``--repeats``
+interleaved runs in one process; the load average of the machine is printed before and
+after::
 
     python benchmarks/bench_prepare.py [--data-dir DIR] [--studies 32] [--workers 2]
 """
@@ -163,7 +165,7 @@ def main() -> None:
         if data_dir is None:
             data_dir = Path(tmp) / "rsna"
             source = build_dataset(data_dir, args.studies, size=args.size)
-            os.sync()  # no writeback of the new files while timing
+            os.sync()  # no writeback of the new files while timing (see above)
         series_files, needed = _files(data_dir)
         config = PrepareConfig()
         outputs = [Path(tmp) / f"out{i}" for i in range(2)]
@@ -189,6 +191,7 @@ def main() -> None:
                 times[name].append(_measure(run))
                 for out in outputs:  # not timed: deleting the output is not part of prepare
                     shutil.rmtree(out, ignore_errors=True)
+                os.sync()  # nor is writing back what the run wrote and deleted
         load_after = _load()
 
     def median(name: str, field: str) -> float:
