@@ -19,6 +19,7 @@ from _rsna_factory import (
     quirk_study,
     write_series,
 )
+from pydicom.data import get_testdata_file
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import JPEGLSLossless, RLELossless
 
@@ -26,6 +27,7 @@ from lumbarssl.data.dicom import (
     DicomReadError,
     MissingDecoderError,
     SeriesGeometryError,
+    open_series,
     read_header,
     read_series,
     read_series_geometry,
@@ -233,3 +235,47 @@ def test_index_of_unknown_instance_names_the_series(tmp_path: Path) -> None:
     folder = _write(tmp_path, plain_study(1))
     with pytest.raises(KeyError, match="no readable instance 99"):
         read_series_geometry(folder).index_of(99)
+
+
+@pytest.mark.parametrize(
+    "quirk", ["instances_against_space", "rescale", "signed", "odd_shape", "rle", "no_geometry"]
+)
+def test_open_series_decodes_every_slice_as_read_slice(quirk: str, tmp_path: Path) -> None:
+    _, _, folder = _quirk(tmp_path, quirk)
+    series = open_series(folder)
+    assert len(series) == len(series.geometry) == len(list(folder.glob("*.dcm")))
+    for index, header in enumerate(series.geometry.slices):
+        first, again = series.decode(index), series.decode(index)
+        expected = read_slice(header.path)  # pydicom reading the whole file
+        assert first.dtype == expected.dtype == np.float32
+        np.testing.assert_array_equal(first, expected)
+        np.testing.assert_array_equal(again, expected)
+
+
+def test_a_file_pydicom_must_parse_decodes_as_read_slice_every_time(tmp_path: Path) -> None:
+    source = get_testdata_file("MR_small_bigendian.dcm", download=False)
+    if source is None:
+        pytest.skip("MR_small_bigendian.dcm is not bundled with this pydicom")
+    path = tmp_path / "1.dcm"
+    shutil.copyfile(str(source), path)
+    series = open_series(tmp_path)
+    expected = read_slice(path)
+    for _ in range(2):  # the pixel data is read again: the series keeps headers only
+        np.testing.assert_array_equal(series.decode(0), expected)
+
+
+def test_decode_rejects_an_index_outside_the_series(tmp_path: Path) -> None:
+    series = open_series(_write(tmp_path, plain_study(1)))
+    with pytest.raises(IndexError, match=r"slice index must be in \[0, 4\], got 5"):
+        series.decode(5)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom on the invalid IS value
+def test_a_non_numeric_number_of_frames_is_a_read_error_naming_the_file(tmp_path: Path) -> None:
+    source = get_testdata_file("badVR.dcm", download=False)  # NumberOfFrames "1A"
+    if source is None:
+        pytest.skip("badVR.dcm is not bundled with this pydicom")
+    path = tmp_path / "1.dcm"
+    shutil.copyfile(str(source), path)
+    with pytest.raises(DicomReadError, match=rf"{re.escape(str(path))}: NumberOfFrames is not"):
+        read_slice(path)

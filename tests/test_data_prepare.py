@@ -7,8 +7,10 @@ import shutil
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pydicom
 import pytest
 from _rsna_factory import (
     BACKGROUND,
@@ -28,10 +30,13 @@ from PIL import Image
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import JPEGLSLossless
 
+import lumbarssl.data.dicom as dicom_module
 import lumbarssl.data.prepare as prepare_module
 from lumbarssl.cli import main
+from lumbarssl.data import _tagscan as tagscan
+from lumbarssl.data._tagscan import TagScan
 from lumbarssl.data.cache import IncompleteCacheError, PreparedCache
-from lumbarssl.data.dicom import read_slice
+from lumbarssl.data.dicom import LazySeries
 from lumbarssl.data.prepare import PrepareConfig, prepare_cache, prepare_in_memory
 from lumbarssl.data.skips import RSNADataError
 
@@ -147,6 +152,22 @@ def test_png_is_the_same_roi_as_the_npy_row(prepared: Path) -> None:
         with Image.open(prepared / row["roi_path"]) as image:
             assert image.mode == "L"
             np.testing.assert_array_equal(np.asarray(image), roi)
+
+
+def test_png_compression_is_lossless_at_any_level(
+    fixture: Fixture, prepared: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    settings = ["--roi-size", str(ROI), "--slices", "3", "--localizer-size", str(LOCALIZER)]
+    args = ["prepare", str(fixture.root), str(out), *settings, "--png-compression", "9"]
+    assert main([*args, "--no-progress"]) == 0
+    stored = sorted((prepared / "rois").rglob("*.png"))
+    compressed = sorted((out / "rois").rglob("*.png"))
+    assert [p.relative_to(prepared) for p in stored] == [p.relative_to(out) for p in compressed]
+    for a, b in zip(stored, compressed, strict=True):
+        with Image.open(a) as image_a, Image.open(b) as image_b:
+            np.testing.assert_array_equal(np.asarray(image_a), np.asarray(image_b))
+    assert sum(p.stat().st_size for p in compressed) < sum(p.stat().st_size for p in stored)
 
 
 def test_labels_and_the_unlabeled_disc(fixture: Fixture, prepared: Path) -> None:
@@ -301,6 +322,41 @@ def test_interrupted_run_resumes_to_the_same_result(
     assert dict(_files(out)) == dict(_files(prepared))
 
 
+def test_a_study_cut_short_in_the_log_is_done_again(
+    fixture: Fixture, prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    real = prepare_module._run_study
+    calls: list[int] = []
+
+    def interrupted(task: prepare_module._StudyTask) -> int:
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(task.study_id)
+        return real(task)
+
+    monkeypatch.setattr(prepare_module, "_run_study", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_cache(fixture.root, out, CONFIG, progress=False)
+    (log,) = (out / ".partial").glob("*.log")  # finished studies, appended one by one
+    log.write_bytes(log.read_bytes()[:-7])  # as if killed while appending the third
+    monkeypatch.setattr(prepare_module, "_run_study", real)
+    result = prepare_cache(fixture.root, out, CONFIG, progress=False)
+    assert result.n_resumed == 2
+    assert dict(_files(out)) == dict(_files(prepared))
+    assert not (out / ".partial").exists()
+
+
+def test_roi_stats_are_exact_over_all_roi_pixels(fixture: Fixture, prepared: Path) -> None:
+    stats = json.loads((prepared / "prepare_meta.json").read_text())["roi_stats"]
+    pixels = np.load(prepared / "rois.npy").astype(np.float64) / 255.0
+    assert stats["mean"] == pytest.approx(pixels.mean(), rel=1e-12)
+    assert stats["std"] == pytest.approx(pixels.std(), rel=1e-12)
+    # Summed study by study here, over the whole array in memory: the same numbers.
+    cache, _ = prepare_in_memory(fixture.root, CONFIG)
+    assert cache.roi_stats() == (stats["mean"], stats["std"])
+
+
 def test_interruption_while_writing_the_final_files_leaves_no_meta(
     fixture: Fixture, prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -394,21 +450,42 @@ def test_one_failing_study_does_not_abort_the_run(
     assert "boom" in errors[0]["detail"]
 
 
-def test_each_dicom_file_is_decoded_at_most_once(
+def test_each_header_is_read_once_and_each_slice_decoded_at_most_once(
     fixture: Fixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = read_slice
+    real_scan, real_read, real_decode = tagscan.scan_tags, pydicom.dcmread, LazySeries.decode
+    scanned: list[Path] = []
+    parsed: list[Path] = []
     decoded: list[Path] = []
 
-    def counting(path: str | Path) -> np.ndarray:
-        decoded.append(Path(path))
-        return real(path)
+    def counting_scan(path: Path, *args: Any) -> TagScan | None:
+        scanned.append(path)
+        return real_scan(path, *args)
 
-    monkeypatch.setattr(prepare_module, "read_slice", counting)
+    def counting_read(path: Path, *args: Any, **kwargs: Any) -> pydicom.Dataset:
+        parsed.append(Path(path))
+        return real_read(path, *args, **kwargs)
+
+    def counting_decode(self: LazySeries, index: int) -> np.ndarray:
+        decoded.append(self.geometry.slices[index].path)
+        return real_decode(self, index)
+
+    monkeypatch.setattr(dicom_module, "scan_tags", counting_scan)  # where dicom.py calls it
+    monkeypatch.setattr(pydicom, "dcmread", counting_read)
+    monkeypatch.setattr(LazySeries, "decode", counting_decode)
     prepare_cache(fixture.root, tmp_path / "out", CONFIG, progress=False)
+    # Every file of a series with a disc is looked at once ...
+    series_dirs = {p.parent for p in decoded}
+    assert {p for d in series_dirs for p in d.glob("*.dcm")} <= set(scanned)
+    assert max(Counter(scanned).values()) == 1
+    # ... and pydicom parses a file only where that direct read cannot do: a file that is
+    # not DICOM, or one whose pixels fail to decode (pydicom's error is the one reported).
+    assert max(Counter(parsed).values(), default=0) <= 1
+    for path in parsed:
+        assert path.read_bytes()[128:132] != b"DICM" or path in decoded, path
+    # Only annotated slices and their neighbours are decoded, each once.
     assert decoded
     assert max(Counter(decoded).values()) == 1
-    # Only annotated slices and their neighbours are decoded, not whole series.
     total = sum(s.n_slices for study in fixture.studies for s in study.series)
     assert len(decoded) < total
 
@@ -429,7 +506,8 @@ def test_in_memory_extraction_equals_the_cache(prepared: Path, fixture: Fixture)
     [({"roi_size": 0}, "roi_size must be >= 1, got 0"),
      ({"slices": 4}, "slices must be an odd number >= 1, got 4"),
      ({"pad_value": -0.1}, r"pad_value must be in \[0, 1\], got -0.1"),
-     ({"on_error": "ignore"}, "on_error must be 'skip' or 'raise', got 'ignore'")],
+     ({"on_error": "ignore"}, "on_error must be 'skip' or 'raise', got 'ignore'"),
+     ({"png_compress_level": 10}, r"png_compress_level must be in \[0, 9\], got 10")],
 )  # fmt: skip
 def test_config_validation_names_the_bad_value(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):

@@ -7,12 +7,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from PIL import Image
 
 from lumbarssl.data.roi import (
     crop_centered,
     extract_roi,
     intensity_range,
     is_inside,
+    localizer_channel,
     localizer_input,
     normalize_slice,
     round_coordinate,
@@ -236,3 +238,34 @@ def test_localizer_input_rejects_bad_arguments(
 ) -> None:
     with pytest.raises(ValueError, match=match):
         localizer_input(slices, center, size)
+
+
+@pytest.mark.parametrize("shape", [(40, 24), (64, 64), (90, 130)])
+def test_localizer_channel_is_the_normalised_slice_resized(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(0)
+    image = rng.normal(500.0, 200.0, size=shape).astype(np.float32)
+    channel = localizer_channel(image, 32)
+    assert channel.shape == (32, 32)
+    assert channel.dtype == np.uint8
+    # Reference: normalise the whole slice in float64 first, then resize (PIL, bilinear).
+    normalised = (image - image.min()) / (image.max() - image.min())
+    resized = Image.fromarray(normalised.astype(np.float32)).resize(
+        (32, 32), Image.Resampling.BILINEAR
+    )
+    reference = np.rint(np.clip(np.asarray(resized), 0.0, 1.0) * 255)
+    assert np.abs(channel.astype(np.int64) - reference.astype(np.int64)).max() <= 1
+    known = localizer_channel(image, 32, value_range=intensity_range(image))
+    np.testing.assert_array_equal(known, channel)
+
+
+def test_localizer_input_stacks_localizer_channels() -> None:
+    slices = _series(4)
+    stack = localizer_input(slices, 0, size=16)
+    for channel, k in zip(stack, (0, 0, 1), strict=True):
+        np.testing.assert_array_equal(channel, localizer_channel(slices[k], 16))
+
+
+def test_localizer_channel_of_a_constant_slice_is_zero_and_size_is_checked() -> None:
+    np.testing.assert_array_equal(localizer_channel(np.full((8, 8), 3.0), 4), np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="size must be positive, got 0"):
+        localizer_channel(np.zeros((8, 8)), 0)

@@ -45,6 +45,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=LOCALIZER_SIZE,
         help="side of the 2.5D localizer input (paper: %(default)s)",
     )
+    parser.add_argument(
+        "--png-compression",
+        type=int,
+        default=0,
+        help="zlib level 0-9 of the ROI PNGs, lossless at every level (default %(default)s: "
+        "stored; MR noise compresses little)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument(
         "--on-error",
@@ -71,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
             slices=args.slices,
             localizer_size=args.localizer_size,
             on_error=args.on_error,
+            png_compress_level=args.png_compression,
         )
     except ValueError as exc:
         print(f"lumbarssl prepare: {exc}", file=sys.stderr)

@@ -329,16 +329,37 @@ class PreparedCache:
         return _roi_stats(self.rois)
 
 
-def _roi_stats(rois: np.ndarray) -> tuple[float, float]:
-    """Mean and std of ``rois / 255`` over all pixels, streamed in float64."""
-    total, total_sq, count = 0.0, 0.0, 0
-    for start in range(0, len(rois), 1024):
-        block = np.asarray(rois[start : start + 1024], dtype=np.float64) / 255.0
-        total += float(block.sum())
-        total_sq += float(np.square(block).sum())
-        count += block.size
+#: Rows of ROIs counted at a time by :func:`_roi_histogram`.
+_STATS_BLOCK = 256
+
+
+def _roi_histogram(rois: np.ndarray) -> np.ndarray:
+    """Counts of each uint8 value 0..255 over all pixels of ``rois``, shape (256,), int64.
+
+    Exact and independent of how the ROIs are split into blocks, so statistics of a cache
+    assembled study by study equal those computed over the whole array.
+    """
+    counts = np.zeros(256, dtype=np.int64)
+    for start in range(0, len(rois), _STATS_BLOCK):
+        block = np.asarray(rois[start : start + _STATS_BLOCK], dtype=np.uint8)
+        counts += np.bincount(block.reshape(-1), minlength=256)
+    return counts
+
+
+def _stats_from_histogram(counts: np.ndarray) -> tuple[float, float]:
+    """Mean and std of ``value / 255`` from a histogram of uint8 values (exact sums)."""
+    values = range(256)
+    count = int(counts.sum())
     if count == 0:
         return 0.0, 1.0
-    mean = total / count
-    std = math.sqrt(max(total_sq / count - mean * mean, 0.0))
+    total = sum(int(c) * v for c, v in zip(counts, values, strict=True))
+    total_sq = sum(int(c) * v * v for c, v in zip(counts, values, strict=True))
+    mean = total / (count * 255)
+    # count * total_sq - total**2 is an exact non-negative integer: no cancellation error.
+    std = math.sqrt(count * total_sq - total * total) / (count * 255)
     return mean, std if std > 1e-6 else 1.0  # constant ROIs: normalise by 1, not 0
+
+
+def _roi_stats(rois: np.ndarray) -> tuple[float, float]:
+    """Mean and std of ``rois / 255`` over all pixels, from exact integer sums."""
+    return _stats_from_histogram(_roi_histogram(rois))

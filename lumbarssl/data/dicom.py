@@ -6,6 +6,10 @@ ImagePositionPatient of each slice projected on the slice normal, the cross prod
 direction cosines in ImageOrientationPatient. InstanceNumber orders the series only when that
 geometry is missing, inconsistent or places two slices at the same position.
 
+Ordering a series needs six elements of each file; :func:`open_series` reads just those, straight
+from the file where the encoding allows (pydicom's full parse costs about half of reading and
+decoding the file), and pydicom parses a file only when its pixels are decoded.
+
 Pixels come back as float32 with RescaleSlope/RescaleIntercept applied, signed data
 (PixelRepresentation 1) kept signed, and MONOCHROME1 inverted so that bright means high signal.
 Compressed transfer syntaxes decode when pydicom has a decoder for them: JPEG-LS and others
@@ -14,26 +18,33 @@ need the ``dicom`` extra (``pip install "lumbarssl[dicom]"``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.utils import pixel_array
 
+from lumbarssl.data._tagscan import TagScan, scan_tags
 from lumbarssl.data.skips import OnError
 
 __all__ = [
     "DicomReadError",
     "DicomSeries",
+    "LazySeries",
     "MissingDecoderError",
     "SeriesGeometry",
     "SeriesGeometryError",
     "SliceHeader",
+    "open_series",
     "read_header",
     "read_series",
     "read_series_geometry",
@@ -44,6 +55,10 @@ __all__ = [
 _POSITION_TOLERANCE_MM = 1e-3
 #: Direction cosines of two slices this close count as the same orientation.
 _ORIENTATION_TOLERANCE = 1e-3
+#: Elements longer than this many bytes are read from disk only when used. Only the pixel data
+#: of an image is that long, so a slice whose pixels are never needed is never read past its
+#: header, and one whose pixels are needed is not parsed a second time.
+_DEFER_BYTES = 4096
 _INSTALL_HINT = 'pip install "lumbarssl[dicom]"'
 _INSTANCE_NUMBER = 0x00200013
 _POSITION = 0x00200032
@@ -51,6 +66,28 @@ _ORIENTATION = 0x00200037
 _PIXEL_SPACING = 0x00280030
 _ROWS = 0x00280010
 _COLUMNS = 0x00280011
+_PIXEL_DATA = 0x7FE00010
+_GEOMETRY_TAGS = frozenset(
+    {_INSTANCE_NUMBER, _POSITION, _ORIENTATION, _PIXEL_SPACING, _ROWS, _COLUMNS}
+)
+#: What decoding a slice reads besides the pixel data: the Image Pixel module (PS3.3
+#: C.7.6.3: SamplesPerPixel ... PixelRepresentation), NumberOfFrames, RescaleIntercept/Slope.
+_DECODE_TAGS = frozenset(
+    {
+        0x00280002,
+        0x00280004,
+        0x00280006,
+        0x00280008,
+        _ROWS,
+        _COLUMNS,
+        0x00280100,
+        0x00280101,
+        0x00280102,
+        0x00280103,
+        0x00281052,
+        0x00281053,
+    }
+)
 
 
 class DicomReadError(ValueError):
@@ -192,9 +229,14 @@ class DicomSeries:
         return self.pixels[self.geometry.index_of(instance_number)]
 
 
-def _dcmread(path: Path, *, stop_before_pixels: bool) -> Dataset:
+def _dcmread(path: Path, *, stop_before_pixels: bool = False, defer: bool = False) -> Dataset:
     try:
-        return pydicom.dcmread(path, force=False, stop_before_pixels=stop_before_pixels)
+        return pydicom.dcmread(
+            path,
+            force=False,
+            stop_before_pixels=stop_before_pixels,
+            defer_size=_DEFER_BYTES if defer else None,
+        )
     except FileNotFoundError:
         raise
     except InvalidDicomError as exc:
@@ -203,57 +245,56 @@ def _dcmread(path: Path, *, stop_before_pixels: bool) -> Dataset:
         raise DicomReadError(path, f"unreadable DICOM ({type(exc).__name__}: {exc})") from exc
 
 
-def _numbers(ds: Dataset, tag: int) -> tuple[float, ...] | None:
+def _numbers(value: object) -> tuple[float, ...] | None:
     """Values of a DS/IS element, parsed from its raw text when it is still raw.
 
     pydicom's conversion of decimal strings is several times slower than reading the header;
     the raw bytes are ASCII numbers separated by backslashes.
     """
-    element = ds.get_item(tag)
-    if element is None or element.value is None:
+    if value is None:
         return None
-    value = element.value
     if isinstance(value, bytes):
         parts: list[str] = value.decode("ascii", errors="replace").strip(" \x00").split("\\")
     elif isinstance(value, str | int | float):
         parts = [str(value)]
-    else:
+    elif isinstance(value, Iterable):  # a multi-valued element pydicom already converted
         parts = [str(v) for v in value]
+    else:
+        return None
     try:
         numbers = tuple(float(part) for part in parts)
     except ValueError:
         return None
-    return numbers if all(np.isfinite(numbers)) else None
+    return numbers if all(math.isfinite(v) for v in numbers) else None
 
 
-def _unsigned(ds: Dataset, tag: int) -> int | None:
+def _unsigned(value: object, little_endian: bool) -> int | None:
     """Value of a US element (Rows, Columns), from its raw bytes when still raw."""
-    element = ds.get_item(tag)
-    if element is None or element.value is None:
+    if value is None:
         return None
-    value = element.value
     if isinstance(value, bytes):
         if len(value) != 2:
             return None
-        little_endian = ds.original_encoding[1] is not False
         return int.from_bytes(value, "little" if little_endian else "big")
-    return int(value)
+    return value if isinstance(value, int) else None  # already converted by pydicom
 
 
-def _header(path: Path, ds: Dataset) -> SliceHeader:
-    instance = _numbers(ds, _INSTANCE_NUMBER)
+def _header(path: Path, values: Mapping[int, object], *, little_endian: bool = True) -> SliceHeader:
+    """The header of one file from the (raw) values of its geometry elements."""
+    instance = _numbers(values.get(_INSTANCE_NUMBER))
     if instance is not None and len(instance) == 1 and float(instance[0]).is_integer():
         instance_number = int(instance[0])
     elif path.stem.isdigit():
         instance_number = int(path.stem)
     else:
         raise DicomReadError(path, "no valid InstanceNumber and the file name is not a number")
-    rows, columns = _unsigned(ds, _ROWS), _unsigned(ds, _COLUMNS)
+    rows = _unsigned(values.get(_ROWS), little_endian)
+    columns = _unsigned(values.get(_COLUMNS), little_endian)
     if rows is None or columns is None:
         raise DicomReadError(path, "no Rows/Columns: not an image")
-    spacing = _numbers(ds, _PIXEL_SPACING)
-    position = _numbers(ds, _POSITION)
-    orientation = _numbers(ds, _ORIENTATION)
+    spacing = _numbers(values.get(_PIXEL_SPACING))
+    position = _numbers(values.get(_POSITION))
+    orientation = _numbers(values.get(_ORIENTATION))
     return SliceHeader(
         path=path,
         instance_number=instance_number,
@@ -263,6 +304,53 @@ def _header(path: Path, ds: Dataset) -> SliceHeader:
         position=None if position is None or len(position) != 3 else _three(position),
         orientation=None if orientation is None or len(orientation) != 6 else _six(orientation),
     )
+
+
+def _dataset_values(ds: Dataset) -> dict[int, object]:
+    """The geometry elements of a parsed file, raw as read (pydicom converts on access)."""
+    values: dict[int, object] = {}
+    for tag in _GEOMETRY_TAGS:
+        element = ds.get_item(tag)
+        if element is not None and element.value is not None:
+            values[tag] = element.value
+    return values
+
+
+def _read_header(path: Path) -> tuple[SliceHeader, TagScan | Dataset]:
+    """The header of one file, and what was read of it, for decoding it later.
+
+    The elements are found straight in the file (:func:`scan_tags`); a file in an encoding
+    that walk does not cover is parsed by pydicom instead, its pixel data left on disk until
+    used, and that dataset is returned so that it need not be parsed again.
+    """
+    scan = scan_tags(path, _GEOMETRY_TAGS | _DECODE_TAGS)
+    if scan is not None:
+        values = {
+            tag: raw.value
+            for tag, raw in scan.elements.items()
+            if tag in _GEOMETRY_TAGS and raw.value is not None
+        }
+        return _header(path, values), scan
+    ds = _dcmread(path, defer=True)
+    little_endian = ds.original_encoding[1] is not False
+    return _header(path, _dataset_values(ds), little_endian=little_endian), ds
+
+
+def _scanned_dataset(path: Path, scan: TagScan) -> Dataset:
+    """A dataset of the elements decoding needs, as pydicom would have read them."""
+    pixel_data = scan.pixel_data
+    assert pixel_data is not None  # checked by the caller
+    with path.open("rb") as handle:
+        handle.seek(pixel_data.value_tell)
+        value = handle.read(pixel_data.length)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = scan.transfer_syntax
+    for raw in scan.elements.values():
+        if raw.tag in _DECODE_TAGS:
+            ds[raw.tag] = raw
+    ds[pixel_data.tag] = pixel_data._replace(value=value)
+    return ds
 
 
 def _three(values: tuple[float, ...]) -> tuple[float, float, float]:
@@ -278,6 +366,9 @@ def _six(values: tuple[float, ...]) -> tuple[float, float, float, float, float, 
 def read_header(path: str | Path) -> SliceHeader:
     """Read the geometry of one DICOM file without reading its pixel data.
 
+    The six elements are read straight from the file when its encoding allows (little
+    endian, not deflated), otherwise by pydicom; the header is the same either way.
+
     Args:
         path: The ``.dcm`` file.
 
@@ -289,17 +380,24 @@ def read_header(path: str | Path) -> SliceHeader:
             image. The message names the file.
         FileNotFoundError: If the file does not exist.
     """
-    path = Path(path)
-    return _header(path, _dcmread(path, stop_before_pixels=True))
+    return _read_header(Path(path))[0]
+
+
+def _number(path: Path, ds: Dataset, keyword: str, default: float) -> float:
+    """A numeric element's value; ``default`` when it is absent, empty or zero."""
+    try:
+        return float(ds.get(keyword, default) or default)
+    except (TypeError, ValueError) as exc:  # e.g. "1A" in an IS element
+        raise DicomReadError(path, f"{keyword} is not a number ({exc})") from exc
 
 
 def _pixels(path: Path, ds: Dataset) -> np.ndarray:
     if "PixelData" not in ds:
         raise DicomReadError(path, "no pixel data (PixelData element missing)")
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
-        raise DicomReadError(path, f"{ds.SamplesPerPixel} samples per pixel; expected grayscale")
-    if int(ds.get("NumberOfFrames", 1) or 1) != 1:
-        raise DicomReadError(path, f"{ds.NumberOfFrames} frames; expected one slice per file")
+    if (samples := _number(path, ds, "SamplesPerPixel", 1)) != 1:
+        raise DicomReadError(path, f"{samples:g} samples per pixel; expected grayscale")
+    if (frames := _number(path, ds, "NumberOfFrames", 1)) != 1:
+        raise DicomReadError(path, f"{frames:g} frames; expected one slice per file")
     syntax = ds.file_meta.get("TransferSyntaxUID")
     if syntax is not None and syntax.is_compressed:
         try:
@@ -313,16 +411,18 @@ def _pixels(path: Path, ds: Dataset) -> np.ndarray:
                 f"install one with: {_INSTALL_HINT}",
             )
     try:
-        raw = ds.pixel_array
-    except Exception as exc:  # decoders raise ValueError, RuntimeError, ... on bad data
+        # With a deferred read this is where the pixel data is read from the file. Unlike
+        # ds.pixel_array, this keeps no copy of the array in the dataset.
+        raw = pixel_array(ds)
+    except Exception as exc:  # decoders raise ValueError, RuntimeError, OSError ... on bad data
         raise DicomReadError(
             path, f"cannot decode pixel data ({type(exc).__name__}: {exc})"
         ) from exc
     pixels = np.asarray(raw, dtype=np.float32)
     if pixels.ndim != 2:
         raise DicomReadError(path, f"pixel data has shape {pixels.shape}; expected (rows, cols)")
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    slope = _number(path, ds, "RescaleSlope", 1.0)
+    intercept = _number(path, ds, "RescaleIntercept", 0.0)
     if slope != 1.0:
         pixels *= np.float32(slope)
     if intercept != 0.0:
@@ -362,7 +462,8 @@ def _spatial_order(
     reference = headers[0].orientation
     if normal is None or reference is None:
         return by_instance, "instance_number"
-    distance: dict[int, float] = {}
+    nx, ny, nz = (float(v) for v in normal)
+    keyed: list[tuple[float, int, SliceHeader]] = []
     for header in headers:
         if header.position is None or header.orientation is None:
             return by_instance, "instance_number"
@@ -370,21 +471,132 @@ def _spatial_order(
             _ORIENTATION_TOLERANCE
         ):
             return by_instance, "instance_number"
-        distance[id(header)] = float(np.dot(header.position, normal))
-    ordered = sorted(headers, key=lambda h: (distance[id(h)], h.instance_number))
-    gaps = np.diff([distance[id(h)] for h in ordered])
-    if np.any(gaps < _POSITION_TOLERANCE_MM):
+        x, y, z = header.position
+        keyed.append((x * nx + y * ny + z * nz, header.instance_number, header))
+    keyed.sort(key=lambda item: item[:2])  # distance along the normal, then InstanceNumber
+    distances = [distance for distance, _, _ in keyed]
+    if any(b - a < _POSITION_TOLERANCE_MM for a, b in pairwise(distances)):
         return by_instance, "instance_number"
-    return ordered, "position"
+    return [header for _, _, header in keyed], "position"
+
+
+class LazySeries:
+    """A series whose headers are read and ordered, and whose pixels are decoded on demand.
+
+    Made by :func:`open_series` (not meant to be built directly), which locates the elements
+    each file needs without parsing the whole header. :meth:`decode` then reads one slice's
+    pixel data and decodes it with pydicom. The series keeps no pixels.
+
+    Args:
+        geometry: The ordered headers.
+        sources: Per slice of ``geometry``, what :func:`open_series` read of its file: the
+            elements it found, or the file as parsed by pydicom with its pixel data deferred.
+
+    Attributes:
+        geometry: Headers in spatial order and the instance → index map.
+
+    Raises:
+        ValueError: If ``sources`` and ``geometry`` differ in length.
+    """
+
+    def __init__(self, geometry: SeriesGeometry, sources: Sequence[TagScan | Dataset]) -> None:
+        if len(sources) != len(geometry):
+            raise ValueError(
+                f"got {len(sources)} sources for the {len(geometry)} slices of "
+                f"{geometry.series_dir}"
+            )
+        self.geometry = geometry
+        self._sources = tuple(sources)
+
+    def __len__(self) -> int:
+        return len(self.geometry)
+
+    def decode(self, index: int) -> np.ndarray:
+        """Decode the pixels of one slice, as :func:`read_slice` does.
+
+        Each call reads the pixel data from the file and decodes it again (the series keeps
+        headers only); callers that need a slice twice keep the result.
+
+        Args:
+            index: Spatial index of the slice, 0..len-1.
+
+        Returns:
+            float32 array of shape (H, W).
+
+        Raises:
+            IndexError: If ``index`` is out of range.
+            MissingDecoderError: If no installed decoder handles the transfer syntax.
+            DicomReadError: If the pixel data is missing, truncated or undecodable.
+        """
+        if not 0 <= index < len(self._sources):
+            raise IndexError(f"slice index must be in [0, {len(self) - 1}], got {index}")
+        path = self.geometry.slices[index].path
+        source = self._sources[index]
+        if isinstance(source, TagScan):
+            if source.pixel_data is not None:
+                try:
+                    return _pixels(path, _scanned_dataset(path, source))
+                except (DicomReadError, OSError):
+                    pass  # pydicom reading the whole file gives the reference error
+            return _pixels(path, _dcmread(path))
+        # pydicom types get_item as returning a converted element; a deferred one stays raw.
+        unread: object = source.get_item(_PIXEL_DATA, keep_deferred=True)
+        try:
+            return _pixels(path, source)
+        finally:
+            if isinstance(unread, RawDataElement) and unread.value is None:
+                # Reading the pixels stored them in the dataset; put the deferred element back
+                # so that the series holds headers only, however many slices are decoded.
+                source[_PIXEL_DATA] = unread
+
+
+def open_series(series_dir: str | Path, *, on_error: OnError = "raise") -> LazySeries:
+    """Read the header of every ``*.dcm`` file of a series once and order the slices in space.
+
+    Slices are sorted by the projection of ImagePositionPatient on the slice normal (ties and
+    equal positions broken by InstanceNumber). If any slice lacks position or orientation,
+    orientations differ between slices, or two slices coincide, the series is ordered by
+    InstanceNumber instead and :attr:`SeriesGeometry.ordered_by` says so. Pixel data is not
+    read until :meth:`LazySeries.decode` asks for it.
+
+    Args:
+        series_dir: Directory of one series (``train_images/<study>/<series>``).
+        on_error: ``"raise"`` on the first unreadable file; ``"skip"`` leaves such files out
+            of the order and lists them in :attr:`SeriesGeometry.unreadable`.
+
+    Returns:
+        The ordered series.
+
+    Raises:
+        DicomReadError: If a header cannot be read (``on_error="raise"``).
+        SeriesGeometryError: If the directory holds no readable ``.dcm`` file or two files
+            share an InstanceNumber.
+    """
+    series_dir = Path(series_dir)
+    headers: list[SliceHeader] = []
+    sources: dict[int, TagScan | Dataset] = {}  # id(header) -> what was read of its file
+    unreadable: list[DicomReadError] = []
+    for path in sorted(series_dir.glob("*.dcm")):
+        try:
+            header, source = _read_header(path)
+        except DicomReadError as exc:
+            if on_error == "raise":
+                raise
+            unreadable.append(exc)
+            continue
+        headers.append(header)
+        sources[id(header)] = source
+    if not headers:
+        raise SeriesGeometryError(f"{series_dir}: no readable .dcm file")
+    ordered, ordered_by = _spatial_order(headers)
+    geometry = SeriesGeometry(series_dir, tuple(ordered), ordered_by, tuple(unreadable))
+    return LazySeries(geometry, [sources[id(h)] for h in ordered])
 
 
 def read_series_geometry(series_dir: str | Path, *, on_error: OnError = "raise") -> SeriesGeometry:
     """Read the headers of every ``*.dcm`` file of a series and order them in space.
 
-    Slices are sorted by the projection of ImagePositionPatient on the slice normal (ties and
-    equal positions broken by InstanceNumber). If any slice lacks position or orientation,
-    orientations differ between slices, or two slices coincide, the series is ordered by
-    InstanceNumber instead and :attr:`SeriesGeometry.ordered_by` says so.
+    The geometry of :func:`open_series`, without keeping the parsed files.
 
     Args:
         series_dir: Directory of one series (``train_images/<study>/<series>``).
@@ -399,24 +611,11 @@ def read_series_geometry(series_dir: str | Path, *, on_error: OnError = "raise")
         SeriesGeometryError: If the directory holds no readable ``.dcm`` file or two files
             share an InstanceNumber.
     """
-    series_dir = Path(series_dir)
-    headers: list[SliceHeader] = []
-    unreadable: list[DicomReadError] = []
-    for path in sorted(series_dir.glob("*.dcm")):
-        try:
-            headers.append(read_header(path))
-        except DicomReadError as exc:
-            if on_error == "raise":
-                raise
-            unreadable.append(exc)
-    if not headers:
-        raise SeriesGeometryError(f"{series_dir}: no readable .dcm file")
-    ordered, ordered_by = _spatial_order(headers)
-    return SeriesGeometry(series_dir, tuple(ordered), ordered_by, tuple(unreadable))
+    return open_series(series_dir, on_error=on_error).geometry
 
 
 def read_series(series_dir: str | Path) -> DicomSeries:
-    """Read a whole series: every slice decoded once, in spatial order.
+    """Read a whole series: every file parsed once and decoded once, in spatial order.
 
     Args:
         series_dir: Directory of one series (``train_images/<study>/<series>``).
@@ -428,5 +627,5 @@ def read_series(series_dir: str | Path) -> DicomSeries:
         DicomReadError: If a file cannot be read or decoded (the message names it).
         SeriesGeometryError: If the series is empty or repeats an InstanceNumber.
     """
-    geometry = read_series_geometry(series_dir)
-    return DicomSeries(geometry, tuple(read_slice(h.path) for h in geometry.slices))
+    series = open_series(series_dir)
+    return DicomSeries(series.geometry, tuple(series.decode(i) for i in range(len(series))))

@@ -7,12 +7,17 @@ neighbouring slices (``rois_multislice.npy``), and the 2.5D localizer input of e
 slice (:func:`~lumbarssl.data.roi.localizer_input`, Sec. 4.5). Training then never decodes
 DICOM. The output layout is described in :mod:`lumbarssl.data.cache`.
 
-Work is grouped by study (one task per study, ``workers`` processes); inside a study every
-needed DICOM file is decoded at most once, whatever number of discs, neighbours and localizer
-stacks use it. Each finished study is saved atomically under ``OUT_DIR/.partial/``; the final
-files are written under temporary names and renamed, and ``prepare_meta.json`` is written last.
-An interrupted run therefore leaves no ``prepare_meta.json``, and running the same command
-again only processes the studies that are not in ``.partial/`` yet.
+Work is grouped by study (one task per study, ``workers`` processes). Inside a study, the
+headers of each needed series are read once to order it (only the few elements needed, see
+:func:`~lumbarssl.data.dicom.open_series`), and the needed slices (annotated ones, their
+neighbours, the localizer's ±1) are decoded one at a time, each once, and cut into every ROI
+and localizer channel asked of it. A worker sends back only a row count: each finished study
+is appended, as one record, to its process's log in ``OUT_DIR/.partial/`` (one write per study,
+no file created per study), which the parent reads once to assemble the final files. Those
+are written under temporary names and renamed, and ``prepare_meta.json`` is written last. An
+interrupted run therefore leaves no ``prepare_meta.json``; a record cut short by the
+interruption is ignored, and running the same command again only processes the studies
+without a complete record.
 
 Normalisation: every slice is min-max normalised on its own to [0, 1] and stored as uint8,
 for ROIs and localizer channels alike.
@@ -24,14 +29,18 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
+import secrets
 import shutil
+import struct
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -54,6 +63,7 @@ from lumbarssl.data.cache import (
     DiscTable,
     PreparedCache,
     _roi_stats,
+    _stats_from_histogram,
 )
 from lumbarssl.data.constants import (
     COORDINATES_CSV,
@@ -64,11 +74,10 @@ from lumbarssl.data.constants import (
 )
 from lumbarssl.data.dicom import (
     DicomReadError,
+    LazySeries,
     MissingDecoderError,
-    SeriesGeometry,
     SeriesGeometryError,
-    read_series_geometry,
-    read_slice,
+    open_series,
 )
 from lumbarssl.data.index import DiscRecord, read_index
 from lumbarssl.data.roi import (
@@ -77,7 +86,7 @@ from lumbarssl.data.roi import (
     extract_roi,
     intensity_range,
     is_inside,
-    localizer_input,
+    localizer_channel,
 )
 from lumbarssl.data.skips import OnError, RSNADataError, Skip, SkipReason
 
@@ -85,8 +94,14 @@ __all__ = ["PrepareConfig", "PrepareResult", "format_summary", "prepare_cache", 
 
 #: Bumped when the layout of the prepared files changes.
 CACHE_FORMAT_VERSION = 1
-#: zlib level of the ROI PNGs: lossless at any level; 1 is several times faster than 6.
-_PNG_COMPRESSION = 1
+#: Extension of the per-process logs of finished studies in ``OUT_DIR/.partial/``.
+_LOG_SUFFIX = ".log"
+#: Marks both ends of a record of a finished study in a log.
+_MAGIC = b"LSS1"
+#: Record header: magic, study id, payload length.
+_RECORD = struct.Struct("<4sqQ")
+#: Highest zlib level of a PNG.
+_MAX_PNG_LEVEL = 9
 
 
 @dataclass(frozen=True)
@@ -102,6 +117,10 @@ class PrepareConfig:
             0 = the slice's darkest value).
         on_error: ``"skip"`` records a bad row or file in ``skipped.csv`` and goes on;
             ``"raise"`` stops at the first one.
+        png_compress_level: zlib level of the ROI PNGs, 0-9; lossless at every level. The
+            default 0 stores them uncompressed, as large as their rows of ``rois.npy``: MR
+            noise leaves deflate little to gain (level 1 saves about a fifth of the size on
+            synthetic ROIs) for about 30 % more time per PNG.
     """
 
     roi_size: int = ROI_SIZE  # Sec. 4.1: 96 x 96 crops
@@ -109,6 +128,7 @@ class PrepareConfig:
     localizer_size: int = LOCALIZER_SIZE  # Sec. 4.5: 256 x 256 2.5D input
     pad_value: float = 0.0  # Sec. 3.1: constant padding
     on_error: OnError = "skip"
+    png_compress_level: int = 0
 
     def __post_init__(self) -> None:
         if self.roi_size < 1:
@@ -121,6 +141,11 @@ class PrepareConfig:
             raise ValueError(f"pad_value must be in [0, 1], got {self.pad_value}")
         if self.on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise', got {self.on_error!r}")
+        if not 0 <= self.png_compress_level <= _MAX_PNG_LEVEL:
+            raise ValueError(
+                f"png_compress_level must be in [0, {_MAX_PNG_LEVEL}], "
+                f"got {self.png_compress_level}"
+            )
 
     def to_dict(self) -> dict[str, object]:
         """Return the settings as a JSON-compatible dict; :meth:`from_dict` inverts it."""
@@ -222,45 +247,53 @@ class _StudyOutput:
     skips: list[Skip] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class _Decoded:
-    pixels: np.ndarray  # float32 (H, W), rescaled
-    value_range: tuple[float, float]  # the slice's min and max, for min-max normalisation
+@dataclass
+class _SliceProducts:
+    """What a study needs from one decoded slice; the slice's pixels are not kept."""
+
+    shape: tuple[int, int]
+    crops: dict[tuple[float, float], np.ndarray]  # (x, y) -> uint8 ROI centred there
+    channel: np.ndarray | None  # uint8 localizer channel, if some stack uses this slice
 
 
-class _SeriesSlices:
-    """Decodes each slice of one series at most once, on first use."""
+def _clamp(index: int, n: int) -> int:
+    return min(max(index, 0), n - 1)
 
-    def __init__(self, geometry: SeriesGeometry) -> None:
-        self.geometry = geometry
-        self._cache: dict[int, _Decoded | DicomReadError] = {}
 
-    def get(self, index: int) -> _Decoded | DicomReadError:
-        if index not in self._cache:
-            path = self.geometry.slices[index].path
-            try:
-                pixels = read_slice(path)
-                try:
-                    value_range = intensity_range(pixels)
-                except ValueError as exc:
-                    raise DicomReadError(path, f"unusable pixel values: {exc}") from exc
-                self._cache[index] = _Decoded(pixels, value_range)
-            except DicomReadError as exc:
-                self._cache[index] = exc
-        return self._cache[index]
-
-    def neighbour(self, center: int, offset: int) -> tuple[_Decoded, bool]:
-        """Slice ``center + offset`` (edges repeat); ``False`` when it is not a distinct slice.
-
-        An unreadable neighbour is replaced by the centre slice (also flagged ``False``).
-        """
-        index = min(max(center + offset, 0), len(self.geometry) - 1)
-        decoded = self.get(index)
-        center_decoded = self.get(center)
-        assert isinstance(center_decoded, _Decoded)  # callers check the centre first
-        if isinstance(decoded, DicomReadError):
-            return center_decoded, offset == 0
-        return decoded, index == center + offset
+def _slice_products(
+    series: LazySeries,
+    index: int,
+    positions: Iterable[tuple[float, float]],
+    with_channel: bool,
+    config: PrepareConfig,
+) -> _SliceProducts | DicomReadError:
+    """Decode one slice and cut everything asked of it: ROIs at ``positions``, a channel."""
+    header = series.geometry.slices[index]
+    try:
+        pixels = series.decode(index)
+        if pixels.shape != (header.rows, header.columns):
+            detail = (
+                f"pixel data of shape {pixels.shape}, header says {header.rows, header.columns}"
+            )
+            raise DicomReadError(header.path, detail)
+        try:
+            value_range = intensity_range(pixels)
+        except ValueError as exc:
+            raise DicomReadError(header.path, f"unusable pixel values: {exc}") from exc
+    except DicomReadError as exc:
+        return exc
+    crops = {
+        (x, y): extract_roi(
+            pixels, x, y, config.roi_size, pad_value=config.pad_value, value_range=value_range
+        )
+        for x, y in positions
+    }
+    channel = (
+        localizer_channel(pixels, config.localizer_size, value_range=value_range)
+        if with_channel
+        else None
+    )
+    return _SliceProducts((header.rows, header.columns), crops, channel)
 
 
 def _file_skip(disc: DiscRecord, reason: SkipReason, detail: str, file: Path) -> Skip:
@@ -287,6 +320,15 @@ def _extract_series(
     config: PrepareConfig,
     out: _StudyOutput,
 ) -> None:
+    """Extract the discs annotated on one series into ``out``.
+
+    Every file's header is read once (:func:`~lumbarssl.data.dicom.open_series`). The slices that
+    any disc needs (its own, its ``slices // 2`` neighbours, the localizer's ±1) are then
+    decoded one at a time, in spatial order, and each is cut into all the ROIs and the
+    localizer channel asked of it before the next is decoded: a series never holds more than
+    one slice of pixels.
+    """
+
     def skip(disc: DiscRecord, reason: SkipReason, detail: str, file: Path) -> None:
         record = _file_skip(disc, reason, detail, file)
         if config.on_error == "raise":
@@ -300,58 +342,84 @@ def _extract_series(
     try:
         # An unreadable file only matters if a disc is annotated on it (checked below); any
         # other is left out of the spatial order.
-        geometry = read_series_geometry(series_dir, on_error="skip")
+        series = open_series(series_dir, on_error="skip")
     except SeriesGeometryError as exc:
         for disc in discs:
             skip(disc, SkipReason.BAD_GEOMETRY, str(exc), series_dir)
         return
+    geometry = series.geometry
+    n = len(geometry)
     unreadable = {error.path.name: error for error in geometry.unreadable}
-    slices = _SeriesSlices(geometry)
-    localizer_rows: dict[int, int] = {}  # annotated spatial index -> its row in out.localizer
     half = config.slices // 2
+
+    # Which slice each disc is on, and what each slice must provide.
+    placed: list[tuple[DiscRecord, int]] = []
+    positions: dict[int, set[tuple[float, float]]] = {}
+    channels: set[int] = set()
     for disc in discs:
-        path = series_dir / f"{disc.instance_number}.dcm"
         if disc.instance_number not in geometry.instance_to_index:
+            path = series_dir / f"{disc.instance_number}.dcm"
             if path.name in unreadable:
-                error = unreadable[path.name]
-                skip(disc, SkipReason.CORRUPT_FILE, error.reason, path)
+                skip(disc, SkipReason.CORRUPT_FILE, unreadable[path.name].reason, path)
             else:
                 skip(disc, SkipReason.MISSING_FILE, "no file with this InstanceNumber", path)
             continue
         center = geometry.index_of(disc.instance_number)
+        placed.append((disc, center))
+        positions.setdefault(center, set())
         header = geometry.slices[center]
-        decoded = slices.get(center)
+        if is_inside((header.rows, header.columns), disc.x, disc.y):
+            for offset in range(-half, half + 1):
+                positions.setdefault(_clamp(center + offset, n), set()).add((disc.x, disc.y))
+            channels.update(_clamp(center + offset, n) for offset in (-1, 0, 1))
+    products = {
+        index: _slice_products(
+            series, index, sorted(positions.get(index, ())), index in channels, config
+        )
+        for index in sorted(positions.keys() | channels)
+    }
+
+    def usable(index: int, center: int) -> tuple[int, _SliceProducts]:
+        """The slice at ``index``, or the centre slice in place of an unreadable one."""
+        found = products[index]
+        if isinstance(found, DicomReadError):
+            index, found = center, products[center]
+        assert isinstance(found, _SliceProducts)  # the centre was checked first
+        return index, found
+
+    localizer_rows: dict[int, int] = {}  # annotated spatial index -> its row in out.localizer
+    for disc, center in placed:
+        header = geometry.slices[center]
+        decoded = products[center]
         if isinstance(decoded, MissingDecoderError):
             skip(disc, SkipReason.UNSUPPORTED_TRANSFER_SYNTAX, decoded.reason, header.path)
             continue
         if isinstance(decoded, DicomReadError):
             skip(disc, SkipReason.CORRUPT_FILE, decoded.reason, header.path)
             continue
-        shape = decoded.pixels.shape
+        shape = decoded.shape
         if not is_inside(shape, disc.x, disc.y):
             detail = f"(x, y) = ({disc.x}, {disc.y}) is outside the {shape} image"
             skip(disc, SkipReason.OUTSIDE_IMAGE, detail, header.path)
             continue
-
-        def roi(source: _Decoded, disc: DiscRecord = disc) -> np.ndarray:
-            return extract_roi(
-                source.pixels,
-                disc.x,
-                disc.y,
-                config.roi_size,
-                pad_value=config.pad_value,
-                value_range=source.value_range,
-            )
-
-        out.rois.append(roi(decoded))
+        position = (disc.x, disc.y)
+        out.rois.append(decoded.crops[position])
         if config.slices > 1:
-            neighbours = [slices.neighbour(center, offset) for offset in range(-half, half + 1)]
-            out.multislice.append(np.stack([roi(n) for n, _ in neighbours]))
-            out.masks.append(np.asarray([distinct for _, distinct in neighbours], dtype=bool))
+            stack, distinct = [], []
+            for offset in range(-half, half + 1):
+                index, found = usable(_clamp(center + offset, n), center)
+                stack.append(found.crops[position])
+                distinct.append(index == center + offset)
+            out.multislice.append(np.stack(stack))
+            out.masks.append(np.asarray(distinct, dtype=bool))
         if center not in localizer_rows:
-            trio = [slices.neighbour(center, offset)[0].pixels for offset in (-1, 0, 1)]
+            trio = []
+            for offset in (-1, 0, 1):
+                channel = usable(_clamp(center + offset, n), center)[1].channel
+                assert channel is not None  # asked of every slice of a stack in the plan above
+                trio.append(channel)
             localizer_rows[center] = len(out.localizer)
-            out.localizer.append(localizer_input(trio, 1, config.localizer_size))
+            out.localizer.append(np.stack(trio))
         spacing = header.pixel_spacing
         out.rows.append(
             {
@@ -369,7 +437,7 @@ def _extract_series(
                 "height": shape[0],
                 "width": shape[1],
                 "slice_index": center,
-                "n_slices": len(geometry),
+                "n_slices": n,
                 "localizer_index": localizer_rows[center],
             }
         )
@@ -446,10 +514,6 @@ def _skip_from_json(data: Mapping[str, Any]) -> Skip:
     )
 
 
-def _partial_path(out_dir: Path, study_id: int) -> Path:
-    return out_dir / PARTIAL_DIR / f"{study_id}.npz"
-
-
 @dataclass(frozen=True)
 class _StudyTask:
     data_dir: Path
@@ -459,31 +523,136 @@ class _StudyTask:
     config: PrepareConfig
 
 
+# Finished studies are appended to a log, one per process: a file creation, rename and
+# deletion per study cost more than the study's own PNGs on some file systems. A record is
+# a header (magic, study id, payload length), the payload and the magic again; one write
+# appends it, so an interrupted process leaves at most a last record without its closing
+# magic, which readers ignore.
+#
+# Payload: a JSON line (rows, skips, array shapes and dtypes), then the arrays' bytes.
+
+_open_logs: dict[Path, tuple[int, BinaryIO]] = {}  # out_dir -> (pid, this process's log)
+
+
+def _log_for(out_dir: Path) -> BinaryIO:
+    """This process's log in ``out_dir`` (a new file per process and run)."""
+    entry = _open_logs.get(out_dir)
+    if entry is not None and entry[0] == os.getpid():
+        return entry[1]
+    # A forked worker inherits its parent's table; it never writes to the parent's file.
+    name = f"{os.getpid()}-{secrets.token_hex(4)}{_LOG_SUFFIX}"
+    handle = (out_dir / PARTIAL_DIR / name).open("xb", buffering=0)
+    _open_logs[out_dir] = (os.getpid(), handle)
+    return handle
+
+
+def _close_log(out_dir: Path) -> None:
+    entry = _open_logs.pop(out_dir, None)
+    if entry is not None and entry[0] == os.getpid():
+        entry[1].close()
+
+
+def _append_study(out_dir: Path, study_id: int, out: _StudyOutput, config: PrepareConfig) -> None:
+    arrays = _study_arrays(out, config)
+    head = {
+        "rows": out.rows,
+        "skips": [_skip_to_json(s) for s in out.skips],
+        "arrays": {name: [list(a.shape), a.dtype.str] for name, a in arrays.items()},
+    }
+    payload = b"".join(
+        [json.dumps(head).encode(), b"\n"]  # json.dumps escapes newlines
+        + [np.ascontiguousarray(a).tobytes() for a in arrays.values()]
+    )
+    record = memoryview(_RECORD.pack(_MAGIC, study_id, len(payload)) + payload + _MAGIC)
+    handle = _log_for(out_dir)
+    while record:  # one write() for a regular file; the loop only guards against short ones
+        written = handle.write(record)
+        if not written:
+            raise OSError(f"{handle.name}: could not append the record of study {study_id}")
+        record = record[written:]
+
+
+@dataclass(frozen=True)
+class _Record:
+    """Where a finished study's payload lies in a log."""
+
+    log: Path
+    offset: int
+    length: int
+
+
+def _scan_log(path: Path) -> dict[int, _Record]:
+    """The complete records of one log, by study; reading stops at the first incomplete one."""
+    records: dict[int, _Record] = {}
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        position = 0
+        while position + _RECORD.size <= size:
+            handle.seek(position)
+            magic, study, length = _RECORD.unpack(handle.read(_RECORD.size))
+            end = position + _RECORD.size + length
+            if magic != _MAGIC or end + len(_MAGIC) > size:
+                break
+            handle.seek(end)
+            if handle.read(len(_MAGIC)) != _MAGIC:
+                break
+            records.setdefault(study, _Record(path, position + _RECORD.size, length))
+            position = end + len(_MAGIC)
+    return records
+
+
+def _finished_studies(out_dir: Path) -> dict[int, _Record]:
+    """Every study recorded in the logs of ``out_dir`` (the first record if several)."""
+    records: dict[int, _Record] = {}
+    for log in sorted((out_dir / PARTIAL_DIR).glob(f"*{_LOG_SUFFIX}")):
+        for study, record in _scan_log(log).items():
+            records.setdefault(study, record)
+    return records
+
+
+@dataclass(frozen=True)
+class _Partial:
+    """A finished study's rows and skips; its arrays follow in ``record`` at ``offset``."""
+
+    record: _Record
+    rows: list[dict[str, object]]
+    skips: list[Skip]
+    arrays: dict[str, tuple[tuple[int, ...], np.dtype[Any]]]
+    offset: int
+
+    @property
+    def n_localizer(self) -> int:
+        return self.arrays[LOCALIZER_NPY][0][0]
+
+
+def _read_partial(record: _Record, handle: BinaryIO) -> _Partial:
+    handle.seek(record.offset)
+    line = handle.readline()
+    head = json.loads(line)
+    arrays = {
+        name: (tuple(int(n) for n in shape), np.dtype(dtype))
+        for name, (shape, dtype) in head["arrays"].items()
+    }
+    skips = [_skip_from_json(s) for s in head["skips"]]
+    return _Partial(record, head["rows"], skips, arrays, record.offset + len(line))
+
+
 def _run_study(task: _StudyTask) -> int:
-    """Extract one study, write its PNGs and its partial file atomically; return its rows."""
+    """Extract one study, write its PNGs and append it to this process's log; return its rows.
+
+    Only this count goes back to the parent process: the arrays travel through the log,
+    which the parent reads once when it assembles the final files.
+    """
     out = _extract_study(task.data_dir, task.study_id, task.discs, task.config)
-    # PNGs need no temporary names: the study counts as done only once its partial file
-    # exists, and a resumed run rewrites the PNGs of every study that is not done.
+    # PNGs need no temporary names: the study counts as done only once its record is
+    # complete, and a resumed run rewrites the PNGs of every study that is not done.
     if out.rows:
         (task.out_dir / ROIS_DIR / str(task.study_id)).mkdir(parents=True, exist_ok=True)
     for row, roi in zip(out.rows, out.rois, strict=True):
         path = task.out_dir / str(row["roi_path"])
-        Image.fromarray(roi).save(path, format="PNG", compress_level=_PNG_COMPRESSION)
-    meta = json.dumps({"rows": out.rows, "skips": [_skip_to_json(s) for s in out.skips]})
-    arrays = {name.removesuffix(".npy"): a for name, a in _study_arrays(out, task.config).items()}
-    target = _partial_path(task.out_dir, task.study_id)
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    with tmp.open("wb") as handle:
-        # mypy matches **arrays against savez's allow_pickle: bool keyword.
-        np.savez(handle, meta=np.asarray(meta), **arrays)  # type: ignore[arg-type]
-    os.replace(tmp, target)
+        Image.fromarray(roi).save(path, format="PNG", compress_level=task.config.png_compress_level)
+    _append_study(task.out_dir, task.study_id, out, task.config)
     return len(out.rows)
-
-
-def _read_partial(path: Path) -> tuple[list[dict[str, object]], list[Skip]]:
-    with np.load(path) as npz:
-        meta = json.loads(str(npz["meta"]))
-    return meta["rows"], [_skip_from_json(s) for s in meta["skips"]]
 
 
 def _fingerprint(data_dir: Path, config: PrepareConfig) -> dict[str, object]:
@@ -541,78 +710,108 @@ def _run_pool(tasks: Sequence[_StudyTask], workers: int, bar: tqdm[Any]) -> None
             raise
 
 
+def _npy_header(handle: BinaryIO, shape: tuple[int, ...], dtype: np.dtype[Any]) -> None:
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(handle, header)  # what np.save writes for these
+
+
 def _assemble(
     out_dir: Path,
     study_ids: Sequence[int],
+    records: Mapping[int, _Record],
     index_skips: Sequence[Skip],
     config: PrepareConfig,
     meta: dict[str, object],
     n_resumed: int,
 ) -> PrepareResult:
-    """Concatenate the partial files into the final outputs; ``prepare_meta.json`` last."""
-    parts = [_read_partial(_partial_path(out_dir, study)) for study in study_ids]
-    n_rows = sum(len(rows) for rows, _ in parts)
-    per_study = [
-        (1 + max(int(str(r["localizer_index"])) for r in rows)) if rows else 0 for rows, _ in parts
-    ]
+    """Concatenate the finished studies into the final outputs; ``prepare_meta.json`` last.
+
+    Each study's head is read first, to size the final arrays, then its arrays, appended to
+    the final ``.npy`` files with plain sequential writes.
+    """
+    missing = [study for study in study_ids if study not in records]
+    if missing:
+        raise RuntimeError(f"{out_dir / PARTIAL_DIR}: no finished record of studies {missing}")
+    handles: dict[Path, BinaryIO] = {}
+    with ExitStack() as stack:
+        for record in records.values():
+            if record.log not in handles:
+                handles[record.log] = stack.enter_context(record.log.open("rb"))
+        parts = [_read_partial(records[study], handles[records[study].log]) for study in study_ids]
+        return _write_outputs(out_dir, parts, handles, index_skips, config, meta, n_resumed)
+
+
+def _write_outputs(
+    out_dir: Path,
+    parts: Sequence[_Partial],
+    handles: Mapping[Path, BinaryIO],
+    index_skips: Sequence[Skip],
+    config: PrepareConfig,
+    meta: dict[str, object],
+    n_resumed: int,
+) -> PrepareResult:
+    empty = _study_arrays(_StudyOutput(), config)  # names, trailing shapes and dtypes
     shapes = {
-        ROIS_NPY: (n_rows, config.roi_size, config.roi_size),
-        LOCALIZER_NPY: (sum(per_study), 3, config.localizer_size, config.localizer_size),
+        name: (sum(part.arrays[name][0][0] for part in parts), *array.shape[1:])
+        for name, array in empty.items()
     }
-    if config.slices > 1:
-        shapes[MULTISLICE_NPY] = (n_rows, config.slices, config.roi_size, config.roi_size)
-        shapes[MULTISLICE_MASK_NPY] = (n_rows, config.slices)
-    else:
+    if config.slices == 1:
         for stale in (MULTISLICE_NPY, MULTISLICE_MASK_NPY):
             (out_dir / stale).unlink(missing_ok=True)
-    targets = {
-        name: np.lib.format.open_memmap(
-            out_dir / f"{name}.tmp",
-            mode="w+",
-            dtype=np.bool_ if name == MULTISLICE_MASK_NPY else np.uint8,
-            shape=shape,
-        )
-        for name, shape in shapes.items()
-    }
+    histogram = np.zeros(256, dtype=np.int64)
+    with ExitStack() as stack:
+        targets = {
+            name: stack.enter_context((out_dir / f"{name}.tmp").open("wb")) for name in empty
+        }
+        for name, target in targets.items():
+            _npy_header(target, shapes[name], empty[name].dtype)
+        for part in parts:
+            handle = handles[part.record.log]
+            handle.seek(part.offset)
+            for name, (shape, dtype) in part.arrays.items():
+                expected = (shape[0], *empty[name].shape[1:])
+                nbytes = math.prod(shape) * dtype.itemsize
+                data = handle.read(nbytes)
+                if shape != expected or dtype != empty[name].dtype or len(data) != nbytes:
+                    raise ValueError(
+                        f"{part.record.log}: damaged partial result ({name}); delete "
+                        f"{out_dir / PARTIAL_DIR} and run again"
+                    )
+                targets[name].write(data)
+                if name == ROIS_NPY:
+                    histogram += np.bincount(np.frombuffer(data, np.uint8), minlength=256)
+    for name in empty:
+        os.replace(out_dir / f"{name}.tmp", out_dir / name)
+
     rows_out: list[dict[str, object]] = []
     skips: list[Skip] = list(index_skips)
-    row_offset = localizer_offset = 0
-    for study, (rows, study_skips), n_localizer in zip(study_ids, parts, per_study, strict=True):
-        with np.load(_partial_path(out_dir, study)) as npz:
-            for name, target in targets.items():
-                block = npz[name.removesuffix(".npy")]
-                start = localizer_offset if name == LOCALIZER_NPY else row_offset
-                target[start : start + len(block)] = block
-        for row in rows:
+    localizer_offset = 0
+    for part in parts:
+        for row in part.rows:
             row["localizer_index"] = int(str(row["localizer_index"])) + localizer_offset
-        rows_out.extend(rows)
-        skips.extend(study_skips)
-        row_offset += len(rows)
-        localizer_offset += n_localizer
-    # Unmapping publishes the data to the page cache; no msync: like every file here, the
-    # cache guards against interrupted processes, not against power loss.
-    targets.clear()
-    for name in shapes:
-        os.replace(out_dir / f"{name}.tmp", out_dir / name)
+        rows_out.extend(part.rows)
+        skips.extend(part.skips)
+        localizer_offset += part.n_localizer
     _write_csv(
         out_dir / INDEX_CSV, INDEX_COLUMNS, ([r[c] for c in INDEX_COLUMNS] for r in rows_out)
     )
     _write_csv(out_dir / SKIPPED_CSV, SKIPPED_COLUMNS, (_skip_row(s) for s in skips))
 
+    n_rows = len(rows_out)
     labels = Counter(int(str(r["label"])) for r in rows_out)
     skip_counts = Counter(s.reason.value for s in skips)
-    mean, std = _roi_stats(np.load(out_dir / ROIS_NPY, mmap_mode="r"))
+    mean, std = _stats_from_histogram(histogram)
     meta |= {
         "n_discs": n_rows,
         "n_labeled": n_rows - labels.get(-1, 0),
         "label_counts": {str(k): labels[k] for k in sorted(labels)},
         "n_localizer_images": localizer_offset,
-        "n_studies": len(study_ids),
+        "n_studies": len(parts),
         "skip_counts": {
             r.value: skip_counts[r.value] for r in SkipReason if r.value in skip_counts
         },
         "roi_stats": {"mean": mean, "std": std},
-        "files": sorted([INDEX_CSV, SKIPPED_CSV, ROIS_DIR, *shapes]),
+        "files": sorted([INDEX_CSV, SKIPPED_CSV, ROIS_DIR, *empty]),
     }
     _atomic_write_bytes(out_dir / META_JSON, json.dumps(meta, indent=2).encode())
     return _result_from_meta(out_dir, meta, n_resumed=n_resumed)
@@ -690,7 +889,7 @@ def prepare_cache(
         _atomic_write_bytes(run_file, json.dumps(fingerprint).encode())
 
     studies = _group_by_study(index.discs)
-    done = {study for study in studies if _partial_path(out_dir, study).is_file()}
+    done = _finished_studies(out_dir).keys() & studies.keys()
     tasks = [
         _StudyTask(data_dir, out_dir, study, discs, config)
         for study, discs in studies.items()
@@ -700,10 +899,14 @@ def prepare_cache(
         total=len(studies), initial=len(done), disable=not progress, unit="study", desc="prepare"
     ) as bar:
         if workers == 1 or len(tasks) <= 1:
-            for task in tasks:
-                _run_study(task)
-                bar.update()
+            try:
+                for task in tasks:
+                    _run_study(task)
+                    bar.update()
+            finally:
+                _close_log(out_dir)
         else:
+            _close_log(out_dir)  # nothing of this process may be open while workers fork
             _run_pool(tasks, workers, bar)
 
     meta = {
@@ -713,7 +916,8 @@ def prepare_cache(
         "config": config.to_dict(),
         "fingerprint": fingerprint,
     }
-    result = _assemble(out_dir, list(studies), index.skips, config, meta, len(done))
+    records = _finished_studies(out_dir)
+    result = _assemble(out_dir, list(studies), records, index.skips, config, meta, len(done))
     shutil.rmtree(partial)
     return result
 

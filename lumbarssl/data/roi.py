@@ -26,6 +26,7 @@ __all__ = [
     "extract_roi",
     "intensity_range",
     "is_inside",
+    "localizer_channel",
     "localizer_input",
     "normalize_slice",
     "round_coordinate",
@@ -245,16 +246,63 @@ def _resize(pixels: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(resized, dtype=np.float32)
 
 
+def localizer_channel(
+    image: np.ndarray,
+    size: int = LOCALIZER_SIZE,
+    *,
+    value_range: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """One channel of the 2.5D localizer input: a slice normalised, resized and made uint8.
+
+    The slice is min-max normalised on its own (as for ROIs), resized to ``size x size``
+    (bilinear, antialiased; the aspect ratio is not kept) and rescaled to uint8.
+    :func:`localizer_input` stacks three of them; a series whose slices serve several stacks
+    can compute each channel once.
+
+    Args:
+        image: The slice, shape (H, W), real-valued.
+        size: Output side (paper Sec. 4.5: 256).
+        value_range: The slice's ``(min, max)`` if already known (:func:`intensity_range`);
+            computed from ``image`` when ``None``.
+
+    Returns:
+        uint8 array of shape (size, size).
+
+    Raises:
+        ValueError: If ``size`` < 1, or the slice is not 2-D, empty or not finite.
+    """
+    if size < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    pixels = np.asarray(image, dtype=np.float32)
+    if value_range is None:
+        value_range = intensity_range(pixels)
+    # Resampling weights are non-negative and sum to one, so resizing first and normalising
+    # with the slice's range equals normalising first, at a fraction of the cost. The steps
+    # of normalize_slice and to_uint8 run in place on the resized copy: same values, no
+    # temporaries.
+    resized = np.array(_resize(pixels, size), dtype=np.float32)  # a writable copy
+    low, high = value_range
+    if high == low:
+        return np.zeros((size, size), dtype=np.uint8)
+    resized -= np.float32(low)
+    resized /= np.float32(high) - np.float32(low)
+    np.clip(resized, 0.0, 1.0, out=resized)
+    resized *= _UINT8_MAX
+    np.rint(resized, out=resized)
+    return resized.astype(np.uint8)
+
+
 def localizer_input(
     slices: Sequence[np.ndarray], center: int, size: int = LOCALIZER_SIZE
 ) -> np.ndarray:
     """Build the 2.5D input of the disc localizer (paper Sec. 3.2, 4.5).
 
     Channels are the slices ``center - 1``, ``center``, ``center + 1`` of a series in spatial
-    order; at either end of the series the edge slice is repeated. Each slice is min-max
-    normalised on its own (as for ROIs), resized to ``size x size`` (bilinear, antialiased;
-    the aspect ratio is not kept) and rescaled to uint8. A target ``(x, y)`` in pixels of the
-    centre slice of shape (H, W) maps to ``(x / W, y / H)`` in [0, 1] on this input.
+    order; at either end of the series the edge slice is repeated. Each channel is
+    :func:`localizer_channel` of its slice: min-max normalised on its own (as for ROIs),
+    resized to ``size x size`` (bilinear, antialiased; the aspect ratio is not kept) and
+    rescaled to uint8. A target ``(x, y)`` in pixels of the centre slice of shape (H, W) maps
+    to ``(x / W, y / H)`` in [0, 1] on this input.
 
     Args:
         slices: The whole series in spatial order, each of shape (H_i, W_i); shapes may differ.
@@ -274,11 +322,9 @@ def localizer_input(
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
     last = len(slices) - 1
-    channels = []
-    for i in (center - 1, center, center + 1):
-        pixels = np.asarray(slices[min(max(i, 0), last)], dtype=np.float32)
-        # Resampling weights are non-negative and sum to one, so resizing first and
-        # normalising with the slice's range equals normalising first, at a fraction of the cost.
-        value_range = intensity_range(pixels)
-        channels.append(to_uint8(normalize_slice(_resize(pixels, size), value_range)))
-    return np.stack(channels)
+    return np.stack(
+        [
+            localizer_channel(slices[min(max(i, 0), last)], size)
+            for i in (center - 1, center, center + 1)
+        ]
+    )
