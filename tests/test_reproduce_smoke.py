@@ -282,17 +282,23 @@ def test_training_commands_run_and_save_their_settings(run_dir: Path, tmp_path: 
     assert "rmse_px" in json.loads((localizer / "report_test.json").read_text())
 
 
-def test_evaluate_command_prints_table1_with_provenance(
-    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    args = [
+def _evaluate(run_dir: Path, out: Path, stage: str) -> list[str]:
+    return [
         "evaluate",
         "--cache-dir",
         str(run_dir / "cache"),
         "--out-dir",
-        str(tmp_path),
+        str(out),
         "--checkpoint",
-        str(run_dir / "finetune" / "model.pt"),
+        str(run_dir / stage / "model.pt"),
+    ]
+
+
+def test_evaluate_command_prints_table1_with_provenance(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [
+        *_evaluate(run_dir, tmp_path, "finetune"),
         "--data-source",
         "synthetic",
         "--profile",
@@ -315,16 +321,7 @@ def test_evaluate_command_prints_table1_with_provenance(
 def test_evaluate_refuses_a_non_classifier_checkpoint(
     run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = [
-        "evaluate",
-        "--cache-dir",
-        str(run_dir / "cache"),
-        "--out-dir",
-        str(tmp_path),
-        "--checkpoint",
-        str(run_dir / "localizer" / "model.pt"),
-    ]
-    assert cli_main(args) == 2
+    assert cli_main(_evaluate(run_dir, tmp_path, "localizer")) == 2
     assert "holds a Localizer2p5D, expected a DiscClassifier" in capsys.readouterr().err
 
 

@@ -50,8 +50,25 @@ _CURVE_STEP_MM = 0.5
 _CURVE_REACH_MM = 900.0
 
 
+class _Extent:
+    """Centre and height of a structure spanning ``top``-``bottom`` along the spine."""
+
+    top: float
+    bottom: float
+
+    @property
+    def center(self) -> float:
+        """``s`` of the structure's centre."""
+        return 0.5 * (self.top + self.bottom)
+
+    @property
+    def height(self) -> float:
+        """Height along the spine."""
+        return self.bottom - self.top
+
+
 @dataclass(frozen=True)
-class Vertebra:
+class Vertebra(_Extent):
     """One vertebral body (or sacral segment) in the spine frame.
 
     Attributes:
@@ -70,19 +87,9 @@ class Vertebra:
     marrow_gain: float
     canal_width: float
 
-    @property
-    def center(self) -> float:
-        """``s`` of the body's centre."""
-        return 0.5 * (self.top + self.bottom)
-
-    @property
-    def height(self) -> float:
-        """Height along the spine."""
-        return self.bottom - self.top
-
 
 @dataclass(frozen=True)
-class Disc:
+class Disc(_Extent):
     """One intervertebral disc in the spine frame.
 
     Attributes:
@@ -106,16 +113,6 @@ class Disc:
     stenosis: float
     bulge_share: float
     canal_width: float
-
-    @property
-    def center(self) -> float:
-        """``s`` of the disc's centre."""
-        return 0.5 * (self.top + self.bottom)
-
-    @property
-    def height(self) -> float:
-        """Height along the spine."""
-        return self.bottom - self.top
 
     @property
     def narrowing_half_length(self) -> float:
