@@ -13,13 +13,6 @@ import torch.distributed as dist
 from torch import Tensor
 
 
-def world_size() -> int:
-    """Number of processes in the default group, or 1 when torch.distributed is not in use."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
-
-
 def _gather_sizes(rows: int, device: torch.device) -> list[int]:
     size = torch.tensor([rows], dtype=torch.int64, device=device)
     sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]

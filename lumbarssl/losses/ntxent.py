@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from lumbarssl._core.distributed import get_world_size
 from lumbarssl.losses import _distributed
 
 __all__ = ["MultiPositiveNTXent", "multi_positive_ntxent"]
@@ -322,7 +323,7 @@ def _ntxent(
     z = F.normalize(embeddings.to(dtype), dim=-1)
     rows = z.reshape(-1, z.shape[-1])
     m = rows.shape[0]
-    distributed = gather_distributed and _distributed.world_size() > 1
+    distributed = gather_distributed and get_world_size() > 1
     keys, offset = _distributed.all_gather_rows(rows) if distributed else (rows, 0)
 
     if group_ids is None:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from lumbarssl._core.atomic import atomic_write
 from lumbarssl.data.cache import PreparedCache
 from lumbarssl.data.constants import MISSING_LABEL
 from lumbarssl.data.splits import train_val_test_split
@@ -28,7 +29,6 @@ from lumbarssl.training import (
     seeded_generator,
     select_device,
 )
-from lumbarssl.training._atomic import atomic_write
 from lumbarssl.training.device import default_num_workers
 
 #: File name of the model-only checkpoint every stage exports (weights of the best epoch).

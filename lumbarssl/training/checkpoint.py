@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lumbarssl.training._atomic import atomic_write
+from lumbarssl._core.atomic import atomic_write
 from lumbarssl.training.history import JSONValue
 
 __all__ = [

@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from lumbarssl._core.distributed import get_rank, get_world_size, is_distributed
 from lumbarssl.training.device import select_device
 
 __all__ = [
@@ -113,33 +114,6 @@ def init_distributed(backend: str | None = None, *, device: str = "auto") -> Dis
         backend=str(dist.get_backend()),
         device=chosen,
     )
-
-
-def is_distributed() -> bool:
-    """Return whether a process group with more than one process is active.
-
-    Returns:
-        ``True`` inside a multi-process ``torchrun`` job after :func:`init_distributed`.
-    """
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def get_rank() -> int:
-    """Return the global rank of this process (``0`` when not distributed).
-
-    Returns:
-        The rank.
-    """
-    return dist.get_rank() if is_distributed() else 0
-
-
-def get_world_size() -> int:
-    """Return the number of processes (``1`` when not distributed).
-
-    Returns:
-        The world size.
-    """
-    return dist.get_world_size() if is_distributed() else 1
 
 
 def is_main_process() -> bool:

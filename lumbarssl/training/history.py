@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO
 
-from lumbarssl.training._atomic import atomic_write
+from lumbarssl._core.atomic import atomic_write
 
 __all__ = ["EpochRecord", "append_history", "read_history", "write_history"]
 

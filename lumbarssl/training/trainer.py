@@ -25,6 +25,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from torch.utils.data.distributed import DistributedSampler
 
+from lumbarssl.errors import TrainingDivergedError
 from lumbarssl.training._progress import ProgressMode, ProgressReporter
 from lumbarssl.training.checkpoint import (
     CHECKPOINT_FORMAT_VERSION,
@@ -249,33 +250,6 @@ def _is_metric_name(name: object) -> bool:
     return isinstance(name, str) and (
         name == TRAIN_LOSS or (name.startswith(VAL_PREFIX) and len(name) > len(VAL_PREFIX))
     )
-
-
-class TrainingDivergedError(RuntimeError):
-    """The training loss became NaN or infinite.
-
-    Attributes:
-        epoch: 1-based epoch of the bad step.
-        step: 1-based step within that epoch.
-        loss: The non-finite loss value.
-        checkpoint: The last good ``last.pt``, left untouched, or ``None`` if the run had not
-            completed an epoch yet.
-    """
-
-    def __init__(self, *, epoch: int, step: int, loss: float, checkpoint: Path | None) -> None:
-        self.epoch = epoch
-        self.step = step
-        self.loss = loss
-        self.checkpoint = checkpoint
-        kept = (
-            f"the last good checkpoint {checkpoint} (after epoch {epoch - 1}) was left untouched"
-            if checkpoint is not None
-            else "no checkpoint had been written yet"
-        )
-        super().__init__(
-            f"training diverged: loss is {loss} at epoch {epoch}, step {step}; {kept}. "
-            "Lower the learning rate or set max_grad_norm to clip gradients, then resume."
-        )
 
 
 class Trainer(Generic[BatchT]):

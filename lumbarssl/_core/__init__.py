@@ -1,0 +1,7 @@
+"""The bottom layer of lumbarssl: helpers every other package may import.
+
+Nothing in this package imports anything else from :mod:`lumbarssl` (the layer contract in
+``pyproject.toml`` checks it in ``make test``). It holds crash-safe file replacement
+(:mod:`~lumbarssl._core.atomic`), the process-group queries used by the losses and the
+trainer (:mod:`~lumbarssl._core.distributed`) and the configuration base class.
+"""
