@@ -5,6 +5,12 @@ Grades are the class indices 0 = Normal/Mild, 1 = Moderate, 2 = Severe
 """
 
 from lumbarssl.metrics.bootstrap import ConfidenceInterval, bootstrap_ci, bootstrap_distribution
+from lumbarssl.metrics.calibration import (
+    CALIBRATION_METHODS,
+    Calibration,
+    CalibrationMethod,
+    fit_calibration,
+)
 from lumbarssl.metrics.classification import (
     TABLE1_COLUMNS,
     accuracy,
@@ -19,8 +25,11 @@ from lumbarssl.metrics.localization import localization_errors, localization_rms
 from lumbarssl.metrics.rsna import RSNA_SAMPLE_WEIGHTS, RSNASpinalScore, rsna_spinal_score
 
 __all__ = [
+    "CALIBRATION_METHODS",
     "RSNA_SAMPLE_WEIGHTS",
     "TABLE1_COLUMNS",
+    "Calibration",
+    "CalibrationMethod",
     "ConfidenceInterval",
     "RSNASpinalScore",
     "accuracy",
@@ -29,6 +38,7 @@ __all__ = [
     "bootstrap_distribution",
     "confusion_matrix",
     "disc_report",
+    "fit_calibration",
     "localization_errors",
     "localization_rmse",
     "per_class_recall",
