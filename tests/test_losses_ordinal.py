@@ -245,3 +245,18 @@ def test_head_and_loss_learn_an_ordinal_toy_problem() -> None:
             optimiser.step()
         predicted = ordinal_probabilities(head(x).detach(), kind).argmax(1)
         assert (predicted == y).float().mean().item() > 0.9
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["corn", "cumulative"])
+def test_cuda_matches_cpu(dtype: torch.dtype, kind: str) -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 2, generator=generator).sort(dim=1, descending=True).values
+    target = torch.randint(0, 3, (64,), generator=generator)
+    cpu = ordinal_loss(logits.to(dtype), target, kind=kind, gamma=2.0)  # type: ignore[arg-type]
+    gpu = ordinal_loss(logits.to(dtype).cuda(), target.cuda(), kind=kind, gamma=2.0)  # type: ignore[arg-type]
+    assert gpu.dtype == torch.float32
+    assert gpu.item() == pytest.approx(cpu.item(), rel=1e-5)
+    probs = ordinal_probabilities(logits.to(dtype).cuda(), kind)  # type: ignore[arg-type]
+    assert probs.sum(1).cpu().tolist() == pytest.approx([1.0] * 64, abs=1e-5)
