@@ -1,10 +1,16 @@
-"""Disc-level grading metrics with confidence intervals, localisation RMSE, RSNA metric.
+"""Grading metrics with CIs, localisation RMSE, calibration, the RSNA metric and submission.
 
 Grades are the class indices 0 = Normal/Mild, 1 = Moderate, 2 = Severe
 (:data:`lumbarssl.data.constants.SEVERITY_TO_LABEL`).
 """
 
 from lumbarssl.metrics.bootstrap import ConfidenceInterval, bootstrap_ci, bootstrap_distribution
+from lumbarssl.metrics.calibration import (
+    CALIBRATION_METHODS,
+    Calibration,
+    CalibrationMethod,
+    fit_calibration,
+)
 from lumbarssl.metrics.classification import (
     TABLE1_COLUMNS,
     accuracy,
@@ -16,23 +22,59 @@ from lumbarssl.metrics.classification import (
     severe_to_normal_error,
 )
 from lumbarssl.metrics.localization import localization_errors, localization_rmse
-from lumbarssl.metrics.rsna import RSNA_SAMPLE_WEIGHTS, RSNASpinalScore, rsna_spinal_score
+from lumbarssl.metrics.rsna import (
+    RSNA_CONDITION_GROUPS,
+    RSNA_SAMPLE_WEIGHTS,
+    RSNAScore,
+    RSNASpinalScore,
+    condition_group,
+    rsna_score,
+    rsna_spinal_score,
+)
+from lumbarssl.metrics.submission import (
+    SUBMISSION_COLUMNS,
+    SubmissionRow,
+    make_row_id,
+    parse_row_id,
+    read_solution,
+    read_submission,
+    score_submission,
+    study_rows,
+    write_submission,
+)
 
 __all__ = [
+    "CALIBRATION_METHODS",
+    "RSNA_CONDITION_GROUPS",
     "RSNA_SAMPLE_WEIGHTS",
+    "SUBMISSION_COLUMNS",
     "TABLE1_COLUMNS",
+    "Calibration",
+    "CalibrationMethod",
     "ConfidenceInterval",
+    "RSNAScore",
     "RSNASpinalScore",
+    "SubmissionRow",
     "accuracy",
     "balanced_accuracy",
     "bootstrap_ci",
     "bootstrap_distribution",
+    "condition_group",
     "confusion_matrix",
     "disc_report",
+    "fit_calibration",
     "localization_errors",
     "localization_rmse",
+    "make_row_id",
+    "parse_row_id",
     "per_class_recall",
+    "read_solution",
+    "read_submission",
     "report_from_confusion",
+    "rsna_score",
     "rsna_spinal_score",
+    "score_submission",
     "severe_to_normal_error",
+    "study_rows",
+    "write_submission",
 ]

@@ -25,6 +25,7 @@ from lumbarssl.models.contrastive import ContrastiveModel
 from lumbarssl.models.encoder import ENCODER_DIM, adapt_stem_weight, resnet18_encoder
 from lumbarssl.models.heads import ProjectionHead
 from lumbarssl.models.localizer import Localizer2p5D
+from lumbarssl.models.ordinal import OrdinalHead
 from lumbarssl.models.pool import DeepSetsDiscPool, masked_mean
 from lumbarssl.models.registry import (
     ARCHITECTURE_KEY,
@@ -50,6 +51,7 @@ __all__ = [
     "DeepSetsDiscPool",
     "DiscClassifier",
     "Localizer2p5D",
+    "OrdinalHead",
     "ProjectionHead",
     "TrainingMode",
     "adapt_stem_weight",
