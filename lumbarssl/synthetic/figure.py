@@ -20,8 +20,8 @@ from lumbarssl.data.constants import (
     SPINAL_CANAL,
     TRAIN_CSV,
 )
-from lumbarssl.data.synthetic.config import GENERATOR_VERSION, SyntheticConfig
-from lumbarssl.data.synthetic.generate import generate_dataset
+from lumbarssl.synthetic.config import GENERATOR_VERSION, SyntheticConfig
+from lumbarssl.synthetic.generate import generate_dataset
 
 __all__ = ["plot_figure1"]
 

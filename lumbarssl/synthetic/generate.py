@@ -49,10 +49,10 @@ from lumbarssl.data.constants import (
     TRAIN_COLUMNS,
     TRAIN_CSV,
 )
-from lumbarssl.data.synthetic.ceiling import BayesCeiling, bayes_ceiling
-from lumbarssl.data.synthetic.config import GENERATOR_VERSION, SyntheticConfig
-from lumbarssl.data.synthetic.dicom_io import SeriesWriter, mr_template
-from lumbarssl.data.synthetic.plan import (
+from lumbarssl.synthetic.ceiling import BayesCeiling, bayes_ceiling
+from lumbarssl.synthetic.config import GENERATOR_VERSION, SyntheticConfig
+from lumbarssl.synthetic.dicom_io import SeriesWriter, mr_template
+from lumbarssl.synthetic.plan import (
     PIXEL_STREAM,
     SeriesPlan,
     StudyPlan,
@@ -61,7 +61,7 @@ from lumbarssl.data.synthetic.plan import (
     sample_study_plan,
     study_rng,
 )
-from lumbarssl.data.synthetic.render import orientation_of, render_series
+from lumbarssl.synthetic.render import orientation_of, render_series
 
 __all__ = [
     "META_JSON",
@@ -330,7 +330,7 @@ def _prepare(out: Path, overwrite: bool) -> None:
 def _meta(summary: SyntheticSummary) -> dict[str, Any]:
     config = summary.config
     return {
-        "generator": "lumbarssl.data.synthetic",
+        "generator": "lumbarssl.synthetic",
         "generator_version": GENERATOR_VERSION,
         "lumbarssl_version": __version__,
         "seed": config.seed,
