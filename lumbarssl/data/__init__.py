@@ -1,4 +1,7 @@
-"""Reading the RSNA 2024 layout, the synthetic stand-in, ROI caches and datasets.
+"""Reading the RSNA 2024 layout, ROI caches and datasets.
+
+The synthetic stand-in for the RSNA data is :mod:`lumbarssl.synthetic`
+(``lumbarssl.data.synthetic`` is a deprecated alias of it).
 
 The datasets (torch, torchvision) and the splits (scikit-learn) are imported on first use, so
 ``lumbarssl prepare`` and its worker processes start without loading those libraries; so is
