@@ -50,7 +50,14 @@ from lumbarssl.data.skips import OnError, RSNADataError, Skip, SkipReason
 if TYPE_CHECKING:
     from lumbarssl.data.datasets import DiscDatasetConfig, DiscROIDataset, LocalizerDataset, Mode
     from lumbarssl.data.prepare.writer import prepare_cache
-    from lumbarssl.data.splits import disc_level_split, study_level_split, train_val_test_split
+    from lumbarssl.data.splits import (
+        Splits,
+        disc_level_split,
+        localizer_splits,
+        make_splits,
+        study_level_split,
+        train_val_test_split,
+    )
 
 _LAZY = {
     "DiscDatasetConfig": "lumbarssl.data.datasets",
@@ -58,7 +65,10 @@ _LAZY = {
     "LocalizerDataset": "lumbarssl.data.datasets",
     "Mode": "lumbarssl.data.datasets",
     "prepare_cache": "lumbarssl.data.prepare.writer",
+    "Splits": "lumbarssl.data.splits",
     "disc_level_split": "lumbarssl.data.splits",
+    "localizer_splits": "lumbarssl.data.splits",
+    "make_splits": "lumbarssl.data.splits",
     "study_level_split": "lumbarssl.data.splits",
     "train_val_test_split": "lumbarssl.data.splits",
 }
@@ -91,6 +101,7 @@ __all__ = [
     "Skip",
     "SkipReason",
     "SliceHeader",
+    "Splits",
     "crop_centered",
     "disc_level_split",
     "extract_roi",
@@ -99,6 +110,8 @@ __all__ = [
     "is_inside",
     "localizer_channel",
     "localizer_input",
+    "localizer_splits",
+    "make_splits",
     "normalize_slice",
     "open_series",
     "prepare_cache",
