@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from lumbarssl import paper
+
 #: Intervertebral levels as written in ``train_label_coordinates.csv`` (paper Sec. 3.1).
 LEVELS: Final[tuple[str, ...]] = ("L1/L2", "L2/L3", "L3/L4", "L4/L5", "L5/S1")
 #: The same levels as they appear in ``train.csv`` column suffixes.
@@ -54,9 +56,10 @@ SAGITTAL_T1: Final[str] = "Sagittal T1"
 AXIAL_T2: Final[str] = "Axial T2"
 SERIES_DESCRIPTIONS: Final[tuple[str, ...]] = (SAGITTAL_T2, SAGITTAL_T1, AXIAL_T2)
 
-#: Severity strings of ``train.csv`` and their class indices (paper Sec. 3.1).
-SEVERITIES: Final[tuple[str, ...]] = ("Normal/Mild", "Moderate", "Severe")
-SEVERITY_TO_LABEL: Final[dict[str, int]] = {s: i for i, s in enumerate(SEVERITIES)}
+#: Severity strings of ``train.csv`` and their class indices (paper Sec. 3.1; the paper's
+#: grades, declared in :mod:`lumbarssl.paper`).
+SEVERITIES: Final[tuple[str, ...]] = paper.SEVERITIES
+SEVERITY_TO_LABEL: Final[dict[str, int]] = paper.SEVERITY_TO_LABEL
 #: Label of a disc that has a coordinate but no severity (kept for contrastive pretraining).
 MISSING_LABEL: Final[int] = -1
 
