@@ -1,5 +1,5 @@
 # Two commands on a fresh machine with only Python 3.10+ and make:
-#   make test       lint, format check, mypy --strict, pytest, Sphinx (warnings are errors)
+#   make test       lint, format check, import layers, mypy --strict, pytest, Sphinx (warnings are errors)
 #   make reproduce  the paper pipeline, quick profile, on synthetic data unless DATA_DIR is set
 # Both create .venv on first use. `make check VENV=/path/to/venv` runs the checks in an
 # existing environment without installing anything.
@@ -33,6 +33,7 @@ check: lint typecheck pytest docs
 lint:
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 typecheck:
 	$(BIN)/mypy --strict lumbarssl tests

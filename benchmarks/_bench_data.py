@@ -35,7 +35,7 @@ def build_dataset(out_dir: Path, n_studies: int, *, seed: int = 0, size: int = 5
     384-640 pixels); the synthetic generator chooses its own.
     """
     try:
-        from lumbarssl.data.synthetic import (  # type: ignore[import-not-found, unused-ignore]
+        from lumbarssl.synthetic import (  # type: ignore[import-not-found, unused-ignore]
             SyntheticConfig,
             generate_dataset,
         )
@@ -45,7 +45,7 @@ def build_dataset(out_dir: Path, n_studies: int, *, seed: int = 0, size: int = 5
     generate_dataset(
         out_dir, SyntheticConfig(n_studies=n_studies, seed=seed), workers=1, progress=False
     )
-    return "lumbarssl.data.synthetic"
+    return "lumbarssl.synthetic"
 
 
 def _slice(pixels: np.ndarray, instance: int, position: float, uids: tuple[str, str]) -> Dataset:

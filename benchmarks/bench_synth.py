@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lumbarssl.data.synthetic import SyntheticConfig, generate_dataset
+from lumbarssl.synthetic import SyntheticConfig, generate_dataset
 
 BENCH_SIZE = 256
 BENCH_SLICES = 12

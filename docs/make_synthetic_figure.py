@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lumbarssl.data.constants import SEVERITY_TO_LABEL
-from lumbarssl.data.synthetic import SyntheticConfig, plot_figure1, sample_study_plan
+from lumbarssl.layout import SEVERITY_TO_LABEL
+from lumbarssl.synthetic import SyntheticConfig, plot_figure1, sample_study_plan
 
 OUT = Path(__file__).resolve().parent / "_static" / "synthetic_figure1.png"
 

@@ -6,7 +6,7 @@
 Stages (each a public lumbarssl function, so this file doubles as documentation):
 
 1. data: with no ``--data-dir``, write the synthetic RSNA-layout dataset
-   (:func:`lumbarssl.data.synthetic.generate_dataset`);
+   (:func:`lumbarssl.synthetic.generate_dataset`);
 2. prepare: one 96x96 ROI per disc (:func:`lumbarssl.data.prepare_cache`);
 3. contrastive pretraining (:func:`lumbarssl.pipeline.run_pretraining`);
 4. Table 1's three rows: from scratch, linear probe, fine-tuned
@@ -40,13 +40,6 @@ from lumbarssl.data.constants import IMAGES_DIR, LEVELS
 from lumbarssl.data.dicom import read_series
 from lumbarssl.data.prepare import PrepareConfig, format_summary
 from lumbarssl.data.roi import extract_roi
-from lumbarssl.data.synthetic import (
-    META_JSON,
-    TRUTH_CSV,
-    SyntheticConfig,
-    bayes_ceiling,
-    generate_dataset,
-)
 from lumbarssl.metrics import bootstrap_ci
 from lumbarssl.pipeline import (
     FinetuneConfig,
@@ -63,6 +56,13 @@ from lumbarssl.reporting.figures import (
     plot_finetune_history,
     plot_localizer_predictions,
     plot_rois,
+)
+from lumbarssl.synthetic import (
+    META_JSON,
+    TRUTH_CSV,
+    SyntheticConfig,
+    bayes_ceiling,
+    generate_dataset,
 )
 from lumbarssl.training import LAST_CHECKPOINT, read_history, select_device
 

@@ -10,6 +10,12 @@ from __future__ import annotations
 
 from typing import Final
 
+# --- Sec. 3.1: grades ---------------------------------------------------------------------
+#: The three severity grades, as ``train.csv`` writes them, in class-index order (Sec. 3.1).
+SEVERITIES: Final[tuple[str, ...]] = ("Normal/Mild", "Moderate", "Severe")
+#: Class index of each grade (Sec. 3.1).
+SEVERITY_TO_LABEL: Final[dict[str, int]] = {s: i for i, s in enumerate(SEVERITIES)}
+
 # --- Sec. 4.1: data -----------------------------------------------------------------------
 #: Share of graded discs held out for the reported metrics (Sec. 4.1: 20 %).
 TEST_SIZE: Final = 0.2

@@ -31,7 +31,8 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import JPEGLSLossless
 
 import lumbarssl.data.dicom as dicom_module
-import lumbarssl.data.prepare as prepare_module
+import lumbarssl.data.prepare.extract as extract_module
+import lumbarssl.data.prepare.writer as writer_module
 from lumbarssl.cli import main
 from lumbarssl.data import _tagscan as tagscan
 from lumbarssl.data._tagscan import TagScan
@@ -291,16 +292,16 @@ def test_interrupted_run_resumes_to_the_same_result(
     fixture: Fixture, prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "out"
-    real = prepare_module._run_study
+    real = writer_module._run_study
     calls: list[int] = []
 
-    def interrupted(task: prepare_module._StudyTask) -> int:
+    def interrupted(task: writer_module._StudyTask) -> int:
         if len(calls) == 3:
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C in the fourth study
         calls.append(task.study_id)
         return real(task)
 
-    monkeypatch.setattr(prepare_module, "_run_study", interrupted)
+    monkeypatch.setattr(writer_module, "_run_study", interrupted)
     with pytest.raises(KeyboardInterrupt):
         prepare_cache(fixture.root, out, CONFIG, progress=False)
     assert not (out / "prepare_meta.json").exists()
@@ -310,11 +311,11 @@ def test_interrupted_run_resumes_to_the_same_result(
 
     resumed: list[int] = []
 
-    def counting(task: prepare_module._StudyTask) -> int:
+    def counting(task: writer_module._StudyTask) -> int:
         resumed.append(task.study_id)
         return real(task)
 
-    monkeypatch.setattr(prepare_module, "_run_study", counting)
+    monkeypatch.setattr(writer_module, "_run_study", counting)
     result = prepare_cache(fixture.root, out, CONFIG, progress=False)
     assert result.n_resumed == 3
     assert not set(resumed) & set(calls)
@@ -326,21 +327,21 @@ def test_a_study_cut_short_in_the_log_is_done_again(
     fixture: Fixture, prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "out"
-    real = prepare_module._run_study
+    real = writer_module._run_study
     calls: list[int] = []
 
-    def interrupted(task: prepare_module._StudyTask) -> int:
+    def interrupted(task: writer_module._StudyTask) -> int:
         if len(calls) == 3:
             raise KeyboardInterrupt
         calls.append(task.study_id)
         return real(task)
 
-    monkeypatch.setattr(prepare_module, "_run_study", interrupted)
+    monkeypatch.setattr(writer_module, "_run_study", interrupted)
     with pytest.raises(KeyboardInterrupt):
         prepare_cache(fixture.root, out, CONFIG, progress=False)
     (log,) = (out / ".partial").glob("*.log")  # finished studies, appended one by one
     log.write_bytes(log.read_bytes()[:-7])  # as if killed while appending the third
-    monkeypatch.setattr(prepare_module, "_run_study", real)
+    monkeypatch.setattr(writer_module, "_run_study", real)
     result = prepare_cache(fixture.root, out, CONFIG, progress=False)
     assert result.n_resumed == 2
     assert dict(_files(out)) == dict(_files(prepared))
@@ -361,19 +362,19 @@ def test_interruption_while_writing_the_final_files_leaves_no_meta(
     fixture: Fixture, prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "out"
-    real = prepare_module._write_csv
+    real = writer_module._write_csv
 
     def fail_on_skipped(path: Path, *args: object) -> None:
         if path.name == "skipped.csv":
             raise OSError("disk full")
         real(path, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(prepare_module, "_write_csv", fail_on_skipped)
+    monkeypatch.setattr(writer_module, "_write_csv", fail_on_skipped)
     with pytest.raises(OSError, match="disk full"):
         prepare_cache(fixture.root, out, CONFIG, progress=False)
     assert (out / "rois.npy").exists()  # some final files may already be there ...
     assert not (out / "prepare_meta.json").exists()  # ... but the run is not complete
-    monkeypatch.setattr(prepare_module, "_write_csv", real)
+    monkeypatch.setattr(writer_module, "_write_csv", real)
     result = prepare_cache(fixture.root, out, CONFIG, progress=False)
     assert result.n_resumed == result.n_studies
     assert dict(_files(out)) == dict(_files(prepared))
@@ -384,10 +385,10 @@ def test_rerun_of_a_complete_output_is_a_no_op_and_other_settings_are_refused(
 ) -> None:
     before = dict(_files(prepared))
 
-    def fail(task: prepare_module._StudyTask) -> int:
+    def fail(task: writer_module._StudyTask) -> int:
         raise AssertionError("no study should be processed again")
 
-    monkeypatch.setattr(prepare_module, "_run_study", fail)
+    monkeypatch.setattr(writer_module, "_run_study", fail)
     result = prepare_cache(fixture.root, prepared, CONFIG, progress=False)
     assert result.n_discs == len(_csv(prepared / "index.csv"))
     assert dict(_files(prepared)) == before
@@ -399,19 +400,19 @@ def test_partial_results_of_other_settings_are_discarded(
     fixture: Fixture, prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "out"
-    real = prepare_module._run_study
+    real = writer_module._run_study
     calls: list[int] = []
 
-    def stop_after_two(task: prepare_module._StudyTask) -> int:
+    def stop_after_two(task: writer_module._StudyTask) -> int:
         if len(calls) == 2:
             raise KeyboardInterrupt
         calls.append(task.study_id)
         return real(task)
 
-    monkeypatch.setattr(prepare_module, "_run_study", stop_after_two)
+    monkeypatch.setattr(writer_module, "_run_study", stop_after_two)
     with pytest.raises(KeyboardInterrupt):
         prepare_cache(fixture.root, out, PrepareConfig(roi_size=8), progress=False)
-    monkeypatch.setattr(prepare_module, "_run_study", real)
+    monkeypatch.setattr(writer_module, "_run_study", real)
     result = prepare_cache(fixture.root, out, CONFIG, progress=False)
     assert result.n_resumed == 0
     assert dict(_files(out)) == dict(_files(prepared))
@@ -433,14 +434,14 @@ def test_one_failing_study_does_not_abort_the_run(
     fixture: Fixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bad = fixture.studies[0].study_id
-    real = prepare_module._extract_series
+    real = extract_module.extract_series
 
     def flaky(series_dir: Path, *args: object) -> None:
         if series_dir.parent.name == str(bad):
             raise RuntimeError("boom")
         real(series_dir, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(prepare_module, "_extract_series", flaky)
+    monkeypatch.setattr(extract_module, "extract_series", flaky)
     result = prepare_cache(fixture.root, tmp_path / "out", CONFIG, progress=False)
     assert result.skip_counts["internal_error"] == 5
     skipped = _csv(tmp_path / "out" / "skipped.csv")

@@ -1,11 +1,22 @@
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lumbarssl.data.splits import disc_level_split, study_level_split, train_val_test_split
+from lumbarssl.data.cache import DiscTable, PreparedCache
+from lumbarssl.data.constants import LEVELS
+from lumbarssl.data.splits import (
+    Splits,
+    disc_level_split,
+    localizer_splits,
+    make_splits,
+    study_level_split,
+    train_val_test_split,
+)
 
 
 @st.composite
@@ -117,3 +128,83 @@ def test_shape_mismatch_and_float_labels_are_rejected() -> None:
 def test_too_few_studies_for_the_folds() -> None:
     with pytest.raises(ValueError, match="needs at least 5 labeled studies, got 3"):
         study_level_split(np.zeros(9, dtype=int), np.repeat(np.arange(3), 3))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    split: str
+    val_size: float = 0.1
+    test_size: float = 0.2
+    seed: int = 0
+
+
+def _cache(labels: np.ndarray, study_ids: np.ndarray) -> PreparedCache:
+    rows = [
+        {
+            "study_id": int(study),
+            "series_id": 1,
+            "instance_number": i,
+            "level": LEVELS[i % 5],
+            "x": 1.0,
+            "y": 1.0,
+            "severity": "",
+            "label": int(label),
+            "roi_path": "",
+            "row_spacing_mm": None,
+            "col_spacing_mm": None,
+            "height": 8,
+            "width": 8,
+            "slice_index": 0,
+            "n_slices": 1,
+            "localizer_index": 0,
+        }
+        for i, (label, study) in enumerate(zip(labels, study_ids, strict=True))
+    ]
+    return PreparedCache(DiscTable.from_rows(rows))
+
+
+@given(disc_sets(), st.sampled_from(["disc", "study"]), st.integers(0, 3))
+def test_make_splits_of_a_cache(data: tuple[np.ndarray, np.ndarray], level: str, seed: int) -> None:
+    labels, study_ids = data
+    settings = _Settings(split=level, seed=seed)
+    splits = make_splits(_cache(labels, study_ids), settings)
+    assert isinstance(splits, Splits)
+    # The graded rows are the three-way split of the grades (grouped for a study split).
+    expected = train_val_test_split(
+        labels, study_ids if level == "study" else None, val_size=0.1, test_size=0.2, seed=seed
+    )
+    for got, want in zip((splits.train, splits.val, splits.test), expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+    # Unlabeled rows: all of them for a disc split; for a study split, none of a study that
+    # has a validation or test disc.
+    unlabeled = np.flatnonzero(labels == -1)
+    if level == "disc":
+        np.testing.assert_array_equal(splits.unlabeled, unlabeled)
+    else:
+        held_out = set(study_ids[np.concatenate([splits.val, splits.test])].tolist())
+        kept = [i for i in unlabeled.tolist() if study_ids[i] not in held_out]
+        assert splits.unlabeled.tolist() == kept
+    assert splits.unlabeled.dtype == np.int64
+    assert splits.to_dict() == {
+        "train": splits.train.tolist(),
+        "val": splits.val.tolist(),
+        "test": splits.test.tolist(),
+        "unlabeled": splits.unlabeled.tolist(),
+    }
+
+
+@given(disc_sets(), st.integers(0, 3))
+def test_localizer_splits_partition_the_rows_by_study(
+    data: tuple[np.ndarray, np.ndarray], seed: int
+) -> None:
+    _, study_ids = data
+    train, val, test = localizer_splits(study_ids, val_size=0.1, test_size=0.2, seed=seed)
+    np.testing.assert_array_equal(
+        np.sort(np.concatenate([train, val, test])), np.arange(len(study_ids))
+    )
+    parts = [set(study_ids[part].tolist()) for part in (train, val, test)]
+    assert sum(len(part) for part in parts) == len(set.union(*parts))  # no shared study
+    assert all(len(part) for part in parts)
+    for part in (train, val, test):
+        assert part.dtype == np.int64
+        assert (np.diff(part) > 0).all()

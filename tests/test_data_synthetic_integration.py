@@ -12,7 +12,7 @@ from lumbarssl.data import PreparedCache, prepare_cache, read_series
 from lumbarssl.data.constants import COORDINATES_CSV, IMAGES_DIR, LEVEL_SLUGS, LEVELS, TRAIN_CSV
 from lumbarssl.data.prepare import PrepareConfig
 from lumbarssl.data.roi import extract_roi
-from lumbarssl.data.synthetic import SyntheticConfig, generate_dataset
+from lumbarssl.synthetic import SyntheticConfig, generate_dataset
 
 # Small images that still fit the phantom's minimum field of view (see SyntheticConfig).
 SMALL = SyntheticConfig(

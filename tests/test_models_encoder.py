@@ -15,8 +15,10 @@ from lumbarssl.models import (
     ProjectionHead,
     adapt_stem_weight,
     model_config,
+    registry,
     resnet18_encoder,
 )
+from lumbarssl.models.registry import register_describer
 
 
 @pytest.mark.parametrize("in_chans", [1, 3, 5])
@@ -111,6 +113,23 @@ def test_model_config_refuses_foreign_modules() -> None:
     plain = resnet18(weights=None)  # still has its fc layer: not our encoder
     with pytest.raises(ValueError, match="cannot describe a ResNet"):
         model_config(plain)
+
+
+def test_a_registered_describer_makes_foreign_modules_describable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(registry, "_DESCRIBERS", list(registry._DESCRIBERS))
+
+    @register_describer
+    def linear(module: nn.Module) -> dict[str, object] | None:
+        if not isinstance(module, nn.Linear):
+            return None
+        return {"architecture": "linear", "n": module.in_features}
+
+    assert model_config(nn.Linear(2, 3)) == {"architecture": "linear", "n": 2}
+    assert model_config(resnet18_encoder(1)) == {"architecture": "resnet18_encoder", "in_chans": 1}
+    with pytest.raises(ValueError, match="cannot describe a Conv1d"):
+        model_config(nn.Conv1d(1, 1, 1))
 
 
 def test_projection_head_shapes_and_structure() -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from lumbarssl.data.synthetic import SyntheticConfig
+from lumbarssl.synthetic import SyntheticConfig
 
 
 def test_defaults_follow_the_rsna_layout_ranges() -> None:

@@ -31,7 +31,7 @@ from lumbarssl.data.constants import (
     TRAIN_COLUMNS,
     TRAIN_CSV,
 )
-from lumbarssl.data.synthetic import (
+from lumbarssl.synthetic import (
     GENERATOR_VERSION,
     META_JSON,
     TRUTH_COLUMNS,
@@ -42,8 +42,8 @@ from lumbarssl.data.synthetic import (
     generate_dataset,
     sample_study_plan,
 )
-from lumbarssl.data.synthetic.labels import grade_from_r
-from lumbarssl.data.synthetic.render import sagittal_phantom
+from lumbarssl.synthetic.labels import grade_from_r
+from lumbarssl.synthetic.render import sagittal_phantom
 
 # Small and fast, with every quirk switched on often enough to appear in 8 studies.
 SMALL = SyntheticConfig(

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lumbarssl.data.synthetic.dicom_io import (
+from lumbarssl.synthetic.dicom_io import (
     AXIAL_ORIENTATION,
     SAGITTAL_ORIENTATION,
     SeriesWriter,

@@ -19,7 +19,7 @@ from lumbarssl.data.constants import (
     SEVERITY_TO_LABEL,
     TRAIN_CSV,
 )
-from lumbarssl.data.synthetic import TRUTH_CSV, SyntheticConfig, bayes_ceiling, generate_dataset
+from lumbarssl.synthetic import TRUTH_CSV, SyntheticConfig, bayes_ceiling, generate_dataset
 
 # Small images, three slices, more stenosis than RSNA so that 60 studies hold ~50 discs of each
 # abnormal grade. The ceiling is computed for this very config.

@@ -14,8 +14,8 @@ from numpy.typing import NDArray
 from scipy import integrate
 
 from lumbarssl.data.constants import LEVELS, SEVERITIES
-from lumbarssl.data.synthetic import SyntheticConfig, bayes_ceiling, sample_study_plan
-from lumbarssl.data.synthetic.labels import (
+from lumbarssl.synthetic import SyntheticConfig, bayes_ceiling, sample_study_plan
+from lumbarssl.synthetic.labels import (
     beta_cdf,
     beta_pdf,
     grade_from_r,

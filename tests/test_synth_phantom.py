@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lumbarssl.data.synthetic import SyntheticConfig, sample_study_plan
-from lumbarssl.data.synthetic.anatomy import Anatomy, Centerline, sample_anatomy
-from lumbarssl.data.synthetic.canvas import Canvas
-from lumbarssl.data.synthetic.figure import _crop
-from lumbarssl.data.synthetic.phantom import T2_SIGNAL, SagittalPhantom, add_rician_noise
+from lumbarssl.synthetic import SyntheticConfig, sample_study_plan
+from lumbarssl.synthetic.anatomy import Anatomy, Centerline, sample_anatomy
+from lumbarssl.synthetic.canvas import Canvas
+from lumbarssl.synthetic.figure import _crop
+from lumbarssl.synthetic.phantom import T2_SIGNAL, SagittalPhantom, add_rician_noise
 
 R = np.array([0.1, 0.2, 0.5, 0.8, 0.05])
 
@@ -181,7 +181,7 @@ def test_plot_figure1_writes_a_png(tmp_path: Any) -> None:
     pytest.importorskip("matplotlib")
     from PIL import Image
 
-    from lumbarssl.data.synthetic import plot_figure1
+    from lumbarssl.synthetic import plot_figure1
 
     config = SyntheticConfig(
         image_size_range=(96, 96),

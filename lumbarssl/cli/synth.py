@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lumbarssl.data.synthetic import SyntheticConfig
+    from lumbarssl.synthetic import SyntheticConfig
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     """Generate the dataset described by the parsed arguments; return the exit code."""
     # Imported here so that building the parser for other commands stays fast.
-    from lumbarssl.data.synthetic import generate_dataset
+    from lumbarssl.synthetic import generate_dataset
 
     try:
         config = _config(args)
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace) -> SyntheticConfig:
-    from lumbarssl.data.synthetic import SyntheticConfig
+    from lumbarssl.synthetic import SyntheticConfig
 
     base = SyntheticConfig()
     if args.config is not None:

@@ -1,7 +1,11 @@
-"""Reading the RSNA 2024 layout, the synthetic stand-in, ROI caches and datasets.
+"""Reading the RSNA 2024 layout, ROI caches and datasets.
+
+The synthetic stand-in for the RSNA data is :mod:`lumbarssl.synthetic`
+(``lumbarssl.data.synthetic`` is a deprecated alias of it).
 
 The datasets (torch, torchvision) and the splits (scikit-learn) are imported on first use, so
-``lumbarssl prepare`` and its worker processes start without loading those libraries.
+``lumbarssl prepare`` and its worker processes start without loading those libraries; so is
+the writer of the cache (:func:`prepare_cache`, a process pool), so a Dataset never loads it.
 """
 
 from __future__ import annotations
@@ -26,13 +30,8 @@ from lumbarssl.data.dicom import (
     read_slice,
 )
 from lumbarssl.data.index import DiscIndex, DiscRecord, read_index
-from lumbarssl.data.prepare import (
-    PrepareConfig,
-    PrepareResult,
-    format_summary,
-    prepare_cache,
-    prepare_in_memory,
-)
+from lumbarssl.data.prepare.config import PrepareConfig, PrepareResult, format_summary
+from lumbarssl.data.prepare.extract import prepare_in_memory
 from lumbarssl.data.roi import (
     LOCALIZER_SIZE,
     ROI_SIZE,
@@ -50,14 +49,26 @@ from lumbarssl.data.skips import OnError, RSNADataError, Skip, SkipReason
 
 if TYPE_CHECKING:
     from lumbarssl.data.datasets import DiscDatasetConfig, DiscROIDataset, LocalizerDataset, Mode
-    from lumbarssl.data.splits import disc_level_split, study_level_split, train_val_test_split
+    from lumbarssl.data.prepare.writer import prepare_cache
+    from lumbarssl.data.splits import (
+        Splits,
+        disc_level_split,
+        localizer_splits,
+        make_splits,
+        study_level_split,
+        train_val_test_split,
+    )
 
 _LAZY = {
     "DiscDatasetConfig": "lumbarssl.data.datasets",
     "DiscROIDataset": "lumbarssl.data.datasets",
     "LocalizerDataset": "lumbarssl.data.datasets",
     "Mode": "lumbarssl.data.datasets",
+    "prepare_cache": "lumbarssl.data.prepare.writer",
+    "Splits": "lumbarssl.data.splits",
     "disc_level_split": "lumbarssl.data.splits",
+    "localizer_splits": "lumbarssl.data.splits",
+    "make_splits": "lumbarssl.data.splits",
     "study_level_split": "lumbarssl.data.splits",
     "train_val_test_split": "lumbarssl.data.splits",
 }
@@ -90,6 +101,7 @@ __all__ = [
     "Skip",
     "SkipReason",
     "SliceHeader",
+    "Splits",
     "crop_centered",
     "disc_level_split",
     "extract_roi",
@@ -98,6 +110,8 @@ __all__ = [
     "is_inside",
     "localizer_channel",
     "localizer_input",
+    "localizer_splits",
+    "make_splits",
     "normalize_slice",
     "open_series",
     "prepare_cache",

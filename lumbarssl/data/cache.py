@@ -43,7 +43,9 @@ __all__ = [
     "DiscTable",
     "IncompleteCacheError",
     "PreparedCache",
+    "compute_roi_stats",
     "read_disc_table",
+    "stats_from_histogram",
 ]
 
 INDEX_CSV = "index.csv"
@@ -326,7 +328,7 @@ class PreparedCache:
         stats = self.meta.get("roi_stats")
         if isinstance(stats, dict):
             return float(stats["mean"]), float(stats["std"])
-        return _roi_stats(self.rois)
+        return compute_roi_stats(self.rois)
 
 
 #: Rows of ROIs counted at a time by :func:`_roi_histogram`.
@@ -346,7 +348,7 @@ def _roi_histogram(rois: np.ndarray) -> np.ndarray:
     return counts
 
 
-def _stats_from_histogram(counts: np.ndarray) -> tuple[float, float]:
+def stats_from_histogram(counts: np.ndarray) -> tuple[float, float]:
     """Mean and std of ``value / 255`` from a histogram of uint8 values (exact sums)."""
     values = range(256)
     count = int(counts.sum())
@@ -360,6 +362,6 @@ def _stats_from_histogram(counts: np.ndarray) -> tuple[float, float]:
     return mean, std if std > 1e-6 else 1.0  # constant ROIs: normalise by 1, not 0
 
 
-def _roi_stats(rois: np.ndarray) -> tuple[float, float]:
+def compute_roi_stats(rois: np.ndarray) -> tuple[float, float]:
     """Mean and std of ``rois / 255`` over all pixels, from exact integer sums."""
-    return _stats_from_histogram(_roi_histogram(rois))
+    return stats_from_histogram(_roi_histogram(rois))

@@ -24,7 +24,8 @@ from torchvision.transforms import v2
 from lumbarssl.data._config import known_fields
 from lumbarssl.data.cache import PreparedCache
 from lumbarssl.data.constants import MISSING_LABEL
-from lumbarssl.data.prepare import PrepareConfig, prepare_in_memory
+from lumbarssl.data.prepare.config import PrepareConfig
+from lumbarssl.data.prepare.extract import prepare_in_memory
 
 __all__ = ["DiscDatasetConfig", "DiscROIDataset", "LocalizerDataset", "Mode"]
 

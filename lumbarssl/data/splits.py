@@ -10,17 +10,33 @@ paper.
 
 Unlabeled discs (label -1) are left out of both sides of every split: they are never used for
 supervised training or metrics. Splits return sorted indices into the arrays given.
+
+Every split of the library lives here: the grading splits above, :func:`make_splits` (the
+train/val/test/unlabeled rows of a prepared cache that every training stage shares) and
+:func:`localizer_splits` (the localizer's study-grouped split).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Protocol
+
 import numpy as np
 from numpy.typing import ArrayLike
-from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, train_test_split
 
+from lumbarssl.data.cache import PreparedCache
 from lumbarssl.data.constants import MISSING_LABEL
 
-__all__ = ["disc_level_split", "study_level_split", "train_val_test_split"]
+__all__ = [
+    "SplitSettings",
+    "Splits",
+    "disc_level_split",
+    "localizer_splits",
+    "make_splits",
+    "study_level_split",
+    "train_val_test_split",
+]
 
 #: The paper's held-out fraction (Sec. 4.1: 80/20; 94 severe test discs = 20 % of 470).
 TEST_SIZE = 0.2
@@ -153,3 +169,104 @@ def train_val_test_split(
         remaining[rest] = array[rest]
         train, val = study_level_split(remaining, study_ids, test_size=val_of_rest, seed=seed)
     return train, val, test
+
+
+class SplitSettings(Protocol):
+    """The split fields of a run's settings (every stage config of :mod:`lumbarssl.pipeline`)."""
+
+    @property
+    def split(self) -> str:
+        """``"disc"`` (the paper's split) or ``"study"`` (leakage-free)."""
+
+    @property
+    def val_size(self) -> float:
+        """Fraction of the graded discs for model selection."""
+
+    @property
+    def test_size(self) -> float:
+        """Fraction of the graded discs held out."""
+
+    @property
+    def seed(self) -> int:
+        """Random seed of the split."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+    """Row indices of the prepared cache for one run.
+
+    Attributes:
+        train: Graded discs for supervised training, int64 (N_train,).
+        val: Graded discs for model selection, int64 (N_val,).
+        test: Graded discs held out for the reported metrics, int64 (N_test,).
+        unlabeled: Discs without a grade that may join contrastive pretraining, int64; with a
+            study-level split, those of validation and test studies are left out.
+    """
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    unlabeled: np.ndarray
+
+    def to_dict(self) -> dict[str, list[int]]:
+        """Return the index lists, JSON-serialisable."""
+        return {f.name: getattr(self, f.name).tolist() for f in dataclasses.fields(self)}
+
+
+def make_splits(cache: PreparedCache, config: SplitSettings) -> Splits:
+    """Split the cache's discs the same way for every stage of a run.
+
+    The split is a pure function of the cache, ``config.split``, the fractions and the seed,
+    so pretraining, fine-tuning and evaluation agree without sharing state.
+
+    Args:
+        cache: The prepared ROI cache.
+        config: Any stage config (its split fields are used).
+
+    Returns:
+        The four index sets.
+    """
+    table = cache.table
+    labels = np.asarray(table.label)
+    studies = np.asarray(table.study_id)
+    train, val, test = train_val_test_split(
+        labels,
+        studies if config.split == "study" else None,
+        val_size=config.val_size,
+        test_size=config.test_size,
+        seed=config.seed,
+    )
+    unlabeled = np.flatnonzero(labels == MISSING_LABEL)
+    if config.split == "study":
+        held_out = np.isin(studies[unlabeled], studies[np.concatenate([val, test])])
+        unlabeled = unlabeled[~held_out]
+    return Splits(train=train, val=val, test=test, unlabeled=unlabeled.astype(np.int64))
+
+
+def localizer_splits(
+    study_ids: np.ndarray, *, val_size: float, test_size: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split every disc with a coordinate into train/val/test, grouped by study.
+
+    The five levels of a series share one input image, so the localizer is always split by
+    study (whatever the grading split), keeping a test image out of training entirely.
+
+    Args:
+        study_ids: Study of each cache row, shape (N,).
+        val_size: Approximate fraction of rows for validation.
+        test_size: Approximate fraction of rows for testing.
+        seed: Random seed.
+
+    Returns:
+        ``(train, val, test)``: sorted int64 row indices.
+    """
+    rows = np.arange(len(study_ids))
+    outer = GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
+    rest, test = next(outer.split(rows, groups=study_ids))
+    inner = GroupShuffleSplit(n_splits=1, test_size=val_size / (1.0 - test_size), random_state=seed)
+    train, val = next(inner.split(rest, groups=study_ids[rest]))
+    return (
+        np.sort(rest[train]).astype(np.int64),
+        np.sort(rest[val]).astype(np.int64),
+        np.sort(test).astype(np.int64),
+    )

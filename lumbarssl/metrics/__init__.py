@@ -1,7 +1,7 @@
 """Grading metrics with CIs, localisation RMSE, calibration, the RSNA metric and submission.
 
 Grades are the class indices 0 = Normal/Mild, 1 = Moderate, 2 = Severe
-(:data:`lumbarssl.data.constants.SEVERITY_TO_LABEL`).
+(:data:`lumbarssl.layout.SEVERITY_TO_LABEL`).
 """
 
 from lumbarssl.metrics.bootstrap import ConfidenceInterval, bootstrap_ci, bootstrap_distribution

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 
 import numpy as np
 
+from lumbarssl.metrics.classification import NUM_GRADES as _NUM_GRADES
 from lumbarssl.metrics.classification import (
-    _NUM_GRADES,
     TABLE1_COLUMNS,
-    _labels,
     report_from_confusion,
 )
+from lumbarssl.metrics.classification import as_label_pair as _labels
 
 if TYPE_CHECKING:  # only in annotations, so the API docs show `npt.ArrayLike` unexpanded
     import numpy.typing as npt

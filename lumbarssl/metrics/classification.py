@@ -1,6 +1,6 @@
 """Disc-level grading metrics: the columns of the paper's Table 1 (Sec. 5.2, 6).
 
-Labels are the class indices of :data:`lumbarssl.data.constants.SEVERITY_TO_LABEL`:
+Labels are the class indices of :data:`lumbarssl.layout.SEVERITY_TO_LABEL`:
 0 = Normal/Mild, 1 = Moderate, 2 = Severe. Inputs are array-likes of integers (NumPy arrays,
 lists or CPU tensors), one entry per disc.
 
@@ -18,7 +18,7 @@ import numpy as np
 import sklearn.metrics as skm
 from sklearn.exceptions import UndefinedMetricWarning
 
-from lumbarssl.data.constants import SEVERITIES, SEVERITY_TO_LABEL
+from lumbarssl.paper import SEVERITIES, SEVERITY_TO_LABEL
 
 if TYPE_CHECKING:  # only in annotations, so the API docs show `npt.ArrayLike` unexpanded
     import numpy.typing as npt
@@ -37,12 +37,13 @@ __all__ = [
 #: The metric columns of the paper's Table 1, in order. Paper Sec. 6.
 TABLE1_COLUMNS: Final[tuple[str, ...]] = ("R(N)", "R(M)", "R(S)", "Acc", "Bal Acc", "S-N Err")
 
-_NUM_GRADES: Final[int] = len(SEVERITIES)
-_NORMAL: Final[int] = SEVERITY_TO_LABEL["Normal/Mild"]
-_SEVERE: Final[int] = SEVERITY_TO_LABEL["Severe"]
+#: Number of grades, and the class indices of Normal/Mild and Severe (paper Sec. 3.1).
+NUM_GRADES: Final[int] = len(SEVERITIES)
+NORMAL_LABEL: Final[int] = SEVERITY_TO_LABEL["Normal/Mild"]
+SEVERE_LABEL: Final[int] = SEVERITY_TO_LABEL["Severe"]
 
 
-def _grades(values: npt.ArrayLike, name: str) -> npt.NDArray[np.int64]:
+def as_grades(values: npt.ArrayLike, name: str) -> npt.NDArray[np.int64]:
     """Validate one vector of grade labels and return it as an int64 array."""
     array = np.asarray(values)
     if array.ndim != 1:
@@ -50,20 +51,20 @@ def _grades(values: npt.ArrayLike, name: str) -> npt.NDArray[np.int64]:
     if array.size and not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"expected integer grade labels in {name}, got dtype {array.dtype}")
     grades = array.astype(np.int64)
-    bad = grades[(grades < 0) | (grades >= _NUM_GRADES)]
+    bad = grades[(grades < 0) | (grades >= NUM_GRADES)]
     if bad.size:
         raise ValueError(
-            f"{name} labels must be in [0, {_NUM_GRADES}) ({', '.join(SEVERITIES)}), "
+            f"{name} labels must be in [0, {NUM_GRADES}) ({', '.join(SEVERITIES)}), "
             f"got {sorted(set(bad.tolist()))}"
         )
     return grades
 
 
-def _labels(
+def as_label_pair(
     y_true: npt.ArrayLike, y_pred: npt.ArrayLike
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """Validate paired true and predicted grades."""
-    t, p = _grades(y_true, "y_true"), _grades(y_pred, "y_pred")
+    t, p = as_grades(y_true, "y_true"), as_grades(y_pred, "y_pred")
     if t.shape != p.shape:
         raise ValueError(f"y_true and y_pred differ in length: {t.shape} vs {p.shape}")
     if t.size == 0:
@@ -82,10 +83,10 @@ def confusion_matrix(y_true: npt.ArrayLike, y_pred: npt.ArrayLike) -> npt.NDArra
         Counts of shape ``(C, C)`` with ``C = 3``; entry ``[i, j]`` counts discs of grade ``i``
         predicted ``j`` (paper Fig. 3c).
     """
-    t, p = _labels(y_true, y_pred)
-    counts: npt.NDArray[np.int64] = skm.confusion_matrix(
-        t, p, labels=np.arange(_NUM_GRADES)
-    ).astype(np.int64)
+    t, p = as_label_pair(y_true, y_pred)
+    counts: npt.NDArray[np.int64] = skm.confusion_matrix(t, p, labels=np.arange(NUM_GRADES)).astype(
+        np.int64
+    )
     return counts
 
 
@@ -99,8 +100,8 @@ def per_class_recall(y_true: npt.ArrayLike, y_pred: npt.ArrayLike) -> npt.NDArra
     Returns:
         Recalls of shape ``(C,)``; NaN, with a warning, for a grade absent from ``y_true``.
     """
-    t, p = _labels(y_true, y_pred)
-    absent = sorted(set(range(_NUM_GRADES)) - set(t.tolist()))
+    t, p = as_label_pair(y_true, y_pred)
+    absent = sorted(set(range(NUM_GRADES)) - set(t.tolist()))
     if absent:
         names = [SEVERITIES[i] for i in absent]
         warnings.warn(
@@ -109,7 +110,7 @@ def per_class_recall(y_true: npt.ArrayLike, y_pred: npt.ArrayLike) -> npt.NDArra
             stacklevel=2,
         )
     recall: npt.NDArray[np.float64] = np.asarray(
-        skm.recall_score(t, p, labels=np.arange(_NUM_GRADES), average=None, zero_division=np.nan),
+        skm.recall_score(t, p, labels=np.arange(NUM_GRADES), average=None, zero_division=np.nan),
         dtype=np.float64,
     )
     return recall
@@ -125,7 +126,7 @@ def accuracy(y_true: npt.ArrayLike, y_pred: npt.ArrayLike) -> float:
     Returns:
         The accuracy in ``[0, 1]``.
     """
-    t, p = _labels(y_true, y_pred)
+    t, p = as_label_pair(y_true, y_pred)
     return float(skm.accuracy_score(t, p))
 
 
@@ -139,7 +140,7 @@ def balanced_accuracy(y_true: npt.ArrayLike, y_pred: npt.ArrayLike) -> float:
     Returns:
         The balanced accuracy in ``[0, 1]``.
     """
-    t, p = _labels(y_true, y_pred)
+    t, p = as_label_pair(y_true, y_pred)
     return float(skm.balanced_accuracy_score(t, p))
 
 
@@ -156,8 +157,8 @@ def severe_to_normal_error(y_true: npt.ArrayLike, y_pred: npt.ArrayLike) -> floa
     Returns:
         The error rate in ``[0, 1]``; NaN, with a warning, when there is no severe disc.
     """
-    t, p = _labels(y_true, y_pred)
-    severe = t == _SEVERE
+    t, p = as_label_pair(y_true, y_pred)
+    severe = t == SEVERE_LABEL
     if not severe.any():
         warnings.warn(
             "severe-to-normal error is undefined (NaN): no disc is truly Severe",
@@ -165,7 +166,7 @@ def severe_to_normal_error(y_true: npt.ArrayLike, y_pred: npt.ArrayLike) -> floa
             stacklevel=2,
         )
         return float("nan")
-    return float(np.mean(p[severe] == _NORMAL))
+    return float(np.mean(p[severe] == NORMAL_LABEL))
 
 
 def disc_report(y_true: npt.ArrayLike, y_pred: npt.ArrayLike) -> dict[str, float]:
@@ -209,9 +210,9 @@ def report_from_confusion(confusion: npt.ArrayLike) -> dict[str, npt.NDArray[np.
         ValueError: If the last two dimensions are not ``(3, 3)`` or a count is negative.
     """
     counts = np.asarray(confusion, dtype=np.float64)
-    if counts.ndim < 2 or counts.shape[-2:] != (_NUM_GRADES, _NUM_GRADES):
+    if counts.ndim < 2 or counts.shape[-2:] != (NUM_GRADES, NUM_GRADES):
         raise ValueError(
-            f"expected confusion of shape (..., {_NUM_GRADES}, {_NUM_GRADES}), got {counts.shape}"
+            f"expected confusion of shape (..., {NUM_GRADES}, {NUM_GRADES}), got {counts.shape}"
         )
     if (counts < 0).any():
         raise ValueError("confusion counts must be non-negative")
@@ -227,8 +228,8 @@ def report_from_confusion(confusion: npt.ArrayLike) -> dict[str, npt.NDArray[np.
             n_defined > 0, np.where(defined, recall, 0.0).sum(axis=-1) / n_defined, np.nan
         )
         sn = np.where(
-            support[..., _SEVERE] > 0,
-            counts[..., _SEVERE, _NORMAL] / support[..., _SEVERE],
+            support[..., SEVERE_LABEL] > 0,
+            counts[..., SEVERE_LABEL, NORMAL_LABEL] / support[..., SEVERE_LABEL],
             np.nan,
         )
     columns = (*np.moveaxis(recall, -1, 0), acc, bal, sn)

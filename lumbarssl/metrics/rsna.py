@@ -32,8 +32,10 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 import numpy as np
 import sklearn.metrics as skm
 
-from lumbarssl.data.constants import CONDITION_SLUGS, CONDITIONS
-from lumbarssl.metrics.classification import _NUM_GRADES, _SEVERE, _grades
+from lumbarssl.layout import CONDITION_SLUGS, CONDITIONS
+from lumbarssl.metrics.classification import NUM_GRADES as _NUM_GRADES
+from lumbarssl.metrics.classification import SEVERE_LABEL as _SEVERE
+from lumbarssl.metrics.classification import as_grades as _grades
 
 if TYPE_CHECKING:  # only in annotations, so the API docs show `npt.ArrayLike` unexpanded
     import numpy.typing as npt

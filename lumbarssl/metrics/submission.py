@@ -2,8 +2,8 @@
 
 A submission has the columns ``row_id,normal_mild,moderate,severe`` and one row per target,
 ``row_id = {study_id}_{condition}_{level}`` with the condition and level slugs of ``train.csv``
-(:data:`~lumbarssl.data.constants.CONDITION_SLUGS`,
-:data:`~lumbarssl.data.constants.LEVEL_SLUGS`), e.g. ``4003253_spinal_canal_stenosis_l1_l2``.
+(:data:`~lumbarssl.layout.CONDITION_SLUGS`,
+:data:`~lumbarssl.layout.LEVEL_SLUGS`), e.g. ``4003253_spinal_canal_stenosis_l1_l2``.
 The competition asks for a row for every level of every condition, graded or not; only the
 graded ones are scored.
 
@@ -29,14 +29,14 @@ from typing import TYPE_CHECKING, BinaryIO, Final, NamedTuple
 import numpy as np
 
 from lumbarssl._core.atomic import atomic_write
-from lumbarssl.data.constants import (
+from lumbarssl.errors import DataError, InputError
+from lumbarssl.layout import (
     CONDITION_SLUGS,
     CONDITIONS,
     LEVEL_SLUGS,
     LEVELS,
     SEVERITY_TO_LABEL,
 )
-from lumbarssl.errors import DataError, InputError
 from lumbarssl.metrics.rsna import RSNAScore, rsna_score
 
 if TYPE_CHECKING:  # only in annotations, so the API docs show `npt.ArrayLike` unexpanded
@@ -72,9 +72,9 @@ class SubmissionRow(NamedTuple):
 
     #: Study id, as in ``train.csv``.
     study_id: str
-    #: Condition slug, one of :data:`~lumbarssl.data.constants.CONDITION_SLUGS`.
+    #: Condition slug, one of :data:`~lumbarssl.layout.CONDITION_SLUGS`.
     condition: str
-    #: Level slug, one of :data:`~lumbarssl.data.constants.LEVEL_SLUGS`.
+    #: Level slug, one of :data:`~lumbarssl.layout.LEVEL_SLUGS`.
     level: str
     #: Probabilities of Normal/Mild, Moderate, Severe.
     probabilities: tuple[float, float, float]

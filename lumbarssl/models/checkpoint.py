@@ -12,11 +12,9 @@ RNG) belongs to :mod:`lumbarssl.training`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pickle
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Final, NamedTuple
@@ -25,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 import lumbarssl
+from lumbarssl._core.atomic import atomic_write
 from lumbarssl.models.registry import ARCHITECTURE_KEY, build_model, model_config
 
 __all__ = [
@@ -67,7 +66,7 @@ def save_checkpoint(
     config: Mapping[str, object] | None = None,
     metadata: Mapping[str, object] | None = None,
 ) -> Path:
-    """Write ``model`` to ``path`` atomically (temporary file in the same folder + rename).
+    """Write ``model`` to ``path`` atomically (:func:`lumbarssl._core.atomic.atomic_write`).
 
     The config is checked before anything is written: the model it builds must have exactly
     the keys and shapes of ``model.state_dict()``.
@@ -109,18 +108,7 @@ def save_checkpoint(
         "state_dict": state,
     }
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write(target, lambda handle: torch.save(payload, handle))
     return target
 
 

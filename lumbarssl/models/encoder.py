@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from torchvision.models import ResNet18_Weights, WeightsEnum, resnet18
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from lumbarssl.models.registry import ARCHITECTURE_KEY, register_model
+from lumbarssl.models.registry import ARCHITECTURE_KEY, register_describer, register_model
 
 __all__ = ["ENCODER_DIM", "adapt_stem_weight", "resnet18_encoder"]
 
@@ -140,6 +140,7 @@ def _build_resnet18_encoder(*, in_chans: int = 1) -> nn.Module:
     return resnet18_encoder(in_chans)
 
 
+@register_describer
 def _resnet18_config(module: nn.Module) -> dict[str, object] | None:
     """The config of a :func:`resnet18_encoder` network, or ``None`` for anything else."""
     if type(module) is not ResNet or not isinstance(module.get_submodule("fc"), nn.Identity):

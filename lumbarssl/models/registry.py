@@ -28,6 +28,7 @@ __all__ = [
     "available_models",
     "build_model",
     "model_config",
+    "register_describer",
     "register_model",
 ]
 
@@ -35,8 +36,12 @@ __all__ = [
 ARCHITECTURE_KEY: Final[str] = "architecture"
 
 ModelBuilder = Callable[..., nn.Module]
+#: Describes a module that has no ``to_config`` (a torchvision network, say), or returns None.
+ModelDescriber = Callable[[nn.Module], dict[str, object] | None]
 _BuilderT = TypeVar("_BuilderT", bound=ModelBuilder)
+_DescriberT = TypeVar("_DescriberT", bound=ModelDescriber)
 _BUILDERS: dict[str, ModelBuilder] = {}
+_DESCRIBERS: list[ModelDescriber] = []
 
 
 @runtime_checkable
@@ -73,6 +78,24 @@ def register_model(name: str) -> Callable[[_BuilderT], _BuilderT]:
         return builder
 
     return decorator
+
+
+def register_describer(describer: _DescriberT) -> _DescriberT:
+    """Register a function that describes modules without ``to_config`` (decorator).
+
+    :func:`model_config` asks each registered describer in turn; the first config returned
+    wins. This is how a builder of a foreign class (the torchvision ResNet-18 of
+    :func:`~lumbarssl.models.resnet18_encoder`) makes its modules describable.
+
+    Args:
+        describer: Returns the module's config, or ``None`` if it does not recognise it.
+
+    Returns:
+        ``describer`` unchanged.
+    """
+    if describer not in _DESCRIBERS:
+        _DESCRIBERS.append(describer)
+    return describer
 
 
 def available_models() -> tuple[str, ...]:
@@ -113,8 +136,9 @@ def model_config(model: nn.Module) -> dict[str, object]:
     """Describe ``model`` as a JSON-serialisable config for :func:`build_model`.
 
     Works for every module of :mod:`lumbarssl.models` (they implement
-    :class:`ConfigurableModel`) and for the torchvision ResNet-18 that
-    :func:`~lumbarssl.models.resnet18_encoder` returns.
+    :class:`ConfigurableModel`) and for any module a registered describer recognises
+    (:func:`register_describer`: the torchvision ResNet-18 that
+    :func:`~lumbarssl.models.resnet18_encoder` returns).
 
     Args:
         model: The module to describe.
@@ -125,12 +149,12 @@ def model_config(model: nn.Module) -> dict[str, object]:
     Raises:
         ValueError: If the module cannot describe itself, or its config is not JSON-serialisable.
     """
-    from lumbarssl.models.encoder import _resnet18_config
-
     if isinstance(model, ConfigurableModel):
         config = model.to_config()
     else:
-        found = _resnet18_config(model)
+        found = next(
+            (c for c in (describe(model) for describe in _DESCRIBERS) if c is not None), None
+        )
         if found is None:
             raise ValueError(
                 f"cannot describe a {type(model).__name__} as a config; implement "

@@ -4,7 +4,8 @@ Each stage takes one frozen config dataclass whose defaults are the paper's hype
 the ``lumbarssl`` command line and ``examples/reproduce_paper.py`` are thin layers over them.
 """
 
-from lumbarssl.pipeline._common import MODEL_FILE, STAGE_CONFIG_FILE, Splits, make_splits
+from lumbarssl.data.splits import Splits, localizer_splits, make_splits
+from lumbarssl.pipeline._common import MODEL_FILE, STAGE_CONFIG_FILE
 from lumbarssl.pipeline.config import StageConfig, param
 from lumbarssl.pipeline.evaluate import (
     EPOCH_METRICS,
@@ -26,7 +27,6 @@ from lumbarssl.pipeline.inference import (
 from lumbarssl.pipeline.localize import (
     LocalizerConfig,
     SeriesLocalizerDataset,
-    localizer_splits,
     run_localizer_training,
 )
 from lumbarssl.pipeline.pretrain import PretrainConfig, pretraining_rows, run_pretraining

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lumbarssl._core.atomic import atomic_write
 from lumbarssl.data.cache import PreparedCache
-from lumbarssl.data.constants import MISSING_LABEL
-from lumbarssl.data.splits import train_val_test_split
+
+# Re-exported for the stages; they live with every other split in lumbarssl.data.splits.
+from lumbarssl.data.splits import Splits as Splits
+from lumbarssl.data.splits import make_splits as make_splits
 from lumbarssl.models import save_checkpoint
 from lumbarssl.pipeline.config import StageConfig
 from lumbarssl.training import (
@@ -35,58 +35,6 @@ from lumbarssl.training.device import default_num_workers
 MODEL_FILE = "model.pt"
 #: File name of the stage config saved beside its outputs.
 STAGE_CONFIG_FILE = "stage_config.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class Splits:
-    """Row indices of the prepared cache for one run.
-
-    Attributes:
-        train: Graded discs for supervised training, int64 (N_train,).
-        val: Graded discs for model selection, int64 (N_val,).
-        test: Graded discs held out for the reported metrics, int64 (N_test,).
-        unlabeled: Discs without a grade that may join contrastive pretraining, int64; with a
-            study-level split, those of validation and test studies are left out.
-    """
-
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
-    unlabeled: np.ndarray
-
-    def to_dict(self) -> dict[str, list[int]]:
-        """Return the index lists, JSON-serialisable."""
-        return {f.name: getattr(self, f.name).tolist() for f in dataclasses.fields(self)}
-
-
-def make_splits(cache: PreparedCache, config: StageConfig) -> Splits:
-    """Split the cache's discs the same way for every stage of a run.
-
-    The split is a pure function of the cache, ``config.split``, the fractions and the seed,
-    so pretraining, fine-tuning and evaluation agree without sharing state.
-
-    Args:
-        cache: The prepared ROI cache.
-        config: Any stage config (its split fields are used).
-
-    Returns:
-        The four index sets.
-    """
-    table = cache.table
-    labels = np.asarray(table.label)
-    studies = np.asarray(table.study_id)
-    train, val, test = train_val_test_split(
-        labels,
-        studies if config.split == "study" else None,
-        val_size=config.val_size,
-        test_size=config.test_size,
-        seed=config.seed,
-    )
-    unlabeled = np.flatnonzero(labels == MISSING_LABEL)
-    if config.split == "study":
-        held_out = np.isin(studies[unlabeled], studies[np.concatenate([val, test])])
-        unlabeled = unlabeled[~held_out]
-    return Splits(train=train, val=val, test=test, unlabeled=unlabeled.astype(np.int64))
 
 
 def start_stage(config: StageConfig) -> tuple[DistributedInfo, Path, PreparedCache]:

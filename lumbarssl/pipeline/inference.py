@@ -21,6 +21,7 @@ from lumbarssl.data.constants import LEVELS, SEVERITIES
 from lumbarssl.data.dicom import DicomSeries, read_series
 from lumbarssl.data.roi import LOCALIZER_SIZE, ROI_SIZE, extract_roi, localizer_input
 from lumbarssl.models import DiscClassifier, Localizer2p5D, load_checkpoint
+from lumbarssl.reporting.figures import plot_prediction_overlay
 from lumbarssl.training import select_device
 
 #: Smallest |x component| of the slice normal accepted as sagittal (about 37 degrees of tilt).
@@ -209,8 +210,6 @@ def write_prediction(
     Returns:
         Paths of the JSON file and the PNG.
     """
-    from lumbarssl.reporting.figures import plot_prediction_overlay
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "prediction.json"

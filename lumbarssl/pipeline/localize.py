@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.model_selection import GroupShuffleSplit
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.utils.data import DataLoader, Dataset
 
 from lumbarssl.data.cache import PreparedCache
 from lumbarssl.data.constants import LEVELS
+from lumbarssl.data.splits import localizer_splits
 from lumbarssl.metrics import localization_rmse
 from lumbarssl.models import Localizer2p5D
 from lumbarssl.pipeline._common import (
@@ -79,35 +79,6 @@ class LocalizerConfig(StageConfig):
                 f"need plateau_patience >= 0 and 0 < plateau_factor < 1; got "
                 f"{self.plateau_patience}, {self.plateau_factor}"
             )
-
-
-def localizer_splits(
-    study_ids: np.ndarray, *, val_size: float, test_size: float, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Split every disc with a coordinate into train/val/test, grouped by study.
-
-    The five levels of a series share one input image, so the localizer is always split by
-    study (whatever the grading split), keeping a test image out of training entirely.
-
-    Args:
-        study_ids: Study of each cache row, shape (N,).
-        val_size: Approximate fraction of rows for validation.
-        test_size: Approximate fraction of rows for testing.
-        seed: Random seed.
-
-    Returns:
-        ``(train, val, test)``: sorted int64 row indices.
-    """
-    rows = np.arange(len(study_ids))
-    outer = GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
-    rest, test = next(outer.split(rows, groups=study_ids))
-    inner = GroupShuffleSplit(n_splits=1, test_size=val_size / (1.0 - test_size), random_state=seed)
-    train, val = next(inner.split(rest, groups=study_ids[rest]))
-    return (
-        np.sort(rest[train]).astype(np.int64),
-        np.sort(rest[val]).astype(np.int64),
-        np.sort(test).astype(np.int64),
-    )
 
 
 class SeriesLocalizerDataset(Dataset[dict[str, Tensor]]):

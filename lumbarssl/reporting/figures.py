@@ -6,9 +6,9 @@ naming its data source, profile and seed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -18,11 +18,55 @@ from lumbarssl.training import EpochRecord
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from lumbarssl.pipeline.inference import SeriesPrediction
-
 #: One colour per level, L1/L2 first (shared by Fig. 1 and the overlay).
 LEVEL_COLORS: tuple[str, ...] = ("#e41a1c", "#ff7f00", "#ffd92f", "#4daf4a", "#377eb8")
 _GRADE_COLORS = {"Normal/Mild": "#4daf4a", "Moderate": "#ff7f00", "Severe": "#e41a1c"}
+
+
+class LevelMark(Protocol):
+    """One level of an overlay: a :class:`~lumbarssl.pipeline.LevelPrediction`, centre and grade.
+
+    A protocol, so that figures never import the pipeline that produces predictions.
+    """
+
+    @property
+    def level(self) -> str:
+        """``"L1/L2"`` ... ``"L5/S1"``."""
+
+    @property
+    def x(self) -> float:
+        """Column of the centre, in pixels."""
+
+    @property
+    def y(self) -> float:
+        """Row of the centre, in pixels."""
+
+    @property
+    def grade(self) -> str:
+        """Predicted severity."""
+
+    @property
+    def probabilities(self) -> Mapping[str, float]:
+        """Severity -> probability."""
+
+
+class OverlayPrediction(Protocol):
+    """What :func:`plot_prediction_overlay` draws: a :class:`~lumbarssl.pipeline.SeriesPrediction`.
+
+    A protocol, so that figures never import the pipeline that produces predictions.
+    """
+
+    @property
+    def instance_number(self) -> int:
+        """InstanceNumber of the slice the centres refer to."""
+
+    @property
+    def levels(self) -> Sequence[LevelMark]:
+        """One mark per level."""
+
+    @property
+    def provenance(self) -> Mapping[str, Any]:
+        """Facts about the checkpoints; ``provenance["classifier"]`` fills the footer."""
 
 
 def _pyplot() -> Any:
@@ -213,7 +257,7 @@ def plot_localizer_predictions(
 
 
 def plot_prediction_overlay(
-    image: np.ndarray, prediction: SeriesPrediction, path: str | Path
+    image: np.ndarray, prediction: OverlayPrediction, path: str | Path
 ) -> Path:
     """The mid slice with each level's predicted centre and grade (``lumbarssl predict``).
 
@@ -253,6 +297,8 @@ def plot_prediction_overlay(
 
 __all__ = [
     "LEVEL_COLORS",
+    "LevelMark",
+    "OverlayPrediction",
     "plot_contrastive_history",
     "plot_finetune_history",
     "plot_localizer_predictions",

@@ -24,10 +24,10 @@ import numpy as np
 from numpy.typing import NDArray
 from pydicom.uid import generate_uid
 
-from lumbarssl.data.constants import AXIAL_T2, LEVELS, SAGITTAL_T1, SAGITTAL_T2
-from lumbarssl.data.synthetic.anatomy import Anatomy, Centerline, sample_anatomy
-from lumbarssl.data.synthetic.config import GENERATOR_VERSION, SyntheticConfig
-from lumbarssl.data.synthetic.labels import grade_from_r, reader_grade, sample_latent_stenosis
+from lumbarssl.layout import AXIAL_T2, LEVELS, SAGITTAL_T1, SAGITTAL_T2
+from lumbarssl.synthetic.anatomy import Anatomy, Centerline, sample_anatomy
+from lumbarssl.synthetic.config import GENERATOR_VERSION, SyntheticConfig
+from lumbarssl.synthetic.labels import grade_from_r, reader_grade, sample_latent_stenosis
 
 __all__ = ["DiscPlan", "SeriesPlan", "StudyPlan", "sample_study_plan", "study_rng"]
 

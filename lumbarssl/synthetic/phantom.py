@@ -1,7 +1,7 @@
 """Rendering the sagittal phantom: tissues painted in the spine frame, slices by lateral offset.
 
 The mid-sagittal image is painted once per series from rounded boxes, ellipses and bands in the
-spine frame of :mod:`~lumbarssl.data.synthetic.anatomy`, each with a one-pixel anti-aliased edge,
+spine frame of :mod:`~lumbarssl.synthetic.anatomy`, each with a one-pixel anti-aliased edge,
 back to front (body outline, muscle, abdomen, vertebrae, discs, canal, posterior elements). Moving
 away from the midline the anatomy changes in steps that are painted once as *layers* (the
 stenosis fades, the thecal sac gives way to pedicles and neural foramina, spinous processes to
@@ -24,8 +24,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from lumbarssl.data.synthetic.anatomy import ANTERIOR_LINING_MM, Anatomy, Centerline, smoothstep
-from lumbarssl.data.synthetic.canvas import Canvas, Field
+from lumbarssl.synthetic.anatomy import ANTERIOR_LINING_MM, Anatomy, Centerline, smoothstep
+from lumbarssl.synthetic.canvas import Canvas, Field
 
 __all__ = [
     "T1_SIGNAL",

@@ -12,7 +12,7 @@ import numpy as np
 import pydicom
 from numpy.typing import NDArray
 
-from lumbarssl.data.constants import (
+from lumbarssl.layout import (
     COORDINATES_CSV,
     IMAGES_DIR,
     LEVEL_SLUGS,
@@ -20,8 +20,8 @@ from lumbarssl.data.constants import (
     SPINAL_CANAL,
     TRAIN_CSV,
 )
-from lumbarssl.data.synthetic.config import GENERATOR_VERSION, SyntheticConfig
-from lumbarssl.data.synthetic.generate import generate_dataset
+from lumbarssl.synthetic.config import GENERATOR_VERSION, SyntheticConfig
+from lumbarssl.synthetic.generate import generate_dataset
 
 __all__ = ["plot_figure1"]
 

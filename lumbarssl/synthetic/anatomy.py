@@ -17,7 +17,7 @@ from typing import TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from lumbarssl.data.constants import LEVELS
+from lumbarssl.layout import LEVELS
 
 __all__ = ["Anatomy", "Centerline", "Disc", "Vertebra", "sample_anatomy"]
 
@@ -94,7 +94,7 @@ class Disc(_Extent):
 
     Attributes:
         name: ``"<upper>/<lower>"``, e.g. ``"L4/L5"``; lumbar ones match
-            :data:`~lumbarssl.data.constants.LEVELS`.
+            :data:`~lumbarssl.layout.LEVELS`.
         top: ``s`` of the upper endplate (the lower endplate of the body above).
         bottom: ``s`` of the lower endplate.
         depth: Antero-posterior depth.

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from lumbarssl.data.constants import SEVERITIES
-from lumbarssl.data.synthetic.config import SyntheticConfig
-from lumbarssl.data.synthetic.labels import beta_cdf, grade_probabilities
+from lumbarssl.layout import SEVERITIES
+from lumbarssl.synthetic.config import SyntheticConfig
+from lumbarssl.synthetic.labels import beta_cdf, grade_probabilities
 
 __all__ = ["BayesCeiling", "bayes_ceiling"]
 

@@ -1,7 +1,7 @@
 """A raster painted in a curvilinear frame, with anti-aliased rounded boxes, ellipses and bands.
 
 The phantom modules paint tissues here back to front. Every pixel knows its frame coordinates
-``(s, t)`` (see :class:`~lumbarssl.data.synthetic.anatomy.Centerline`); a shape is evaluated only
+``(s, t)`` (see :class:`~lumbarssl.synthetic.anatomy.Centerline`); a shape is evaluated only
 inside a window of rows and columns that bounds it, so a small shape costs little however large
 the image.
 """
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from lumbarssl.data.synthetic.anatomy import Centerline
+from lumbarssl.synthetic.anatomy import Centerline
 
 __all__ = ["Canvas", "Field", "Window"]
 

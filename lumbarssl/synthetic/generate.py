@@ -18,6 +18,7 @@ with the number of studies.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import multiprocessing
 import os
@@ -30,13 +31,14 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO
 
 from pydicom.dataset import Dataset
 from tqdm import tqdm
 
 from lumbarssl import __version__
-from lumbarssl.data.constants import (
+from lumbarssl._core.atomic import atomic_write
+from lumbarssl.layout import (
     CONDITION_SLUGS,
     COORDINATE_COLUMNS,
     COORDINATES_CSV,
@@ -49,10 +51,10 @@ from lumbarssl.data.constants import (
     TRAIN_COLUMNS,
     TRAIN_CSV,
 )
-from lumbarssl.data.synthetic.ceiling import BayesCeiling, bayes_ceiling
-from lumbarssl.data.synthetic.config import GENERATOR_VERSION, SyntheticConfig
-from lumbarssl.data.synthetic.dicom_io import SeriesWriter, mr_template
-from lumbarssl.data.synthetic.plan import (
+from lumbarssl.synthetic.ceiling import BayesCeiling, bayes_ceiling
+from lumbarssl.synthetic.config import GENERATOR_VERSION, SyntheticConfig
+from lumbarssl.synthetic.dicom_io import SeriesWriter, mr_template
+from lumbarssl.synthetic.plan import (
     PIXEL_STREAM,
     SeriesPlan,
     StudyPlan,
@@ -61,7 +63,7 @@ from lumbarssl.data.synthetic.plan import (
     sample_study_plan,
     study_rng,
 )
-from lumbarssl.data.synthetic.render import orientation_of, render_series
+from lumbarssl.synthetic.render import orientation_of, render_series
 
 __all__ = [
     "META_JSON",
@@ -80,7 +82,6 @@ META_JSON = "synthetic_meta.json"
 # The conditions other than spinal canal stenosis are not rendered; their cells hold this.
 _UNRENDERED_GRADE = SEVERITIES[0]
 _MISSING = "missing"
-_PARTIAL = ".partial"
 # Study-level work units handed to one worker at a time (amortises inter-process overhead).
 _MAX_CHUNK = 8
 # Window of the stored images, as fractions of the series' intensity scale.
@@ -183,12 +184,11 @@ def generate_dataset(
     n_series = n_images = 0
     names = (TRAIN_CSV, COORDINATES_CSV, SERIES_CSV, TRUTH_CSV)
     headers = (TRAIN_COLUMNS, COORDINATE_COLUMNS, SERIES_COLUMNS, TRUTH_COLUMNS)
+    # The tables are small (a few rows per study): held in memory, each file is written once,
+    # atomically, after the last study.
+    buffers = [io.StringIO() for _ in names]
     with ExitStack() as stack:
-        files: list[TextIO] = [
-            stack.enter_context(open(out / (name + _PARTIAL), "w", newline="", encoding="utf-8"))
-            for name in names
-        ]
-        train, coords, series, truth = (csv.writer(f, lineterminator="\n") for f in files)
+        train, coords, series, truth = (csv.writer(b, lineterminator="\n") for b in buffers)
         for writer, header in zip((train, coords, series, truth), headers, strict=True):
             writer.writerow(header)
         rows_iter = _study_rows(config, out, workers)
@@ -206,8 +206,8 @@ def generate_dataset(
             n_series += len(rows.series)
             n_images += rows.n_images
             bar.update()
-    for name in names:
-        os.replace(out / (name + _PARTIAL), out / name)
+    for name, buffer in zip(names, buffers, strict=True):
+        _write_text(out / name, buffer.getvalue())
     summary = SyntheticSummary(
         out_dir=out,
         config=config,
@@ -219,8 +219,17 @@ def generate_dataset(
         ceiling=ceiling,
         seconds=time.perf_counter() - started,
     )
-    (out / META_JSON).write_text(json.dumps(_meta(summary), indent=2) + "\n", encoding="utf-8")
+    _write_text(out / META_JSON, json.dumps(_meta(summary), indent=2) + "\n")
     return summary
+
+
+def _write_text(path: Path, text: str) -> None:
+    data = text.encode("utf-8")
+
+    def write(handle: BinaryIO) -> None:
+        handle.write(data)
+
+    atomic_write(path, write)
 
 
 def write_study(config: SyntheticConfig, out_dir: Path, index: int) -> _StudyRows:
@@ -330,7 +339,7 @@ def _prepare(out: Path, overwrite: bool) -> None:
 def _meta(summary: SyntheticSummary) -> dict[str, Any]:
     config = summary.config
     return {
-        "generator": "lumbarssl.data.synthetic",
+        "generator": "lumbarssl.synthetic",
         "generator_version": GENERATOR_VERSION,
         "lumbarssl_version": __version__,
         "seed": config.seed,

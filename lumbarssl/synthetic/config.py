@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from lumbarssl.data.constants import LEVELS
+from lumbarssl.layout import LEVELS
 
 #: Version of the generator's output. It changes whenever the same config and seed would give
 #: different files, and is written to ``synthetic_meta.json``.

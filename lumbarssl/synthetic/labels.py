@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import special
 
-from lumbarssl.data.constants import SEVERITIES
+from lumbarssl.layout import SEVERITIES
 
 __all__ = [
     "beta_cdf",
@@ -97,7 +97,7 @@ def grade_from_r(
         thresholds: Increasing cut points ``(Normal/Mild | Moderate, Moderate | Severe)``.
 
     Returns:
-        Grade indices into :data:`~lumbarssl.data.constants.SEVERITIES`, same shape as ``r``.
+        Grade indices into :data:`~lumbarssl.layout.SEVERITIES`, same shape as ``r``.
     """
     return np.searchsorted(np.asarray(thresholds), np.asarray(r), side="right").astype(np.int64)
 

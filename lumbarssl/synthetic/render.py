@@ -8,12 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from lumbarssl.data.constants import AXIAL_T2, SAGITTAL_T1
-from lumbarssl.data.synthetic.axial import AxialPhantom
-from lumbarssl.data.synthetic.config import SyntheticConfig
-from lumbarssl.data.synthetic.dicom_io import AXIAL_ORIENTATION, SAGITTAL_ORIENTATION
-from lumbarssl.data.synthetic.phantom import T1_SIGNAL, T2_SIGNAL, SagittalPhantom, rician_magnitude
-from lumbarssl.data.synthetic.plan import SeriesPlan, StudyPlan
+from lumbarssl.layout import AXIAL_T2, SAGITTAL_T1
+from lumbarssl.synthetic.axial import AxialPhantom
+from lumbarssl.synthetic.config import SyntheticConfig
+from lumbarssl.synthetic.dicom_io import AXIAL_ORIENTATION, SAGITTAL_ORIENTATION
+from lumbarssl.synthetic.phantom import T1_SIGNAL, T2_SIGNAL, SagittalPhantom, rician_magnitude
+from lumbarssl.synthetic.plan import SeriesPlan, StudyPlan
 
 __all__ = ["RenderedSlice", "render_series", "sagittal_phantom"]
 

@@ -6,23 +6,23 @@ narrowing ``r`` of the CSF column and graded by a noisy simulated reader, so the
 accuracy any model can reach (the Bayes ceiling) is known. See :doc:`/synthetic`.
 
 Example:
-    >>> from lumbarssl.data.synthetic import SyntheticConfig, generate_dataset
+    >>> from lumbarssl.synthetic import SyntheticConfig, generate_dataset
     >>> config = SyntheticConfig(n_studies=4, seed=0)
     >>> summary = generate_dataset("data/synth", config)  # doctest: +SKIP
     >>> print(summary.describe())  # doctest: +SKIP
 """
 
-from lumbarssl.data.synthetic.ceiling import BayesCeiling, bayes_ceiling
-from lumbarssl.data.synthetic.config import GENERATOR_VERSION, SyntheticConfig
-from lumbarssl.data.synthetic.figure import plot_figure1
-from lumbarssl.data.synthetic.generate import (
+from lumbarssl.synthetic.ceiling import BayesCeiling, bayes_ceiling
+from lumbarssl.synthetic.config import GENERATOR_VERSION, SyntheticConfig
+from lumbarssl.synthetic.figure import plot_figure1
+from lumbarssl.synthetic.generate import (
     META_JSON,
     TRUTH_COLUMNS,
     TRUTH_CSV,
     SyntheticSummary,
     generate_dataset,
 )
-from lumbarssl.data.synthetic.plan import DiscPlan, SeriesPlan, StudyPlan, sample_study_plan
+from lumbarssl.synthetic.plan import DiscPlan, SeriesPlan, StudyPlan, sample_study_plan
 
 __all__ = [
     "GENERATOR_VERSION",

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 import numpy as np
 from numpy.typing import NDArray
 
-from lumbarssl.data.synthetic.anatomy import Anatomy, Centerline
-from lumbarssl.data.synthetic.canvas import Canvas
-from lumbarssl.data.synthetic.phantom import TISSUES, quadratic_log_gain, smooth_noise
+from lumbarssl.synthetic.anatomy import Anatomy, Centerline
+from lumbarssl.synthetic.canvas import Canvas
+from lumbarssl.synthetic.phantom import TISSUES, quadratic_log_gain, smooth_noise
 
 __all__ = ["AxialPhantom"]
 

@@ -1,0 +1,366 @@
+"""The writer of ``lumbarssl prepare``: the process pool, the PNGs and the final files.
+
+Work is grouped by study (one task per study, ``workers`` processes). A worker extracts its
+study (:mod:`~lumbarssl.data.prepare.extract`), writes the study's PNGs, appends the rest to its
+process's log (:mod:`~lumbarssl.data.prepare.journal`) and sends back only a row count. The
+parent then concatenates the logs into the final files, each replaced atomically
+(:func:`lumbarssl._core.atomic.atomic_write`), and writes ``prepare_meta.json`` last.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import shutil
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from contextlib import ExitStack
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from lumbarssl import __version__
+from lumbarssl._core.atomic import atomic_write
+from lumbarssl.data.cache import (
+    INDEX_COLUMNS,
+    INDEX_CSV,
+    META_JSON,
+    MULTISLICE_MASK_NPY,
+    MULTISLICE_NPY,
+    PARTIAL_DIR,
+    ROIS_DIR,
+    ROIS_NPY,
+    SKIPPED_COLUMNS,
+    SKIPPED_CSV,
+    stats_from_histogram,
+)
+from lumbarssl.data.constants import COORDINATES_CSV, SERIES_CSV, TRAIN_CSV
+from lumbarssl.data.index import DiscRecord, read_index
+from lumbarssl.data.prepare.config import CACHE_FORMAT_VERSION, PrepareConfig, PrepareResult
+from lumbarssl.data.prepare.extract import StudyOutput, extract_study, group_by_study, study_arrays
+from lumbarssl.data.prepare.journal import (
+    Partial,
+    Record,
+    append_study,
+    close_log,
+    finished_studies,
+    read_partial,
+)
+from lumbarssl.data.skips import Skip, SkipReason
+
+__all__ = ["prepare_cache"]
+
+
+@dataclass(frozen=True)
+class _StudyTask:
+    data_dir: Path
+    out_dir: Path
+    study_id: int
+    discs: tuple[DiscRecord, ...]
+    config: PrepareConfig
+
+
+def _run_study(task: _StudyTask) -> int:
+    """Extract one study, write its PNGs and append it to this process's log; return its rows.
+
+    Only this count goes back to the parent process: the arrays travel through the log,
+    which the parent reads once when it assembles the final files.
+    """
+    out = extract_study(task.data_dir, task.study_id, task.discs, task.config)
+    # PNGs need no temporary names: the study counts as done only once its record is
+    # complete, and a resumed run rewrites the PNGs of every study that is not done.
+    if out.rows:
+        (task.out_dir / ROIS_DIR / str(task.study_id)).mkdir(parents=True, exist_ok=True)
+    for row, roi in zip(out.rows, out.rois, strict=True):
+        path = task.out_dir / str(row["roi_path"])
+        Image.fromarray(roi).save(path, format="PNG", compress_level=task.config.png_compress_level)
+    append_study(task.out_dir, task.study_id, out, task.config)
+    return len(out.rows)
+
+
+def _fingerprint(data_dir: Path, config: PrepareConfig) -> dict[str, object]:
+    """What must match for a resumed run to continue an earlier one (``on_error`` need not)."""
+    hashes = {}
+    for name in (TRAIN_CSV, COORDINATES_CSV, SERIES_CSV):
+        hashes[name] = hashlib.sha256((data_dir / name).read_bytes()).hexdigest()
+    settings = config.to_dict()
+    del settings["on_error"]  # a study finished in either mode has the same output
+    return {"format": CACHE_FORMAT_VERSION, "settings": settings, "csv_sha256": hashes}
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["" if value is None else value for value in row])
+    _write_bytes(path, buffer.getvalue().encode())
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    def write(handle: BinaryIO) -> None:
+        handle.write(data)
+
+    atomic_write(path, write)
+
+
+def _skip_row(skip: Skip) -> tuple[object, ...]:
+    return (
+        skip.study_id,
+        skip.series_id,
+        skip.instance_number,
+        skip.level,
+        skip.reason.value,
+        skip.file,
+        skip.line,
+        skip.detail,
+    )
+
+
+# --------------------------------------------------------------------------- whole run
+
+
+def _run_pool(tasks: Sequence[_StudyTask], workers: int, bar: tqdm[Any]) -> None:
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures: list[Future[int]] = [pool.submit(_run_study, task) for task in tasks]
+        try:
+            for future in as_completed(futures):
+                future.result()
+                bar.update()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def _npy_header(handle: BinaryIO, shape: tuple[int, ...], dtype: np.dtype[Any]) -> None:
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(handle, header)  # what np.save writes for these
+
+
+def _assemble(
+    out_dir: Path,
+    study_ids: Sequence[int],
+    records: Mapping[int, Record],
+    index_skips: Sequence[Skip],
+    config: PrepareConfig,
+    meta: dict[str, object],
+    n_resumed: int,
+) -> PrepareResult:
+    """Concatenate the finished studies into the final outputs; ``prepare_meta.json`` last.
+
+    Each study's head is read first, to size the final arrays, then its arrays, appended to
+    the final ``.npy`` files with plain sequential writes.
+    """
+    missing = [study for study in study_ids if study not in records]
+    if missing:
+        raise RuntimeError(f"{out_dir / PARTIAL_DIR}: no finished record of studies {missing}")
+    handles: dict[Path, BinaryIO] = {}
+    with ExitStack() as stack:
+        for record in records.values():
+            if record.log not in handles:
+                handles[record.log] = stack.enter_context(record.log.open("rb"))
+        parts = [read_partial(records[study], handles[records[study].log]) for study in study_ids]
+        return _write_outputs(out_dir, parts, handles, index_skips, config, meta, n_resumed)
+
+
+def _write_outputs(
+    out_dir: Path,
+    parts: Sequence[Partial],
+    handles: Mapping[Path, BinaryIO],
+    index_skips: Sequence[Skip],
+    config: PrepareConfig,
+    meta: dict[str, object],
+    n_resumed: int,
+) -> PrepareResult:
+    empty = study_arrays(StudyOutput(), config)  # names, trailing shapes and dtypes
+    shapes = {
+        name: (sum(part.arrays[name][0][0] for part in parts), *array.shape[1:])
+        for name, array in empty.items()
+    }
+    if config.slices == 1:
+        for stale in (MULTISLICE_NPY, MULTISLICE_MASK_NPY):
+            (out_dir / stale).unlink(missing_ok=True)
+    # Every study's shapes and dtypes are checked before any final file is replaced.
+    offsets: list[dict[str, tuple[int, int]]] = []  # per part: name -> (offset, nbytes)
+    for part in parts:
+        position, where = part.offset, {}
+        for name, (shape, dtype) in part.arrays.items():
+            expected = (shape[0], *empty[name].shape[1:])
+            if shape != expected or dtype != empty[name].dtype:
+                raise _damaged(out_dir, part, name)
+            nbytes = math.prod(shape) * dtype.itemsize
+            where[name] = (position, nbytes)
+            position += nbytes
+        offsets.append(where)
+    histogram = np.zeros(256, dtype=np.int64)
+
+    def concatenate(name: str, target: BinaryIO) -> None:
+        _npy_header(target, shapes[name], empty[name].dtype)
+        for part, where in zip(parts, offsets, strict=True):
+            offset, nbytes = where[name]
+            handle = handles[part.record.log]
+            handle.seek(offset)
+            data = handle.read(nbytes)
+            if len(data) != nbytes:
+                raise _damaged(out_dir, part, name)
+            target.write(data)
+            if name == ROIS_NPY:
+                histogram[:] += np.bincount(np.frombuffer(data, np.uint8), minlength=256)
+
+    for name in empty:
+        atomic_write(out_dir / name, partial(concatenate, name))
+
+    rows_out: list[dict[str, object]] = []
+    skips: list[Skip] = list(index_skips)
+    localizer_offset = 0
+    for part in parts:
+        for row in part.rows:
+            row["localizer_index"] = int(str(row["localizer_index"])) + localizer_offset
+        rows_out.extend(part.rows)
+        skips.extend(part.skips)
+        localizer_offset += part.n_localizer
+    _write_csv(
+        out_dir / INDEX_CSV, INDEX_COLUMNS, ([r[c] for c in INDEX_COLUMNS] for r in rows_out)
+    )
+    _write_csv(out_dir / SKIPPED_CSV, SKIPPED_COLUMNS, (_skip_row(s) for s in skips))
+
+    n_rows = len(rows_out)
+    labels = Counter(int(str(r["label"])) for r in rows_out)
+    skip_counts = Counter(s.reason.value for s in skips)
+    mean, std = stats_from_histogram(histogram)
+    meta |= {
+        "n_discs": n_rows,
+        "n_labeled": n_rows - labels.get(-1, 0),
+        "label_counts": {str(k): labels[k] for k in sorted(labels)},
+        "n_localizer_images": localizer_offset,
+        "n_studies": len(parts),
+        "skip_counts": {
+            r.value: skip_counts[r.value] for r in SkipReason if r.value in skip_counts
+        },
+        "roi_stats": {"mean": mean, "std": std},
+        "files": sorted([INDEX_CSV, SKIPPED_CSV, ROIS_DIR, *empty]),
+    }
+    _write_bytes(out_dir / META_JSON, json.dumps(meta, indent=2).encode())
+    return _result_from_meta(out_dir, meta, n_resumed=n_resumed)
+
+
+def _damaged(out_dir: Path, part: Partial, name: str) -> ValueError:
+    return ValueError(
+        f"{part.record.log}: damaged partial result ({name}); delete "
+        f"{out_dir / PARTIAL_DIR} and run again"
+    )
+
+
+def _result_from_meta(
+    out_dir: Path, meta: Mapping[str, Any], *, n_resumed: int = 0
+) -> PrepareResult:
+    return PrepareResult(
+        out_dir=out_dir,
+        n_discs=int(meta["n_discs"]),
+        n_labeled=int(meta["n_labeled"]),
+        n_localizer_images=int(meta["n_localizer_images"]),
+        n_studies=int(meta["n_studies"]),
+        n_resumed=n_resumed,
+        skip_counts={str(k): int(v) for k, v in meta["skip_counts"].items()},
+    )
+
+
+def prepare_cache(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    config: PrepareConfig | None = None,
+    *,
+    workers: int = 1,
+    progress: bool = True,
+) -> PrepareResult:
+    """Build the ROI cache of an RSNA directory (the ``lumbarssl prepare`` command).
+
+    Args:
+        data_dir: RSNA 2024 layout: the three CSV files and ``train_images/``.
+        out_dir: Output directory, created if needed. Re-running on the directory of an
+            interrupted run with the same input and settings finishes it; on a completed one
+            it returns at once.
+        config: Settings; the paper's defaults when ``None``.
+        workers: Worker processes (one task per study); 1 runs in this process.
+        progress: Show a progress bar.
+
+    Returns:
+        Counts of what was written and skipped.
+
+    Raises:
+        ValueError: If ``workers`` < 1, or ``out_dir`` holds a completed run of other data or
+            settings.
+        RSNADataError: If a CSV lacks a column, or on the first bad row or file with
+            ``on_error="raise"``; the message names the file (and the CSV line).
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    config = config or PrepareConfig()
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    index = read_index(data_dir, on_error=config.on_error)
+    fingerprint = _fingerprint(data_dir, config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta_path = out_dir / META_JSON
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("fingerprint") == fingerprint:
+            return _result_from_meta(out_dir, meta, n_resumed=int(meta["n_studies"]))
+        raise ValueError(
+            f"{out_dir} already holds a completed prepare of other data or settings "
+            f"({META_JSON}); choose an empty OUT_DIR or delete this one"
+        )
+
+    partial = out_dir / PARTIAL_DIR
+    run_file = partial / "run.json"
+    if partial.is_dir() and (
+        not run_file.is_file() or json.loads(run_file.read_text()) != fingerprint
+    ):
+        # Left by a run of other data or settings: its studies cannot be reused.
+        shutil.rmtree(partial)
+        shutil.rmtree(out_dir / ROIS_DIR, ignore_errors=True)
+    partial.mkdir(exist_ok=True)
+    if not run_file.is_file():
+        _write_bytes(run_file, json.dumps(fingerprint).encode())
+
+    studies = group_by_study(index.discs)
+    done = finished_studies(out_dir).keys() & studies.keys()
+    tasks = [
+        _StudyTask(data_dir, out_dir, study, discs, config)
+        for study, discs in studies.items()
+        if study not in done
+    ]
+    with tqdm(
+        total=len(studies), initial=len(done), disable=not progress, unit="study", desc="prepare"
+    ) as bar:
+        if workers == 1 or len(tasks) <= 1:
+            try:
+                for task in tasks:
+                    _run_study(task)
+                    bar.update()
+            finally:
+                close_log(out_dir)
+        else:
+            close_log(out_dir)  # nothing of this process may be open while workers fork
+            _run_pool(tasks, workers, bar)
+
+    meta = {
+        "lumbarssl_version": __version__,
+        "format": CACHE_FORMAT_VERSION,
+        "data_dir": str(data_dir.resolve()),
+        "config": config.to_dict(),
+        "fingerprint": fingerprint,
+    }
+    records = finished_studies(out_dir)
+    result = _assemble(out_dir, list(studies), records, index.skips, config, meta, len(done))
+    shutil.rmtree(partial)
+    return result
