@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 import lumbarssl
+from lumbarssl._core.data_source import DATA_SOURCES as _DATA_SOURCES
 from lumbarssl.models.registry import ARCHITECTURE_KEY, build_model, model_config
 
 __all__ = [
@@ -41,7 +42,7 @@ __all__ = [
 CHECKPOINT_FORMAT: Final[str] = "lumbarssl.model-checkpoint"
 _FORMAT_VERSION: Final[int] = 1
 #: Allowed values of ``metadata["data_source"]``.
-DATA_SOURCES: Final[tuple[str, ...]] = ("real", "synthetic")
+DATA_SOURCES: Final[tuple[str, ...]] = _DATA_SOURCES
 _MAX_LISTED_KEYS: Final[int] = 10
 
 
