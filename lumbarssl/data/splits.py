@@ -14,16 +14,20 @@ supervised training or metrics. Splits return sorted indices into the arrays giv
 
 from __future__ import annotations
 
+from typing import Final
+
 import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
+from lumbarssl import paper
 from lumbarssl.data.constants import MISSING_LABEL
 
 __all__ = ["disc_level_split", "study_level_split", "train_val_test_split"]
 
-#: The paper's held-out fraction (Sec. 4.1: 80/20; 94 severe test discs = 20 % of 470).
-TEST_SIZE = 0.2
+#: The paper's held-out fraction (Sec. 4.1: 80/20; 94 severe test discs = 20 % of 470); an
+#: alias of :data:`lumbarssl.paper.TEST_SIZE`.
+TEST_SIZE: Final = paper.TEST_SIZE
 #: Validation fraction of :func:`train_val_test_split` (not given in the paper).
 VAL_SIZE = 0.1
 

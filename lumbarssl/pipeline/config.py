@@ -16,6 +16,7 @@ from typing import Literal
 from lumbarssl import paper
 from lumbarssl._core.config import ConfigBase, param
 from lumbarssl._core.data_source import DATA_SOURCES, DataSource, check_data_source
+from lumbarssl.data.splits import VAL_SIZE
 from lumbarssl.training.runtime import RuntimeConfig
 
 __all__ = ["DataSourceName", "SplitLevel", "StageConfig", "param"]
@@ -51,8 +52,7 @@ class StageConfig(ConfigBase):
     cache_dir: str = param("", "output directory of `lumbarssl prepare`")
     out_dir: str = param("", "directory for this stage's outputs")
     split: SplitLevel = param("disc", "disc: the paper's split (Sec. 4.1); study: leakage-free")
-    # Our choice: the paper reports no validation fraction.
-    val_size: float = param(0.1, "fraction of graded discs for model selection (our choice)")
+    val_size: float = param(VAL_SIZE, "fraction of graded discs for model selection (our choice)")
     test_size: float = param(
         paper.TEST_SIZE,
         f"fraction of graded discs held out (Sec. 4.1: {paper.TEST_SIZE * 100:g}%%)",
