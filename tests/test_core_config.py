@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import warnings
@@ -12,6 +13,7 @@ import pytest
 from lumbarssl._core.config import ConfigBase, param
 from lumbarssl.cli import build_parser
 from lumbarssl.cli._dataclass_args import dataclass_from_args
+from lumbarssl.cli._stages import register_stage
 from lumbarssl.data.prepare import PrepareConfig
 from lumbarssl.data.synthetic import SyntheticConfig
 from lumbarssl.errors import ConfigError
@@ -224,3 +226,24 @@ def test_trainer_to_json_with_a_path_is_deprecated_but_writes(tmp_path: Path) ->
     assert TrainerConfig.load(tmp_path / "c.json") == config
     with pytest.warns(DeprecationWarning, match=r"use TrainerConfig\.load"):
         assert TrainerConfig.from_json(tmp_path / "c.json") == config
+
+
+@pytest.mark.parametrize("layout", ["nested", "flat"])
+def test_cli_config_file_fills_the_runtime_in_either_layout(layout: str, tmp_path: Path) -> None:
+    saved = PretrainConfig(
+        cache_dir="c", out_dir="o", epochs=7, runtime=RuntimeConfig(device="cpu", amp="off")
+    )
+    data = saved.to_dict() if layout == "nested" else PretrainConfig.flatten_dict(saved.to_dict())
+    (tmp_path / "stage_config.json").write_text(json.dumps(data))
+    parser = argparse.ArgumentParser()
+    seen: list[PretrainConfig] = []
+    register_stage(
+        parser.add_subparsers(), "pretrain", PretrainConfig, seen.append, help="", description=""
+    )
+    args = parser.parse_args(
+        ["pretrain", "--config", str(tmp_path / "stage_config.json"), "--num-workers", "3"]
+    )
+    assert args.func(args) == 0
+    assert seen == [
+        dataclasses.replace(saved, runtime=RuntimeConfig(device="cpu", amp="off", num_workers=3))
+    ]
