@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 import lumbarssl
+from lumbarssl import paper
 from lumbarssl.data import prepare_cache
 from lumbarssl.data.cache import PreparedCache
 from lumbarssl.data.constants import IMAGES_DIR, LEVELS
@@ -64,7 +65,7 @@ from lumbarssl.synthetic import (
     bayes_ceiling,
     generate_dataset,
 )
-from lumbarssl.training import LAST_CHECKPOINT, read_history, select_device
+from lumbarssl.training import LAST_CHECKPOINT, RuntimeConfig, read_history, select_device
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,13 +108,13 @@ PROFILES: dict[str, Profile] = {
         n_studies=1975,
         image_size_range=(256, 640),
         slices_range=(9, 20),
-        input_size=224,
-        pretrain_epochs=60,
-        pretrain_batch=64,
-        finetune_epochs=40,
-        finetune_batch=24,
-        localizer_epochs=40,
-        localizer_input=256,
+        input_size=paper.INPUT_SIZE,
+        pretrain_epochs=paper.PRETRAIN_EPOCHS,
+        pretrain_batch=64,  # not given in the paper; PretrainConfig's default
+        finetune_epochs=paper.FINETUNE_EPOCHS,
+        finetune_batch=paper.FINETUNE_BATCH_SIZE,
+        localizer_epochs=paper.LOCALIZER_EPOCHS,
+        localizer_input=paper.LOCALIZER_SIZE,
         n_resamples=1000,
     ),
     # A 2-core CPU trains ResNet-18 at ~11 images/s at 224 px; 64 px inputs (the 96 px ROI
@@ -200,11 +201,9 @@ def common_settings(
     return {
         "cache_dir": str(cache),
         "seed": args.seed,
-        "device": args.device,
         "data_source": source,
         "profile": name,
-        "progress": "lines",
-        "num_workers": args.workers,
+        "runtime": RuntimeConfig(device=args.device, progress="lines", num_workers=args.workers),
     }
 
 
@@ -325,7 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     shared = common_settings(args, out / "cache", source, profile.name)
 
-    banner(f"contrastive pretraining: {profile.pretrain_epochs} epochs, V=3, tau=0.1 (Sec. 4.3)")
+    banner(
+        f"contrastive pretraining: {profile.pretrain_epochs} epochs, V={paper.N_VIEWS}, "
+        f"tau={paper.TEMPERATURE:g} (Sec. 4.3)"
+    )
     t = time.perf_counter()
     pretrain = run_pretraining(
         PretrainConfig(

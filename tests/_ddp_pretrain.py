@@ -18,7 +18,13 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from lumbarssl.losses import MultiPositiveNTXent
-from lumbarssl.training import Trainer, TrainerConfig, cleanup, init_distributed
+from lumbarssl.training import (
+    RuntimeConfig,
+    Trainer,
+    TrainerConfig,
+    cleanup,
+    init_distributed,
+)
 
 N_SAMPLES = 32
 N_VIEWS = 3
@@ -105,10 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = TrainerConfig(
             epochs=args.epochs,
             out_dir=args.out,
-            device="cpu",
+            runtime=RuntimeConfig(device="cpu", progress="lines"),
             max_grad_norm=1.0,
             monitor="val_loss",
-            progress="lines",
         )
         Trainer(model, optimizer, train_step=step, evaluate=evaluate, config=config).fit(
             loader, val_loader

@@ -519,7 +519,7 @@ def test_config_round_trips_through_json() -> None:
     config = PrepareConfig(roi_size=64, slices=5, pad_value=0.5, on_error="raise")
     assert PrepareConfig.from_json(config.to_json()) == config
     assert PrepareConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
-    with pytest.raises(ValueError, match=r"unknown PrepareConfig fields \['roi'\]"):
+    with pytest.raises(ValueError, match=r"unknown PrepareConfig key 'roi'"):
         PrepareConfig.from_dict({"roi": 3})
 
 

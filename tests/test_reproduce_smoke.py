@@ -20,6 +20,7 @@ from lumbarssl.data.constants import LEVELS, SEVERITIES
 from lumbarssl.models import ContrastiveModel, DiscClassifier, Localizer2p5D, load_checkpoint
 from lumbarssl.pipeline import FinetuneConfig, run_finetuning
 from lumbarssl.reporting import COLUMNS
+from lumbarssl.training import RuntimeConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "examples" / "reproduce_paper.py"
@@ -228,9 +229,7 @@ def test_same_seed_gives_the_same_table(run_dir: Path, tmp_path: Path) -> None:
                 n_resamples=50,
                 data_source="synthetic",
                 profile="smoke",
-                num_workers=0,
-                device="cpu",
-                progress="off",
+                runtime=RuntimeConfig(num_workers=0, device="cpu", progress="off"),
             )
         )
         return json.loads((out / "report_test.json").read_text())["table1"]

@@ -35,7 +35,7 @@ def test_round_trip_through_a_file(tmp_path: Any) -> None:
 
 def test_missing_keys_take_defaults_and_unknown_keys_fail() -> None:
     assert SyntheticConfig.from_dict({"seed": 5}) == SyntheticConfig(seed=5)
-    with pytest.raises(ValueError, match=r"unknown SyntheticConfig field.*'colour'"):
+    with pytest.raises(ValueError, match=r"unknown SyntheticConfig key 'colour'"):
         SyntheticConfig.from_dict({"colour": "blue"})
     with pytest.raises(ValueError, match="must be an object"):
         SyntheticConfig.from_json("[1, 2]")

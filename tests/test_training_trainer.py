@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, ReduceLROnPlateau
 
 from lumbarssl.training import (
+    RuntimeConfig,
     Trainer,
     TrainerConfig,
     load_training_state,
@@ -215,7 +216,7 @@ def test_history_file_lines_parse_and_carry_the_fields(tmp_path: Path) -> None:
         assert math.isfinite(record["train_loss"])
         assert math.isfinite(record["val_loss"])
     assert read_history(tmp_path / "history.jsonl") == history
-    assert TrainerConfig.from_json(tmp_path / "trainer_config.json") == cfg
+    assert TrainerConfig.load(tmp_path / "trainer_config.json") == cfg
 
 
 def test_train_loss_is_the_sample_weighted_mean_of_step_losses(tmp_path: Path) -> None:
@@ -310,14 +311,15 @@ def test_config_round_trips_through_json(tmp_path: Path) -> None:
     cfg = TrainerConfig(
         epochs=60,
         out_dir=str(tmp_path),
-        amp="bf16",
+        runtime=RuntimeConfig(amp="bf16"),
         max_grad_norm=1.0,
         monitor="val_balanced_accuracy",
         monitor_mode="max",
         early_stopping_patience=5,
     )
-    cfg.to_json(tmp_path / "c.json")
-    assert TrainerConfig.from_json(tmp_path / "c.json") == cfg
+    cfg.save(tmp_path / "c.json")
+    assert TrainerConfig.load(tmp_path / "c.json") == cfg
+    assert TrainerConfig.from_json(cfg.to_json()) == cfg
     assert TrainerConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
@@ -342,8 +344,8 @@ def test_config_rejects_bad_values(field: str, value: object, message: str) -> N
 
 def test_config_rejects_unknown_fields(tmp_path: Path) -> None:
     (tmp_path / "c.json").write_text('{"epochs": 2, "out_dir": "x", "lr": 0.1}')
-    with pytest.raises(ValueError, match=r"c\.json: unknown TrainerConfig fields \['lr'\]"):
-        TrainerConfig.from_json(tmp_path / "c.json")
+    with pytest.raises(ValueError, match=r"c\.json: unknown TrainerConfig key 'lr'"):
+        TrainerConfig.load(tmp_path / "c.json")
 
 
 def test_compiled_training_checkpoints_the_plain_model(

@@ -12,6 +12,8 @@ import types
 import typing
 from typing import Any, TypeVar
 
+from lumbarssl._core.config import ConfigBase
+
 _T = TypeVar("_T")
 
 
@@ -41,6 +43,10 @@ def _dashes_to_underscores(choices: list[str]) -> Any:
     return parse
 
 
+def _is_config(hint: Any) -> bool:
+    return isinstance(hint, type) and issubclass(hint, ConfigBase)
+
+
 def add_dataclass_arguments(
     parser: argparse.ArgumentParser, cls: type[Any], *, skip: tuple[str, ...] = ()
 ) -> None:
@@ -57,6 +63,10 @@ def add_dataclass_arguments(
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         if field.name in skip:
+            continue
+        if _is_config(hints[field.name]):
+            # A nested config (e.g. a stage's runtime): its fields become unprefixed options.
+            add_dataclass_arguments(parser, hints[field.name], skip=skip)
             continue
         flag = "--" + field.name.replace("_", "-")
         help_text = str(field.metadata.get("help", ""))
@@ -98,7 +108,11 @@ def dataclass_from_args(cls: type[_T], args: argparse.Namespace, **overrides: An
         The config instance (its ``__post_init__`` validates the values).
     """
     values: dict[str, Any] = {}
+    hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if _is_config(hints[field.name]) and field.name not in overrides:
+            values[field.name] = dataclass_from_args(hints[field.name], args, **overrides)
+            continue
         if field.name in overrides:
             value = overrides[field.name]
         elif hasattr(args, field.name):

@@ -19,6 +19,11 @@ _USER_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+def rate(value: float) -> str:
+    """A learning rate as the paper writes it, for help texts: ``5e-5``."""
+    return f"{value:.0e}".replace("e-0", "e-")
+
+
 def register_stage(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
     name: str,
@@ -50,7 +55,8 @@ def register_stage(
         overrides: dict[str, Any] = {}
         if args.config:
             with open(args.config) as handle:
-                saved = json.load(handle)
+                # Nested configs (the runtime settings) map onto unprefixed options.
+                saved = config_cls.flatten_dict(json.load(handle))
             defaults = {f: parser.get_default(f) for f in saved}
             overrides = {
                 k: v for k, v in saved.items() if getattr(args, k, None) == defaults.get(k)

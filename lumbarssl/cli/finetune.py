@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from lumbarssl.cli._stages import register_stage
+from lumbarssl import paper
+from lumbarssl.cli._stages import rate, register_stage
 from lumbarssl.pipeline.finetune import FinetuneConfig, run_finetuning
+
+_ALPHA = " ".join(f"{a:g}" for a in paper.FOCAL_ALPHA)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -17,8 +20,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         run_finetuning,
         help="train a disc grader: scratch, linear probe or fine-tuning",
         description=(
-            "Train a DiscClassifier with the weighted focal loss (gamma=2, alpha=0.8 4 5), "
-            "layer4 at 5e-5 and the head at 5e-4, ReduceLROnPlateau on validation balanced "
-            "accuracy (paper Sec. 4.4), then score the held-out discs with bootstrap intervals."
+            "Train a DiscClassifier with the weighted focal loss "
+            f"(gamma={paper.FOCAL_GAMMA:g}, alpha={_ALPHA}), "
+            f"layer4 at {rate(paper.BACKBONE_LR)} and the head at {rate(paper.HEAD_LR)}, "
+            "ReduceLROnPlateau on validation balanced accuracy (paper Sec. 4.4), then score "
+            "the held-out discs with bootstrap intervals."
         ),
     )

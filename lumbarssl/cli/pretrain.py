@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from lumbarssl import paper
 from lumbarssl.cli._stages import register_stage
 from lumbarssl.pipeline.pretrain import PretrainConfig, run_pretraining
 
@@ -18,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="contrastive pretraining of the disc encoder",
         description=(
             "Pretrain a 1-channel ResNet-18 and projection head with multi-positive NT-Xent "
-            "(V views per disc, tau=0.1, cosine LR, gradient clipping; paper Sec. 4.3). "
+            f"(V={paper.N_VIEWS} views per disc, tau={paper.TEMPERATURE:g}, cosine LR, "
+            "gradient clipping; paper Sec. 4.3). "
             "Defaults are the paper's; run under torchrun for several GPUs."
         ),
     )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from lumbarssl.cli._stages import register_stage
+from lumbarssl import paper
+from lumbarssl.cli._stages import rate, register_stage
 from lumbarssl.pipeline.localize import LocalizerConfig, run_localizer_training
 
 
@@ -17,8 +18,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         run_localizer_training,
         help="train the 2.5D disc localizer",
         description=(
-            "Train Localizer2p5D on 3-slice inputs with Smooth L1, AdamW (1e-4, weight decay "
-            "0.01) and ReduceLROnPlateau (patience 3, factor 0.1) (paper Sec. 4.5); report RMSE "
-            "in original pixels and mm on held-out studies."
+            f"Train Localizer2p5D on {paper.LOCALIZER_SLICES}-slice inputs with Smooth L1, "
+            f"AdamW ({rate(paper.LOCALIZER_LR)}, weight decay "
+            f"{paper.LOCALIZER_WEIGHT_DECAY:g}) and "
+            f"ReduceLROnPlateau (patience {paper.LOCALIZER_PLATEAU_PATIENCE}, factor "
+            f"{paper.LOCALIZER_PLATEAU_FACTOR:g}) (paper Sec. 4.5); report RMSE in original "
+            "pixels and mm on held-out studies."
         ),
     )

@@ -1,21 +1,22 @@
-"""Helpers shared by the config dataclasses of :mod:`lumbarssl.data`."""
+"""Deprecated: the unknown-key check moved to :class:`lumbarssl._core.config.ConfigBase`.
+
+Only :class:`~lumbarssl.data.datasets.DiscDatasetConfig` still calls :func:`known_fields`;
+delete this module once it derives from :class:`~lumbarssl._core.config.ConfigBase`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import fields, is_dataclass
 from typing import Any
+
+from lumbarssl._core.config import check_known_keys
 
 
 def known_fields(cls: type, data: Mapping[str, object]) -> dict[str, Any]:
     """Return ``data`` as keyword arguments of the dataclass ``cls``.
 
     Raises:
-        ValueError: If ``data`` names a field ``cls`` does not have.
+        ConfigError: If ``data`` names a field ``cls`` does not have (a :class:`ValueError`).
     """
-    assert is_dataclass(cls)
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields {unknown}; known: {sorted(names)}")
+    check_known_keys(cls, data)
     return dict(data)

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Final
 
 import numpy as np
 from PIL import Image
+
+from lumbarssl import paper
 
 __all__ = [
     "LOCALIZER_SIZE",
@@ -33,10 +36,12 @@ __all__ = [
     "to_uint8",
 ]
 
-#: Side of the square disc ROI in pixels (paper Sec. 4.1: 96x96).
-ROI_SIZE = 96
-#: Side of the square 2.5D localizer input in pixels (paper Sec. 4.5: 256x256).
-LOCALIZER_SIZE = 256
+#: Side of the square disc ROI in pixels (paper Sec. 4.1: 96x96); re-exported from
+#: :data:`lumbarssl.paper.ROI_SIZE`.
+ROI_SIZE: Final = paper.ROI_SIZE
+#: Side of the square 2.5D localizer input in pixels (paper Sec. 4.5: 256x256); re-exported
+#: from :data:`lumbarssl.paper.LOCALIZER_SIZE`.
+LOCALIZER_SIZE: Final = paper.LOCALIZER_SIZE
 _UINT8_MAX = 255
 
 

@@ -19,12 +19,13 @@ train/val/test/unlabeled rows of a prepared cache that every training stage shar
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol
+from typing import Final, Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, train_test_split
 
+from lumbarssl import paper
 from lumbarssl.data.cache import PreparedCache
 from lumbarssl.data.constants import MISSING_LABEL
 
@@ -38,8 +39,9 @@ __all__ = [
     "train_val_test_split",
 ]
 
-#: The paper's held-out fraction (Sec. 4.1: 80/20; 94 severe test discs = 20 % of 470).
-TEST_SIZE = 0.2
+#: The paper's held-out fraction (Sec. 4.1: 80/20; 94 severe test discs = 20 % of 470); an
+#: alias of :data:`lumbarssl.paper.TEST_SIZE`.
+TEST_SIZE: Final = paper.TEST_SIZE
 #: Validation fraction of :func:`train_val_test_split` (not given in the paper).
 VAL_SIZE = 0.1
 

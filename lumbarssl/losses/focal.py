@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Final, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lumbarssl import paper
+
 __all__ = ["WeightedFocalLoss", "weighted_focal_loss"]
 
-# Sec. 4.4: gamma = 2.0 and alpha = [0.8, 4.0, 5.0] for Normal/Mild, Moderate, Severe.
-PAPER_ALPHA: tuple[float, ...] = (0.8, 4.0, 5.0)
-PAPER_GAMMA = 2.0
+#: Sec. 4.4: class weights alpha for Normal/Mild, Moderate, Severe (an alias of
+#: :data:`lumbarssl.paper.FOCAL_ALPHA`).
+PAPER_ALPHA: Final[tuple[float, ...]] = paper.FOCAL_ALPHA
+#: Sec. 4.4: focusing parameter gamma (an alias of :data:`lumbarssl.paper.FOCAL_GAMMA`).
+PAPER_GAMMA: Final = paper.FOCAL_GAMMA
 
 Reduction = Literal["none", "mean", "sum"]
 Normalize = Literal["weights", "samples"]

@@ -33,20 +33,22 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from lumbarssl import paper
 from lumbarssl._core.distributed import get_world_size
 from lumbarssl.losses import _distributed
 
 __all__ = ["MultiPositiveNTXent", "multi_positive_ntxent"]
 
-# Sec. 4.3: "multi-positive NT-Xent loss, with a temperature parameter tau = 0.1".
-PAPER_TEMPERATURE = 0.1
+#: Sec. 4.3: "multi-positive NT-Xent loss, with a temperature parameter tau = 0.1"
+#: (an alias of :data:`lumbarssl.paper.TEMPERATURE`).
+PAPER_TEMPERATURE: Final = paper.TEMPERATURE
 
 NTXentForm = Literal["outside", "inside"]
 _FORMS = ("outside", "inside")

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 import lumbarssl
 from lumbarssl._core.atomic import atomic_write
+from lumbarssl._core.data_source import DATA_SOURCES as _DATA_SOURCES
 from lumbarssl.models.registry import ARCHITECTURE_KEY, build_model, model_config
 
 __all__ = [
@@ -40,7 +41,7 @@ __all__ = [
 CHECKPOINT_FORMAT: Final[str] = "lumbarssl.model-checkpoint"
 _FORMAT_VERSION: Final[int] = 1
 #: Allowed values of ``metadata["data_source"]``.
-DATA_SOURCES: Final[tuple[str, ...]] = ("real", "synthetic")
+DATA_SOURCES: Final[tuple[str, ...]] = _DATA_SOURCES
 _MAX_LISTED_KEYS: Final[int] = 10
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Final, Literal, get_args
 import torch
 from torch import Tensor, nn
 
+from lumbarssl import paper
 from lumbarssl.models.encoder import ENCODER_DIM
 from lumbarssl.models.pool import DeepSetsDiscPool
 from lumbarssl.models.registry import ARCHITECTURE_KEY, build_model, model_config, register_model
@@ -29,10 +30,12 @@ _MODES: Final[tuple[str, ...]] = get_args(TrainingMode)
 
 #: Encoder children frozen in ``"finetune"`` mode, the stem and layers 1-3. Paper Sec. 4.4.
 FINETUNE_FROZEN_MODULES: Final[tuple[str, ...]] = ("conv1", "bn1", "layer1", "layer2", "layer3")
-#: Learning rate of the trainable backbone (layer4) in fine-tuning. Paper Sec. 4.4.
-BACKBONE_LR: Final[float] = 5e-5
-#: Learning rate of the classification head in fine-tuning. Paper Sec. 4.4.
-HEAD_LR: Final[float] = 5e-4
+#: Learning rate of the trainable backbone (layer4) in fine-tuning. Paper Sec. 4.4 (an alias
+#: of :data:`lumbarssl.paper.BACKBONE_LR`).
+BACKBONE_LR: Final[float] = paper.BACKBONE_LR
+#: Learning rate of the classification head in fine-tuning. Paper Sec. 4.4 (an alias of
+#: :data:`lumbarssl.paper.HEAD_LR`).
+HEAD_LR: Final[float] = paper.HEAD_LR
 #: Normal/Mild, Moderate, Severe (paper Sec. 3.1).
 _NUM_GRADES: Final[int] = 3
 

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import WeightsEnum
 
+from lumbarssl import paper
 from lumbarssl.models.encoder import ENCODER_DIM, resnet18_encoder
 from lumbarssl.models.registry import ARCHITECTURE_KEY, register_model
 
@@ -43,11 +44,11 @@ class Localizer2p5D(nn.Module):
 
     def __init__(
         self,
-        in_chans: int = 3,  # three adjacent slices (Sec. 3.2)
+        in_chans: int = paper.LOCALIZER_SLICES,  # three adjacent slices (Sec. 3.2)
         num_levels: int = 5,  # L1/L2 ... L5/S1 (Sec. 3.1)
-        level_dim: int = 32,  # Sec. 4.5
-        hidden: int = 256,  # Sec. 4.5
-        dropout: float = 0.5,  # Sec. 4.5
+        level_dim: int = paper.LOCALIZER_LEVEL_DIM,
+        hidden: int = paper.LOCALIZER_HIDDEN,
+        dropout: float = paper.LOCALIZER_DROPOUT,
         *,
         weights: WeightsEnum | str | None = None,
     ) -> None:
@@ -163,11 +164,11 @@ class Localizer2p5D(nn.Module):
 @register_model("localizer_2p5d")
 def _build_localizer(
     *,
-    in_chans: int = 3,
+    in_chans: int = paper.LOCALIZER_SLICES,
     num_levels: int = 5,
-    level_dim: int = 32,
-    hidden: int = 256,
-    dropout: float = 0.5,
+    level_dim: int = paper.LOCALIZER_LEVEL_DIM,
+    hidden: int = paper.LOCALIZER_HIDDEN,
+    dropout: float = paper.LOCALIZER_DROPOUT,
 ) -> nn.Module:
     # Checkpoints carry the weights, so a rebuilt localizer never asks for pretrained ones.
     return Localizer2p5D(in_chans, num_levels, level_dim, hidden, dropout)

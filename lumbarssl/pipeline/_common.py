@@ -50,7 +50,7 @@ def start_stage(config: StageConfig) -> tuple[DistributedInfo, Path, PreparedCac
     Returns:
         The process's distributed description, the output directory and the cache.
     """
-    info = init_distributed(device=config.device)
+    info = init_distributed(device=config.runtime.device)
     seed_everything(config.seed + info.rank)
     out = prepare_out_dir(config)
     return info, out, PreparedCache.open(config.cache_dir)
@@ -78,7 +78,9 @@ def make_loader(
     Returns:
         The loader.
     """
-    workers = default_num_workers() if config.num_workers is None else config.num_workers
+    workers = config.runtime.num_workers
+    if workers is None:
+        workers = default_num_workers()
     generator = seeded_generator(config.seed + seed_offset)
     sampler: DistributedSampler[Any] | None = None
     if is_distributed() and shuffle:
@@ -113,7 +115,7 @@ def adamw(params: Any, config: StageConfig, *, lr: float | None = None, weight_d
     Returns:
         The optimizer.
     """
-    fused = select_device(config.device).type in ("cpu", "cuda")
+    fused = select_device(config.runtime.device).type in ("cpu", "cuda")
     kwargs: dict[str, Any] = {"weight_decay": weight_decay, "fused": fused}
     if lr is not None:
         kwargs["lr"] = lr
@@ -124,21 +126,13 @@ def trainer_config(config: StageConfig, **stage: Any) -> TrainerConfig:
     """The :class:`~lumbarssl.training.TrainerConfig` of a stage.
 
     Args:
-        config: The stage config (hardware and output settings).
+        config: The stage config (its runtime settings and output directory).
         **stage: Stage-specific trainer fields (epochs, monitor, clipping, ...).
 
     Returns:
         The trainer config writing into ``config.out_dir``.
     """
-    return TrainerConfig(
-        out_dir=config.out_dir,
-        device=config.device,
-        amp=config.amp,
-        channels_last=config.channels_last,
-        compile=config.compile,
-        progress=config.progress,
-        **stage,
-    )
+    return TrainerConfig(out_dir=config.out_dir, runtime=config.runtime, **stage)
 
 
 def prepare_out_dir(config: StageConfig) -> Path:
@@ -157,8 +151,10 @@ def prepare_out_dir(config: StageConfig) -> Path:
     out = Path(config.out_dir)
     saved_path = out / STAGE_CONFIG_FILE
     if config.resume and saved_path.exists():
-        saved = json.loads(saved_path.read_text())
-        current = json.loads(json.dumps(config.to_dict()))
+        # Compare setting by setting, whether the saved file nests the runtime fields or
+        # (written by an earlier release) holds them flat.
+        saved = type(config).flatten_dict(json.loads(saved_path.read_text()))
+        current = type(config).flatten_dict(json.loads(json.dumps(config.to_dict())))
         ignored = {"resume", "progress", "num_workers", "device"}
         changed = sorted(
             k

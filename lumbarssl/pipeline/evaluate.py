@@ -288,7 +288,7 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
         model,
         supervised_dataset(cache, rows, metadata),
         batch_size=config.batch_size,
-        device=config.device,
+        device=config.runtime.device,
     )
     summary = summarize(
         predictions,

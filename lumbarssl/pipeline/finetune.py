@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from lumbarssl import paper
 from lumbarssl.data.datasets import DiscDatasetConfig, DiscROIDataset
 from lumbarssl.losses import WeightedFocalLoss
 from lumbarssl.models import (
@@ -61,16 +62,20 @@ class FinetuneConfig(StageConfig):
 
     mode: FinetuneMode = param("finetune", "scratch | linear_probe | finetune (Sec. 6)")
     encoder: str | None = param(None, "pretrained model.pt (required unless --mode scratch)")
-    epochs: int = param(40, "training epochs (Sec. 4.4)")
-    batch_size: int = param(24, "discs per step (Sec. 4.4)")
-    backbone_lr: float = param(5e-5, "layer4 learning rate (Sec. 4.4)")
-    head_lr: float = param(5e-4, "head learning rate (Sec. 4.4); all layers when scratch")
+    epochs: int = param(paper.FINETUNE_EPOCHS, "training epochs (Sec. 4.4)")
+    batch_size: int = param(paper.FINETUNE_BATCH_SIZE, "discs per step (Sec. 4.4)")
+    backbone_lr: float = param(paper.BACKBONE_LR, "layer4 learning rate (Sec. 4.4)")
+    head_lr: float = param(paper.HEAD_LR, "head learning rate (Sec. 4.4); all layers when scratch")
     weight_decay: float = param(0.0, "AdamW weight decay (not given in the paper)")
-    gamma: float = param(2.0, "focal-loss gamma (Sec. 4.4)")
-    alpha: tuple[float, ...] = param((0.8, 4.0, 5.0), "focal-loss class weights (Sec. 4.4)")
-    plateau_patience: int = param(4, "ReduceLROnPlateau patience (Sec. 4.4)")
-    plateau_factor: float = param(0.5, "ReduceLROnPlateau factor (Sec. 4.4)")
-    input_size: int = param(224, "input side after resizing the ROI (Sec. 4.2)")
+    gamma: float = param(paper.FOCAL_GAMMA, "focal-loss gamma (Sec. 4.4)")
+    alpha: tuple[float, ...] = param(paper.FOCAL_ALPHA, "focal-loss class weights (Sec. 4.4)")
+    plateau_patience: int = param(
+        paper.FINETUNE_PLATEAU_PATIENCE, "ReduceLROnPlateau patience (Sec. 4.4)"
+    )
+    plateau_factor: float = param(
+        paper.FINETUNE_PLATEAU_FACTOR, "ReduceLROnPlateau factor (Sec. 4.4)"
+    )
+    input_size: int = param(paper.INPUT_SIZE, "input side after resizing the ROI (Sec. 4.2)")
     n_resamples: int = param(1000, "bootstrap resamples of the test report")
 
     def __post_init__(self) -> None:
@@ -203,12 +208,16 @@ def run_finetuning(config: FinetuneConfig) -> StageResult:
     }
     model_path = export_best(model, trainer.best_checkpoint, out, metadata)
     if info.rank == 0:
-        val_predictions = predict_classifier(model, dataset(splits.val), device=config.device)
+        val_predictions = predict_classifier(
+            model, dataset(splits.val), device=config.runtime.device
+        )
         write_json(
             out / "confusion_val.json",
             {"confusion": summarize(val_predictions, n_resamples=1)["confusion"]},
         )
-        test_predictions = predict_classifier(model, dataset(splits.test), device=config.device)
+        test_predictions = predict_classifier(
+            model, dataset(splits.test), device=config.runtime.device
+        )
         test_predictions.write_csv(out / "predictions_test.csv")
         report = summarize(test_predictions, n_resamples=config.n_resamples, seed=config.seed)
         report["provenance"] = metadata

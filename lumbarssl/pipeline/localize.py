@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.utils.data import DataLoader, Dataset
 
+from lumbarssl import paper
 from lumbarssl.data.cache import PreparedCache
 from lumbarssl.data.constants import LEVELS
 from lumbarssl.data.splits import localizer_splits
@@ -58,13 +59,19 @@ class LocalizerConfig(StageConfig):
             nothing may be downloaded by default.
     """
 
-    epochs: int = param(40, "training epochs (Sec. 5.3)")
-    batch_size: int = param(32, "discs per step, taken as whole series (Sec. 4.5)")
-    lr: float = param(1e-4, "AdamW learning rate (Sec. 4.5)")
-    weight_decay: float = param(0.01, "AdamW weight decay (Sec. 4.5)")
-    plateau_patience: int = param(3, "ReduceLROnPlateau patience (Sec. 4.5)")
-    plateau_factor: float = param(0.1, "ReduceLROnPlateau factor (Sec. 4.5)")
-    input_size: int = param(256, "side of the 3-slice input (Sec. 4.5)")
+    epochs: int = param(paper.LOCALIZER_EPOCHS, "training epochs (Sec. 5.3)")
+    batch_size: int = param(
+        paper.LOCALIZER_BATCH_SIZE, "discs per step, taken as whole series (Sec. 4.5)"
+    )
+    lr: float = param(paper.LOCALIZER_LR, "AdamW learning rate (Sec. 4.5)")
+    weight_decay: float = param(paper.LOCALIZER_WEIGHT_DECAY, "AdamW weight decay (Sec. 4.5)")
+    plateau_patience: int = param(
+        paper.LOCALIZER_PLATEAU_PATIENCE, "ReduceLROnPlateau patience (Sec. 4.5)"
+    )
+    plateau_factor: float = param(
+        paper.LOCALIZER_PLATEAU_FACTOR, "ReduceLROnPlateau factor (Sec. 4.5)"
+    )
+    input_size: int = param(paper.LOCALIZER_SIZE, "side of the 3-slice input (Sec. 4.5)")
     weights: str | None = param(None, "backbone weights, e.g. IMAGENET1K_V1 (paper; downloads)")
 
     def __post_init__(self) -> None:
@@ -295,7 +302,7 @@ def run_localizer_training(config: LocalizerConfig) -> StageResult:
     metadata = base_metadata(config, "localizer") | {"input_size": config.input_size}
     model_path = export_best(model, trainer.best_checkpoint, out, metadata)
     if info.rank == 0:
-        device = select_device(config.device)
+        device = select_device(config.runtime.device)
         model.to(device).eval()
         loader = DataLoader(SeriesLocalizerDataset(cache, test), batch_size=16)
         outputs = _predict(model, (move_to_device(b, device) for b in loader), config.input_size)

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
+from lumbarssl import paper
 from lumbarssl.data.cache import PreparedCache
 from lumbarssl.data.datasets import DiscDatasetConfig, DiscROIDataset
 from lumbarssl.losses import MultiPositiveNTXent
@@ -48,14 +49,14 @@ class PretrainConfig(StageConfig):
             all. For scaled-down CPU profiles.
     """
 
-    epochs: int = param(60, "training epochs (Sec. 4.3)")
+    epochs: int = param(paper.PRETRAIN_EPOCHS, "training epochs (Sec. 4.3)")
     batch_size: int = param(64, "discs per step; V images each (not given in the paper)")
-    views: int = param(3, "views per disc V (Sec. 3.4)")
-    temperature: float = param(0.1, "NT-Xent temperature (Sec. 4.3)")
+    views: int = param(paper.N_VIEWS, "views per disc V (Sec. 3.4)")
+    temperature: float = param(paper.TEMPERATURE, "NT-Xent temperature (Sec. 4.3)")
     lr: float = param(1e-3, "AdamW learning rate, cosine-annealed (not given in the paper)")
     weight_decay: float = param(1e-4, "AdamW weight decay (not given in the paper)")
     max_grad_norm: float = param(1.0, "gradient-norm clipping (Sec. 4.3; value not given)")
-    input_size: int = param(224, "input side after resizing the ROI (Sec. 4.2)")
+    input_size: int = param(paper.INPUT_SIZE, "input side after resizing the ROI (Sec. 4.2)")
     max_train_discs: int | None = param(None, "cap on training discs (scaled-down profiles)")
 
     def __post_init__(self) -> None:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import platform
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from lumbarssl import __version__
+from lumbarssl._core.data_source import DataSource, check_data_source
 
-DataSource = Literal["synthetic", "real"]
+__all__ = ["DataSource", "Provenance"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,8 +44,7 @@ class Provenance:
     python_version: str = platform.python_version()
 
     def __post_init__(self) -> None:
-        if self.data_source not in ("synthetic", "real"):
-            raise ValueError(f"data_source must be 'synthetic' or 'real', got {self.data_source!r}")
+        check_data_source(self.data_source)
 
     @property
     def data_label(self) -> str:

@@ -10,11 +10,11 @@ Moderate 7.5 %, Severe 4.8 %).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
+from lumbarssl._core.config import ConfigBase
 from lumbarssl.layout import LEVELS
 
 #: Version of the generator's output. It changes whenever the same config and seed would give
@@ -29,8 +29,8 @@ _MIN_IMAGE_SIZE = 48
 _MAX_STORED_VALUE = 65535.0
 
 
-@dataclass(frozen=True)
-class SyntheticConfig:
+@dataclass(frozen=True, kw_only=True)
+class SyntheticConfig(ConfigBase):
     """Everything that shapes a synthetic dataset; the seed fixes the rest.
 
     Ranges are ``(low, high)`` pairs, both ends included; values are drawn uniformly from them per
@@ -78,9 +78,41 @@ class SyntheticConfig:
             (their grades stay in ``train.csv``).
         coordinate_jitter_mm: Standard deviation of the annotator's error placing a coordinate.
 
+    Keyword-only; positional arguments (in the order above) still work with a
+    :class:`DeprecationWarning`.
+
     Raises:
         ValueError: If a value is outside its allowed range; the message names the field.
     """
+
+    _positional_fields: ClassVar[tuple[str, ...]] = (
+        "n_studies",
+        "seed",
+        "image_size_range",
+        "pixel_spacing_range",
+        "field_of_view_range",
+        "slices_range",
+        "slice_spacing_range",
+        "slice_thickness_ratio_range",
+        "p_reversed_instances",
+        "p_rescale",
+        "p_sagittal_t1",
+        "p_axial_t2",
+        "intensity_scale_range",
+        "noise_sd_range",
+        "bias_field_strength",
+        "rotation_range_deg",
+        "lordosis_range_deg",
+        "patient_scale_range",
+        "grade_thresholds",
+        "reader_noise_sd",
+        "stenosis_prevalence",
+        "healthy_r_beta",
+        "stenotic_r_beta",
+        "p_missing_labels",
+        "p_partial_coordinates",
+        "coordinate_jitter_mm",
+    )
 
     n_studies: int = 100
     seed: int = 0
@@ -190,48 +222,6 @@ class SyntheticConfig:
                 f"{self.field_of_view_range}: {size_hi} px x {self.pixel_spacing_range[0]} mm > "
                 f"{fov_hi} mm{hint}"
             )
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the parameters as a JSON-compatible dictionary (tuples become lists)."""
-        return {
-            field.name: _to_json_value(getattr(self, field.name))
-            for field in dataclasses.fields(self)
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SyntheticConfig:
-        """Build a config from :meth:`to_dict` output; missing keys take their defaults.
-
-        Raises:
-            ValueError: If ``data`` has a key that is not a field, or a value out of range.
-        """
-        names = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown SyntheticConfig field(s) {unknown}; known: {sorted(names)}")
-        return cls(**data)
-
-    def to_json(self) -> str:
-        """Serialise to a JSON string (keys in field order, two-space indent)."""
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> SyntheticConfig:
-        """Parse a string written by :meth:`to_json`.
-
-        Raises:
-            ValueError: If the JSON is not an object or holds unknown or out-of-range fields.
-        """
-        data = json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError(f"a SyntheticConfig JSON must be an object, got {type(data).__name__}")
-        return cls.from_dict(data)
-
-
-def _to_json_value(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_to_json_value(v) for v in value]
-    return value
 
 
 def _is_number(value: Any) -> bool:

@@ -39,6 +39,7 @@ from lumbarssl.training.distributed import (
     wrap_ddp,
 )
 from lumbarssl.training.history import EpochRecord, append_history, read_history, write_history
+from lumbarssl.training.runtime import RuntimeConfig
 from lumbarssl.training.trainer import (
     BEST_CHECKPOINT,
     CONFIG_FILE,
@@ -68,6 +69,7 @@ __all__ = [
     "NumpyRngState",
     "PythonRngState",
     "RngState",
+    "RuntimeConfig",
     "TrainStep",
     "Trainer",
     "TrainerConfig",

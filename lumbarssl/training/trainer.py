@@ -10,14 +10,13 @@ exact resume, the history file, progress display and ``torchrun`` multi-process 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Literal, TextIO, TypeAlias, TypeVar, cast, get_args
+from typing import Generic, Literal, TextIO, TypeAlias, TypeVar, get_args, overload
 
 import torch
 from torch import Tensor, nn
@@ -25,8 +24,9 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from torch.utils.data.distributed import DistributedSampler
 
+from lumbarssl._core.config import ConfigBase
 from lumbarssl.errors import TrainingDivergedError
-from lumbarssl.training._progress import ProgressMode, ProgressReporter
+from lumbarssl.training._progress import ProgressReporter
 from lumbarssl.training.checkpoint import (
     CHECKPOINT_FORMAT_VERSION,
     RngState,
@@ -38,7 +38,6 @@ from lumbarssl.training.checkpoint import (
     restore_rng_state,
 )
 from lumbarssl.training.device import (
-    AmpMode,
     autocast_settings,
     configure_backends,
     maybe_compile,
@@ -63,6 +62,7 @@ from lumbarssl.training.history import (
     append_history,
     write_history,
 )
+from lumbarssl.training.runtime import RuntimeConfig
 
 __all__ = [
     "BEST_CHECKPOINT",
@@ -98,12 +98,11 @@ CONFIG_FILE = "trainer_config.json"
 """The :class:`TrainerConfig` of the run, inside ``out_dir``."""
 
 _MONITOR_MODES: tuple[str, ...] = get_args(MonitorMode)
-_PROGRESS_MODES: tuple[str, ...] = get_args(ProgressMode)
-_AMP_MODES: tuple[str, ...] = get_args(AmpMode)
+_TC = TypeVar("_TC", bound="TrainerConfig")
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainerConfig:
+class TrainerConfig(ConfigBase):
     """Settings of a training run, saved as ``trainer_config.json`` beside its outputs.
 
     Stage-specific hyper-parameters (epochs, schedules, clipping) get the paper's values from
@@ -112,12 +111,10 @@ class TrainerConfig:
     Attributes:
         epochs: Total number of epochs (a resumed run continues up to this number).
         out_dir: Directory for checkpoints, history and this config.
-        device: ``"auto"`` (CUDA, then MPS, then CPU) or a device name.
-        amp: Mixed precision: ``"auto"`` (bf16 on recent GPUs, fp16 on older ones, off on CPU),
-            ``"bf16"``, ``"fp16"`` or ``"off"``.
-        channels_last: Store the model and 4-D input batches in channels-last memory format
-            (faster convolutions on tensor-core GPUs).
-        compile: Compile the training model with :func:`torch.compile`.
+        runtime: Device, mixed precision, memory format, compilation and progress display
+            (:class:`~lumbarssl.training.RuntimeConfig`, the same object a stage config holds).
+            The flat keywords ``device=``, ``amp=``, ... of earlier releases still work, with a
+            :class:`DeprecationWarning`.
         cudnn_benchmark: Let cuDNN pick the fastest convolution algorithms (CUDA only).
         max_grad_norm: Clip the global gradient norm to this value; ``None`` disables clipping.
             The paper clips during contrastive pretraining (Sec. 4.3, 5.1).
@@ -131,16 +128,11 @@ class TrainerConfig:
         early_stopping_patience: Stop after this many epochs without improvement of
             ``monitor``; ``None`` never stops early.
         log_every: Steps between plain progress lines (when not drawing a bar).
-        progress: ``"auto"`` (a bar on a terminal, plain lines otherwise), ``"bar"``,
-            ``"lines"`` or ``"off"``.
     """
 
     epochs: int
     out_dir: str
-    device: str = "auto"
-    amp: AmpMode = "auto"
-    channels_last: bool = False
-    compile: bool = False
+    runtime: RuntimeConfig = RuntimeConfig()
     cudnn_benchmark: bool = True
     max_grad_norm: float | None = None
     monitor: str = "val_loss"
@@ -148,7 +140,6 @@ class TrainerConfig:
     scheduler_metric: str | None = None
     early_stopping_patience: int | None = None
     log_every: int = 50
-    progress: ProgressMode = "auto"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "log_every"):
@@ -157,14 +148,12 @@ class TrainerConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not isinstance(self.out_dir, str) or not self.out_dir:
             raise ValueError(f"out_dir must be a non-empty path string, got {self.out_dir!r}")
-        if self.amp not in _AMP_MODES:
-            raise ValueError(f"amp must be one of {_AMP_MODES}, got {self.amp!r}")
+        if not isinstance(self.runtime, RuntimeConfig):
+            raise ValueError(f"runtime must be a RuntimeConfig, got {self.runtime!r}")
         if self.monitor_mode not in _MONITOR_MODES:
             raise ValueError(
                 f"monitor_mode must be one of {_MONITOR_MODES}, got {self.monitor_mode!r}"
             )
-        if self.progress not in _PROGRESS_MODES:
-            raise ValueError(f"progress must be one of {_PROGRESS_MODES}, got {self.progress!r}")
         if self.max_grad_norm is not None and not (
             isinstance(self.max_grad_norm, int | float)
             and not isinstance(self.max_grad_norm, bool)
@@ -185,65 +174,56 @@ class TrainerConfig:
             value = getattr(self, name)
             if value is not None and not _is_metric_name(value):
                 raise ValueError(f"{name} must be 'train_loss' or 'val_<metric>', got {value!r}")
-        for name in ("channels_last", "compile", "cudnn_benchmark"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if not isinstance(self.cudnn_benchmark, bool):
+            raise ValueError(f"cudnn_benchmark must be a bool, got {self.cudnn_benchmark!r}")
 
-    def to_dict(self) -> dict[str, object]:
-        """Return the fields as a JSON-compatible dict.
+    @overload
+    def to_json(self) -> str: ...
+
+    @overload
+    def to_json(self, path: str | Path) -> None: ...
+
+    def to_json(self, path: str | Path | None = None) -> str | None:
+        """Return the config as one line of JSON (:class:`~lumbarssl._core.config.ConfigBase`).
+
+        Args:
+            path: Deprecated: given a path, write the file instead, as :meth:`save` does.
 
         Returns:
-            ``{field: value}``.
+            The JSON text, or ``None`` when ``path`` is given.
         """
-        return dataclasses.asdict(self)
+        if path is None:
+            return super().to_json()
+        warnings.warn(
+            "TrainerConfig.to_json(path) is deprecated; use TrainerConfig.save(path)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        self.save(path)
+        return None
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, object]) -> TrainerConfig:
-        """Build a config from :meth:`to_dict`'s output.
+    def from_json(cls: type[_TC], text: str | Path) -> _TC:
+        """Rebuild a config from :meth:`to_json` output.
 
         Args:
-            data: Field values; missing optional fields take their defaults.
-
-        Returns:
-            The validated config.
-
-        Raises:
-            ValueError: If a key is not a field or a value is invalid.
-        """
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - fields)
-        if unknown:
-            raise ValueError(f"unknown TrainerConfig fields {unknown}; known: {sorted(fields)}")
-        return cls(**cast(dict[str, Any], dict(data)))
-
-    def to_json(self, path: str | Path) -> None:
-        """Write the config as a JSON file.
-
-        Args:
-            path: The destination file.
-        """
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> TrainerConfig:
-        """Read a config written by :meth:`to_json`.
-
-        Args:
-            path: The JSON file.
+            text: A JSON object. Deprecated: a :class:`~pathlib.Path` (or a path string) is
+                read as :meth:`load` does.
 
         Returns:
             The config.
 
         Raises:
-            ValueError: If the file is not a valid config; the message names the file.
+            ConfigError: If the text is not a JSON object or names an unknown key.
         """
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-            if not isinstance(data, dict):
-                raise ValueError(f"expected a JSON object, got {type(data).__name__}")
-            return cls.from_dict(data)
-        except ValueError as err:
-            raise ValueError(f"{path}: {err}") from err
+        if isinstance(text, Path) or not text.lstrip().startswith("{"):
+            warnings.warn(
+                "TrainerConfig.from_json(path) is deprecated; use TrainerConfig.load(path)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return cls.load(text)
+        return super().from_json(text)
 
 
 def _is_metric_name(name: object) -> bool:
@@ -313,23 +293,23 @@ class Trainer(Generic[BatchT]):
         self.evaluate: EvaluateFn[BatchT] = evaluate if evaluate is not None else self._mean_loss
         self.batch_size_fn: Callable[[BatchT], int] = batch_size_fn or _leading_dim
         self.out_dir = Path(config.out_dir)
-        self.device = select_device(config.device)
+        self.device = select_device(config.runtime.device)
         configure_backends(self.device, cudnn_benchmark=config.cudnn_benchmark)
-        self.autocast = autocast_settings(self.device, config.amp)
+        self.autocast = autocast_settings(self.device, config.runtime.amp)
         self.scaler = self.autocast.grad_scaler()
-        self._memory_format = torch.channels_last if config.channels_last else None
+        self._memory_format = torch.channels_last if config.runtime.channels_last else None
         model.to(self.device)
         if self._memory_format is not None:
             model.to(memory_format=self._memory_format)
         self.model = model
         train_model: nn.Module = wrap_ddp(model, self.device) if is_distributed() else model
-        self._train_model = maybe_compile(train_model, config.compile)
+        self._train_model = maybe_compile(train_model, config.runtime.compile)
         self._history: list[EpochRecord] = []
         self._progress = TrainerProgress(
             best_value=None, best_epoch=None, bad_epochs=0, stopped_early=False
         )
         self._reporter = ProgressReporter(
-            config.progress if is_main_process() else "off",
+            config.runtime.progress if is_main_process() else "off",
             epochs=config.epochs,
             log_every=config.log_every,
             stream=stream,
@@ -411,7 +391,7 @@ class Trainer(Generic[BatchT]):
             )
         if is_main_process():
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            self.config.to_json(self.out_dir / CONFIG_FILE)
+            self.config.save(self.out_dir / CONFIG_FILE)
             write_history(self.history_file, self._history)
 
         try:

@@ -6,12 +6,11 @@ Plain types only: importing this module (as every Dataset does through
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
-from lumbarssl.data._config import known_fields
+from lumbarssl._core.config import ConfigBase
 from lumbarssl.data.cache import SKIPPED_CSV
 from lumbarssl.data.roi import LOCALIZER_SIZE, ROI_SIZE
 from lumbarssl.data.skips import OnError, SkipReason
@@ -29,9 +28,12 @@ CACHE_FORMAT_VERSION = 1
 _MAX_PNG_LEVEL = 9
 
 
-@dataclass(frozen=True)
-class PrepareConfig:
+@dataclass(frozen=True, kw_only=True)
+class PrepareConfig(ConfigBase):
     """Settings of ``lumbarssl prepare``; saved in ``prepare_meta.json``.
+
+    Keyword-only; positional arguments (``roi_size, slices, ...`` in the order below) still
+    work with a :class:`DeprecationWarning`.
 
     Attributes:
         roi_size: Side of the square ROI in pixels (paper Sec. 4.1: 96).
@@ -47,6 +49,15 @@ class PrepareConfig:
             noise leaves deflate little to gain (level 1 saves about a fifth of the size on
             synthetic ROIs) for about 30 % more time per PNG.
     """
+
+    _positional_fields: ClassVar[tuple[str, ...]] = (
+        "roi_size",
+        "slices",
+        "localizer_size",
+        "pad_value",
+        "on_error",
+        "png_compress_level",
+    )
 
     roi_size: int = ROI_SIZE  # Sec. 4.1: 96 x 96 crops
     slices: int = 1
@@ -71,41 +82,6 @@ class PrepareConfig:
                 f"png_compress_level must be in [0, {_MAX_PNG_LEVEL}], "
                 f"got {self.png_compress_level}"
             )
-
-    def to_dict(self) -> dict[str, object]:
-        """Return the settings as a JSON-compatible dict; :meth:`from_dict` inverts it."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, object]) -> PrepareConfig:
-        """Rebuild settings from :meth:`to_dict`'s output.
-
-        Args:
-            data: Field values; missing fields take their defaults.
-
-        Returns:
-            The validated settings.
-
-        Raises:
-            ValueError: If a key is not a field or a value is invalid.
-        """
-        return cls(**known_fields(cls, data))
-
-    def to_json(self) -> str:
-        """Serialise to a JSON string; :meth:`from_json` inverts it."""
-        return json.dumps(self.to_dict())
-
-    @classmethod
-    def from_json(cls, text: str) -> PrepareConfig:
-        """Rebuild settings from :meth:`to_json`'s output.
-
-        Args:
-            text: The JSON string.
-
-        Returns:
-            The validated settings.
-        """
-        return cls.from_dict(json.loads(text))
 
 
 @dataclass(frozen=True)
