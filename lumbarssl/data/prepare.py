@@ -89,6 +89,7 @@ from lumbarssl.data.roi import (
     localizer_channel,
 )
 from lumbarssl.data.skips import OnError, RSNADataError, Skip, SkipReason
+from lumbarssl.errors import DataError, OutputExistsError
 
 __all__ = ["PrepareConfig", "PrepareResult", "format_summary", "prepare_cache", "prepare_in_memory"]
 
@@ -773,7 +774,7 @@ def _write_outputs(
                 nbytes = math.prod(shape) * dtype.itemsize
                 data = handle.read(nbytes)
                 if shape != expected or dtype != empty[name].dtype or len(data) != nbytes:
-                    raise ValueError(
+                    raise DataError(
                         f"{part.record.log}: damaged partial result ({name}); delete "
                         f"{out_dir / PARTIAL_DIR} and run again"
                     )
@@ -871,7 +872,7 @@ def prepare_cache(
         meta = json.loads(meta_path.read_text())
         if meta.get("fingerprint") == fingerprint:
             return _result_from_meta(out_dir, meta, n_resumed=int(meta["n_studies"]))
-        raise ValueError(
+        raise OutputExistsError(
             f"{out_dir} already holds a completed prepare of other data or settings "
             f"({META_JSON}); choose an empty OUT_DIR or delete this one"
         )

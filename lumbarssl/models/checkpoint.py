@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 import lumbarssl
+from lumbarssl.errors import InputError
 from lumbarssl.models.registry import ARCHITECTURE_KEY, build_model, model_config
 
 __all__ = [
@@ -45,7 +46,7 @@ DATA_SOURCES: Final[tuple[str, ...]] = ("real", "synthetic")
 _MAX_LISTED_KEYS: Final[int] = 10
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint file is unsafe, malformed, or does not fit its architecture."""
 
 

@@ -16,6 +16,7 @@ from lumbarssl._core.atomic import atomic_write
 from lumbarssl.data.cache import PreparedCache
 from lumbarssl.data.constants import MISSING_LABEL
 from lumbarssl.data.splits import train_val_test_split
+from lumbarssl.errors import ConfigError
 from lumbarssl.models import save_checkpoint
 from lumbarssl.pipeline.config import StageConfig
 from lumbarssl.training import (
@@ -219,7 +220,7 @@ def prepare_out_dir(config: StageConfig) -> Path:
         )
         if changed:
             details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
-            raise ValueError(
+            raise ConfigError(
                 f"cannot resume {out}: it holds a run with other settings ({details}); "
                 "use a new out_dir or the saved settings"
             )

@@ -62,6 +62,7 @@ from lumbarssl.data.synthetic.plan import (
     study_rng,
 )
 from lumbarssl.data.synthetic.render import orientation_of, render_series
+from lumbarssl.errors import OutputExistsError
 
 __all__ = [
     "META_JSON",
@@ -314,7 +315,7 @@ def _prepare(out: Path, overwrite: bool) -> None:
     outputs = [TRAIN_CSV, COORDINATES_CSV, SERIES_CSV, TRUTH_CSV, META_JSON, IMAGES_DIR]
     existing = [name for name in outputs if (out / name).exists()]
     if existing and not overwrite:
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{out} already holds a dataset ({', '.join(existing)}); pass overwrite=True "
             "(--overwrite) to replace it"
         )
