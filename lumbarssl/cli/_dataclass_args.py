@@ -224,9 +224,9 @@ def add_dataclass_arguments(
         required = leaf.default is dataclasses.MISSING
         default_text = "required" if required else f"default: {_shown(leaf.default)}"
         kwargs["help"] = f"{_help_of(leaf, helps)} ({default_text})".strip().replace("%", "%%")
-        parser.add_argument(
-            *flags, dest=leaf.name, default=argparse.SUPPRESS, required=required, **kwargs
-        )
+        # Not ``required=True`` for argparse: a --config file may supply the value; a value
+        # still missing is reported by config_from_args.
+        parser.add_argument(*flags, dest=leaf.name, default=argparse.SUPPRESS, **kwargs)
         if leaf.name in negations:
             parser.add_argument(
                 *negations[leaf.name],
@@ -329,13 +329,20 @@ def config_from_args(
         The config instance (its ``__post_init__`` validates the values).
 
     Raises:
-        ConfigError: If ``saved`` names an unknown key.
+        ConfigError: If ``saved`` names an unknown key, or a field without default has no value.
         ValueError: If the config rejects a value.
     """
     leaves = leaf_fields(cls)
     values: dict[str, Any] = flatten_config_dict(cls, saved) if saved else {}
     values.update({name: getattr(args, name) for name in leaves if hasattr(args, name)})
     values.update(overrides or {})
+    missing = [n for n, leaf in leaves.items() if leaf.default is dataclasses.MISSING]
+    missing = [n for n in missing if n not in values]
+    if missing:
+        flags = ", ".join("--" + n.replace("_", "-") for n in missing)
+        raise ConfigError(
+            f"the following settings are required: {flags} (or give them in --config)"
+        )
     return cls(**_build_kwargs(cls, values, leaves, ()))
 
 
