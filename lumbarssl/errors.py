@@ -6,7 +6,7 @@ after printing the message on one line. Anything else that escapes is a bug: the
 lets it propagate with its traceback (Python's exit status 1).
 
 ========  =====================================================================
-exit code meaning
+code      meaning
 ========  =====================================================================
 0         success
 1         a bug: an unexpected exception, printed with its traceback
