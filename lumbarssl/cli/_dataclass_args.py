@@ -214,7 +214,7 @@ def add_dataclass_arguments(
             leaf.name,
             metavar=name.upper(),
             type=kind if kind in (int, float, str) else str,
-            help=_help_of(leaf, helps),
+            help=_help_of(leaf, helps).replace("%", "%%"),
         )
     for leaf in leaves.values():
         if leaf.name in skip or leaf.name in positional:
