@@ -6,7 +6,7 @@ after printing the message on one line. Anything else that escapes is a bug: the
 lets it propagate with its traceback (Python's exit status 1).
 
 ========  =====================================================================
-exit code meaning
+code      meaning
 ========  =====================================================================
 0         success
 1         a bug: an unexpected exception, printed with its traceback
@@ -38,7 +38,10 @@ __all__ = [
     "LockHeldError",
     "LumbarsslError",
     "MissingDependencyError",
+    "MissingFileError",
+    "OutputExistsError",
     "TrainingDivergedError",
+    "WrongKindError",
 ]
 
 EXIT_OK = 0
@@ -117,3 +120,15 @@ class TrainingDivergedError(LumbarsslError, RuntimeError):
             f"training diverged: loss is {loss} at epoch {epoch}, step {step}; {kept}. "
             "Lower the learning rate or set max_grad_norm to clip gradients, then resume."
         )
+
+
+class MissingFileError(InputError, FileNotFoundError):
+    """An input file or directory the run needs does not exist."""
+
+
+class OutputExistsError(InputError, FileExistsError):
+    """The output directory already holds a result the run would overwrite."""
+
+
+class WrongKindError(InputError, TypeError):
+    """An input of the wrong kind, e.g. a checkpoint holding another model than expected."""

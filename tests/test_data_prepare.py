@@ -277,8 +277,14 @@ def test_cli_prints_a_summary_with_counts_per_reason(
     assert not (tmp_path / "out" / "rois_multislice.npy").exists()
 
 
-def test_cli_rejects_even_slices(fixture: Fixture, tmp_path: Path) -> None:
-    assert main(["prepare", str(fixture.root), str(tmp_path), "--slices", "2"]) == 2
+def test_cli_rejects_even_slices(
+    fixture: Fixture, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A value the config rejects is a usage error, as for every command: exit status 2.
+    with pytest.raises(SystemExit) as info:
+        main(["prepare", str(fixture.root), str(tmp_path), "--slices", "2"])
+    assert info.value.code == 2
+    assert "slices must be an odd number >= 1, got 2" in capsys.readouterr().err
 
 
 def test_workers_2_write_the_same_files_as_workers_1(

@@ -1,8 +1,14 @@
 """The ``lumbarssl`` command line: one sub-command per pipeline stage.
 
 Each sub-command lives in its own module of this package and exposes
-``register(subparsers)``, which adds its parser and sets ``func`` to a callable taking the
-parsed namespace and returning an exit code.
+``register(subparsers)``, which adds a parser generated from the command's config (see
+:mod:`lumbarssl.cli._command`) and sets ``func`` to a callable taking the parsed namespace.
+
+Exit codes are decided in one place, :func:`main`: 0 on success; 2 for a usage error (argparse,
+or a value the config rejects); for a :class:`~lumbarssl.errors.LumbarsslError` raised while
+the command runs, one line ``lumbarssl COMMAND: error: MESSAGE`` on stderr and the error's
+:attr:`~lumbarssl.errors.LumbarsslError.exit_code` (2 bad input, 3 environment, 4 training
+diverged). Any other exception is a bug: it propagates with its traceback (exit status 1).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from lumbarssl import __version__
+from lumbarssl.errors import LumbarsslError
 
 # Module names under lumbarssl.cli, in the order they appear in ``lumbarssl --help``.
 _COMMAND_MODULES: tuple[str, ...] = (
@@ -51,7 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: Arguments without the program name; ``sys.argv[1:]`` when ``None``.
 
     Returns:
-        The process exit code.
+        The process exit code: 0, or the ``exit_code`` of the
+        :class:`~lumbarssl.errors.LumbarsslError` that stopped the command.
+
+    Raises:
+        SystemExit: With status 2 on a usage error (and 0 for ``--help``/``--version``).
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -59,7 +70,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help(sys.stderr)
         return 2
-    code: int = func(args)
+    try:
+        code: int = func(args)
+    except LumbarsslError as exc:
+        message = " ".join(str(exc).split("\n"))
+        print(f"lumbarssl {args.command}: error: {message}", file=sys.stderr)
+        return exc.exit_code
     return code
 
 

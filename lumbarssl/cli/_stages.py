@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from collections.abc import Callable
 from typing import Any
 
-from lumbarssl.cli._dataclass_args import add_dataclass_arguments, dataclass_from_args
-
-#: Exceptions that mean the input was wrong, reported without a traceback.
-_USER_ERRORS: tuple[type[Exception], ...] = (
-    ValueError,
-    TypeError,
-    FileNotFoundError,
-    FileExistsError,
-)
+from lumbarssl.cli._command import register_command
 
 
 def rate(value: float) -> str:
@@ -43,35 +33,12 @@ def register_stage(
         help: One line for ``lumbarssl --help``.
         description: Text for ``lumbarssl NAME --help``.
     """
-    parser = subparsers.add_parser(name, help=help, description=description)
-    parser.add_argument(
-        "--config",
-        metavar="JSON",
-        help="read settings from a stage_config.json; command-line options override it",
+    register_command(
+        subparsers,
+        name,
+        config_cls,
+        run,
+        help=help,
+        description=description,
+        config_help="read settings from a stage_config.json; options typed here override it",
     )
-    add_dataclass_arguments(parser, config_cls)
-
-    def handler(args: argparse.Namespace) -> int:
-        overrides: dict[str, Any] = {}
-        if args.config:
-            with open(args.config) as handle:
-                # Nested configs (the runtime settings) map onto unprefixed options.
-                saved = config_cls.flatten_dict(json.load(handle))
-            defaults = {f: parser.get_default(f) for f in saved}
-            overrides = {
-                k: v for k, v in saved.items() if getattr(args, k, None) == defaults.get(k)
-            }
-        try:
-            config = dataclass_from_args(config_cls, args, **overrides)
-        except ValueError as exc:
-            parser.error(str(exc))  # exits with status 2 and the usage line
-        try:
-            run(config)
-        except _USER_ERRORS as exc:
-            # Bad input (a wrong checkpoint, a missing cache, a resume with other settings):
-            # one clear line instead of a traceback.
-            print(f"lumbarssl {name}: error: {exc}", file=sys.stderr)
-            return 2
-        return 0
-
-    parser.set_defaults(func=handler)

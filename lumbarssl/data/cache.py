@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from lumbarssl.data.constants import LEVELS
+from lumbarssl.errors import DataError, InputError, MissingFileError
 
 __all__ = [
     "INDEX_COLUMNS",
@@ -95,7 +96,7 @@ SKIPPED_COLUMNS: tuple[str, ...] = (
 )
 
 
-class IncompleteCacheError(FileNotFoundError):
+class IncompleteCacheError(InputError, FileNotFoundError):
     """A directory that is not a completed ``lumbarssl prepare`` output."""
 
 
@@ -182,7 +183,7 @@ def _number(value: object, dtype: type[np.generic]) -> float | int:
     if value is None or value == "":
         if dtype is np.float64:
             return math.nan
-        raise ValueError("missing integer value")
+        raise DataError("missing integer value")
     if dtype is np.float64:
         return float(str(value))
     return int(str(value))
@@ -206,7 +207,7 @@ def read_disc_table(path: str | Path) -> DiscTable:
         reader = csv.DictReader(handle)
         missing = [c for c in INDEX_COLUMNS if c not in (reader.fieldnames or ())]
         if missing:
-            raise ValueError(f"{path}:1: missing column(s) {', '.join(missing)}")
+            raise DataError(f"{path}:1: missing column(s) {', '.join(missing)}")
         rows = list(reader)
     try:
         return DiscTable.from_rows(rows)
@@ -216,7 +217,7 @@ def read_disc_table(path: str | Path) -> DiscTable:
             try:
                 DiscTable.from_rows([row])
             except ValueError as row_exc:
-                raise ValueError(f"{path}:{line}: {row_exc}") from exc
+                raise DataError(f"{path}:{line}: {row_exc}") from exc
         raise
 
 
@@ -283,7 +284,7 @@ class PreparedCache:
     def _array(self, name: str) -> np.ndarray:
         if name not in self._arrays:
             if self.root is None or not (self.root / name).is_file():
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"{self.root / name if self.root else name}: not in this cache"
                     + (" (prepare with --slices S > 1)" if name == MULTISLICE_NPY else "")
                 )

@@ -35,6 +35,7 @@ from pydicom.pixels.utils import pixel_array
 
 from lumbarssl.data._tagscan import TagScan, scan_tags
 from lumbarssl.data.skips import OnError
+from lumbarssl.errors import DataError, MissingDependencyError
 
 __all__ = [
     "DicomReadError",
@@ -90,7 +91,7 @@ _DECODE_TAGS = frozenset(
 )
 
 
-class DicomReadError(ValueError):
+class DicomReadError(DataError):
     """A DICOM file that cannot be read: truncated, not DICOM, no pixel data, undecodable.
 
     Args:
@@ -112,11 +113,11 @@ class DicomReadError(ValueError):
         return (type(self), (str(self.path), self.reason))
 
 
-class MissingDecoderError(DicomReadError):
+class MissingDecoderError(MissingDependencyError, DicomReadError):
     """Compressed pixel data whose transfer syntax no installed package can decode."""
 
 
-class SeriesGeometryError(ValueError):
+class SeriesGeometryError(DataError):
     """A series whose slices cannot be put in order or matched to instance numbers."""
 
 

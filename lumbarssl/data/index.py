@@ -31,6 +31,7 @@ from lumbarssl.data.constants import (
     TRAIN_CSV,
 )
 from lumbarssl.data.skips import OnError, RSNADataError, Skip, SkipReason
+from lumbarssl.errors import MissingFileError
 
 __all__ = ["DiscIndex", "DiscRecord", "read_index"]
 
@@ -109,7 +110,7 @@ def _rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[str, 
         RSNADataError: If the file lacks a required column (always, whatever ``on_error``).
     """
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found (expected part of the RSNA layout)")
+        raise MissingFileError(f"{path}: file not found (expected part of the RSNA layout)")
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         header = [name.strip() for name in next(reader, [])]

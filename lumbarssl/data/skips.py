@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
 
+from lumbarssl.errors import DataError
+
 __all__ = ["OnError", "RSNADataError", "Skip", "SkipReason"]
 
 #: What to do with a malformed row or an unreadable file: record it and go on, or raise.
@@ -85,7 +87,7 @@ class Skip:
         return f"{where}: {self.reason.value}: {self.detail}"
 
 
-class RSNADataError(ValueError):
+class RSNADataError(DataError):
     """Malformed RSNA input: a missing CSV column, or a bad row or file in ``"raise"`` mode.
 
     The message names the file and, for CSV files, the 1-based line.

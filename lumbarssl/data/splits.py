@@ -28,6 +28,7 @@ from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, tra
 from lumbarssl import paper
 from lumbarssl.data.cache import PreparedCache
 from lumbarssl.data.constants import MISSING_LABEL
+from lumbarssl.errors import DataError
 
 __all__ = [
     "SplitSettings",
@@ -120,7 +121,7 @@ def study_level_split(
     n_splits = max(2, round(1.0 / test_size))
     n_studies = len(np.unique(groups[labeled]))
     if n_studies < n_splits:
-        raise ValueError(
+        raise DataError(
             f"test_size={test_size} needs at least {n_splits} labeled studies, got {n_studies}"
         )
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)

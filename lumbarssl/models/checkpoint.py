@@ -25,6 +25,7 @@ from torch import Tensor, nn
 import lumbarssl
 from lumbarssl._core.atomic import atomic_write
 from lumbarssl._core.data_source import DATA_SOURCES as _DATA_SOURCES
+from lumbarssl.errors import InputError
 from lumbarssl.models.registry import ARCHITECTURE_KEY, build_model, model_config
 
 __all__ = [
@@ -45,7 +46,7 @@ DATA_SOURCES: Final[tuple[str, ...]] = _DATA_SOURCES
 _MAX_LISTED_KEYS: Final[int] = 10
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint file is unsafe, malformed, or does not fit its architecture."""
 
 

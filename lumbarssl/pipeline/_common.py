@@ -16,6 +16,7 @@ from lumbarssl.data.cache import PreparedCache
 # Re-exported for the stages; they live with every other split in lumbarssl.data.splits.
 from lumbarssl.data.splits import Splits as Splits
 from lumbarssl.data.splits import make_splits as make_splits
+from lumbarssl.errors import ConfigError
 from lumbarssl.models import save_checkpoint
 from lumbarssl.pipeline.config import StageConfig
 from lumbarssl.training import (
@@ -163,7 +164,7 @@ def prepare_out_dir(config: StageConfig) -> Path:
         )
         if changed:
             details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
-            raise ValueError(
+            raise ConfigError(
                 f"cannot resume {out}: it holds a run with other settings ({details}); "
                 "use a new out_dir or the saved settings"
             )

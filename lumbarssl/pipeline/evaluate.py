@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from lumbarssl.data.cache import PreparedCache
 from lumbarssl.data.constants import LEVELS
 from lumbarssl.data.datasets import DiscDatasetConfig, DiscROIDataset
+from lumbarssl.errors import WrongKindError
 from lumbarssl.metrics import (
     TABLE1_COLUMNS,
     bootstrap_ci,
@@ -278,7 +279,7 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
     out = prepare_out_dir(config)
     model, metadata = load_checkpoint(config.checkpoint)
     if not isinstance(model, DiscClassifier):
-        raise TypeError(
+        raise WrongKindError(
             f"{config.checkpoint} holds a {type(model).__name__}, expected a DiscClassifier"
         )
     cache = PreparedCache.open(config.cache_dir)

@@ -12,6 +12,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from lumbarssl import paper
 from lumbarssl.data.datasets import DiscDatasetConfig, DiscROIDataset
+from lumbarssl.errors import WrongKindError
 from lumbarssl.losses import WeightedFocalLoss
 from lumbarssl.models import (
     ContrastiveModel,
@@ -117,7 +118,7 @@ def load_pretrained_encoder(path: str) -> nn.Module:
     if isinstance(model, ContrastiveModel):
         return model.encoder
     if isinstance(model, DiscClassifier):
-        raise TypeError(f"{path} holds a DiscClassifier; pass the pretraining model.pt")
+        raise WrongKindError(f"{path} holds a DiscClassifier; pass the pretraining model.pt")
     return model
 
 

@@ -20,6 +20,7 @@ from torchvision.transforms import v2
 from lumbarssl.data.constants import LEVELS, SEVERITIES
 from lumbarssl.data.dicom import DicomSeries, read_series
 from lumbarssl.data.roi import LOCALIZER_SIZE, ROI_SIZE, extract_roi, localizer_input
+from lumbarssl.errors import InputError, WrongKindError
 from lumbarssl.models import DiscClassifier, Localizer2p5D, load_checkpoint
 from lumbarssl.reporting.figures import plot_prediction_overlay
 from lumbarssl.training import select_device
@@ -28,7 +29,7 @@ from lumbarssl.training import select_device
 _SAGITTAL_MIN_COSINE = 0.8
 
 
-class NotSagittalError(ValueError):
+class NotSagittalError(InputError):
     """The series is not a sagittal acquisition, so disc centres cannot be localised."""
 
 
@@ -88,7 +89,7 @@ def _check_sagittal(series: DicomSeries) -> None:
 def _number(metadata: Mapping[str, object], key: str, default: float | None = None) -> float:
     value = metadata.get(key, default)
     if not isinstance(value, (int, float)):
-        raise ValueError(f"checkpoint metadata lacks a number for {key!r} (got {value!r})")
+        raise InputError(f"checkpoint metadata lacks a number for {key!r} (got {value!r})")
     return float(value)
 
 
@@ -111,9 +112,11 @@ class DiscGrader:
         loc_model, self.localizer_meta = load_checkpoint(localizer)
         cls_model, self.classifier_meta = load_checkpoint(classifier)
         if not isinstance(loc_model, Localizer2p5D):
-            raise TypeError(f"{localizer} holds a {type(loc_model).__name__}, not a Localizer2p5D")
+            raise WrongKindError(
+                f"{localizer} holds a {type(loc_model).__name__}, not a Localizer2p5D"
+            )
         if not isinstance(cls_model, DiscClassifier):
-            raise TypeError(
+            raise WrongKindError(
                 f"{classifier} holds a {type(cls_model).__name__}, not a DiscClassifier"
             )
         self.localizer: nn.Module = loc_model.to(self.device).eval()

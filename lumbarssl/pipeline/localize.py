@@ -20,6 +20,7 @@ from lumbarssl import paper
 from lumbarssl.data.cache import PreparedCache
 from lumbarssl.data.constants import LEVELS
 from lumbarssl.data.splits import localizer_splits
+from lumbarssl.errors import DataError
 from lumbarssl.metrics import localization_rmse
 from lumbarssl.models import Localizer2p5D
 from lumbarssl.pipeline._common import (
@@ -118,7 +119,7 @@ class SeriesLocalizerDataset(Dataset[dict[str, Tensor]]):
         for index, members in groups.items():
             levels = table.level_id[members]
             if len(set(levels.tolist())) != len(members):
-                raise ValueError(f"localizer input {index}: two discs of one level {members}")
+                raise DataError(f"localizer input {index}: two discs of one level {members}")
         self.groups = sorted(groups.items())
 
     def __len__(self) -> int:

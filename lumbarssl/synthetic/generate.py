@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from lumbarssl import __version__
 from lumbarssl._core.atomic import atomic_write
+from lumbarssl.errors import OutputExistsError
 from lumbarssl.layout import (
     CONDITION_SLUGS,
     COORDINATE_COLUMNS,
@@ -323,7 +324,7 @@ def _prepare(out: Path, overwrite: bool) -> None:
     outputs = [TRAIN_CSV, COORDINATES_CSV, SERIES_CSV, TRUTH_CSV, META_JSON, IMAGES_DIR]
     existing = [name for name in outputs if (out / name).exists()]
     if existing and not overwrite:
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{out} already holds a dataset ({', '.join(existing)}); pass overwrite=True "
             "(--overwrite) to replace it"
         )

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from lumbarssl._core.atomic import atomic_write
+from lumbarssl.errors import InputError, MissingFileError
 from lumbarssl.training.history import JSONValue
 
 __all__ = [
@@ -219,18 +220,18 @@ def load_training_state(
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no training checkpoint at {path}")
+        raise MissingFileError(f"no training checkpoint at {path}")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise ValueError(f"{path} is not a readable training checkpoint: {err}") from err
+        raise InputError(f"{path} is not a readable training checkpoint: {err}") from err
     if not isinstance(data, Mapping):
-        raise ValueError(f"{path} holds a {type(data).__name__}, not a training checkpoint")
+        raise InputError(f"{path} holds a {type(data).__name__}, not a training checkpoint")
     missing = [key for key in _REQUIRED_KEYS if key not in data]
     if missing:
-        raise ValueError(f"{path} is not a training checkpoint: it lacks the keys {missing}")
+        raise InputError(f"{path} is not a training checkpoint: it lacks the keys {missing}")
     if data["format_version"] != CHECKPOINT_FORMAT_VERSION:
-        raise ValueError(
+        raise InputError(
             f"{path} has checkpoint format version {data['format_version']}; this version of "
             f"lumbarssl reads version {CHECKPOINT_FORMAT_VERSION}"
         )

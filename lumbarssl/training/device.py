@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from lumbarssl.errors import ConfigError
+
 __all__ = [
     "AmpMode",
     "AutocastSettings",
@@ -74,21 +76,21 @@ def select_device(device: str | torch.device = "auto") -> torch.device:
     try:
         chosen = torch.device(device)
     except RuntimeError as err:
-        raise ValueError(
+        raise ConfigError(
             f"device={device!r} is not a device name; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
         ) from err
     if chosen.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} was requested but CUDA is not available here")
+            raise ConfigError(f"device={device!r} was requested but CUDA is not available here")
         index = chosen.index if chosen.index is not None else torch.cuda.current_device()
         if not 0 <= index < torch.cuda.device_count():
-            raise ValueError(
+            raise ConfigError(
                 f"device={device!r}: CUDA device index must be in [0, "
                 f"{torch.cuda.device_count() - 1}]"
             )
         return torch.device("cuda", index)
     if chosen.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device={device!r} was requested but MPS is not available here")
+        raise ConfigError(f"device={device!r} was requested but MPS is not available here")
     return chosen
 
 
@@ -151,7 +153,7 @@ def autocast_settings(device: torch.device, amp: AmpMode = "auto") -> AutocastSe
             without bf16 support.
     """
     if amp not in _AMP_MODES:
-        raise ValueError(f"amp={amp!r} is not supported; choose one of {_AMP_MODES}")
+        raise ConfigError(f"amp={amp!r} is not supported; choose one of {_AMP_MODES}")
     device_type = device.type
     if amp == "off":
         return AutocastSettings(device_type, None, use_grad_scaler=False)
@@ -161,7 +163,7 @@ def autocast_settings(device: torch.device, amp: AmpMode = "auto") -> AutocastSe
         amp = "bf16" if _has_native_bf16(device) else "fp16"
     if amp == "bf16":
         if device_type == "cuda" and not _has_native_bf16(device):
-            raise ValueError(f"amp='bf16' was requested but {device} has no native bf16 support")
+            raise ConfigError(f"amp='bf16' was requested but {device} has no native bf16 support")
         return AutocastSettings(device_type, torch.bfloat16, use_grad_scaler=False)
     return AutocastSettings(device_type, torch.float16, use_grad_scaler=True)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import IO, BinaryIO
 
 from lumbarssl._core.atomic import atomic_write
+from lumbarssl.errors import InputError
 
 __all__ = ["EpochRecord", "append_history", "read_history", "write_history"]
 
@@ -204,5 +205,5 @@ def read_history(path: str | Path) -> list[EpochRecord]:
                     raise ValueError(f"expected a JSON object, got {type(data).__name__}")
                 records.append(EpochRecord.from_dict(data))
             except ValueError as err:
-                raise ValueError(f"{path}, line {number}: {err}") from err
+                raise InputError(f"{path}, line {number}: {err}") from err
     return records

@@ -25,7 +25,7 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from torch.utils.data.distributed import DistributedSampler
 
 from lumbarssl._core.config import ConfigBase
-from lumbarssl.errors import TrainingDivergedError
+from lumbarssl.errors import OutputExistsError, TrainingDivergedError
 from lumbarssl.training._progress import ProgressReporter
 from lumbarssl.training.checkpoint import (
     CHECKPOINT_FORMAT_VERSION,
@@ -378,7 +378,7 @@ class Trainer(Generic[BatchT]):
             start = self._restore(generators)
         else:
             if self.last_checkpoint.exists():
-                raise FileExistsError(
+                raise OutputExistsError(
                     f"{self.last_checkpoint} already exists; pass resume=True to continue that "
                     "run or choose another out_dir"
                 )

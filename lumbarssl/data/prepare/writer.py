@@ -56,6 +56,7 @@ from lumbarssl.data.prepare.journal import (
     read_partial,
 )
 from lumbarssl.data.skips import Skip, SkipReason
+from lumbarssl.errors import DataError, OutputExistsError
 
 __all__ = ["prepare_cache"]
 
@@ -254,8 +255,8 @@ def _write_outputs(
     return _result_from_meta(out_dir, meta, n_resumed=n_resumed)
 
 
-def _damaged(out_dir: Path, part: Partial, name: str) -> ValueError:
-    return ValueError(
+def _damaged(out_dir: Path, part: Partial, name: str) -> DataError:
+    return DataError(
         f"{part.record.log}: damaged partial result ({name}); delete "
         f"{out_dir / PARTIAL_DIR} and run again"
     )
@@ -315,7 +316,7 @@ def prepare_cache(
         meta = json.loads(meta_path.read_text())
         if meta.get("fingerprint") == fingerprint:
             return _result_from_meta(out_dir, meta, n_resumed=int(meta["n_studies"]))
-        raise ValueError(
+        raise OutputExistsError(
             f"{out_dir} already holds a completed prepare of other data or settings "
             f"({META_JSON}); choose an empty OUT_DIR or delete this one"
         )
