@@ -4,8 +4,10 @@ Each stage takes one frozen config dataclass whose defaults are the paper's hype
 the ``lumbarssl`` command line and ``examples/reproduce_paper.py`` are thin layers over them.
 """
 
+from lumbarssl.data.datasets import SeriesLocalizerDataset
 from lumbarssl.pipeline._common import MODEL_FILE, STAGE_CONFIG_FILE, Splits, make_splits
 from lumbarssl.pipeline.config import StageConfig, param
+from lumbarssl.pipeline.convert import convert_checkpoint, load_recipe
 from lumbarssl.pipeline.evaluate import (
     EPOCH_METRICS,
     ClassifierPredictions,
@@ -25,7 +27,6 @@ from lumbarssl.pipeline.inference import (
 )
 from lumbarssl.pipeline.localize import (
     LocalizerConfig,
-    SeriesLocalizerDataset,
     localizer_splits,
     run_localizer_training,
 )
@@ -49,8 +50,10 @@ __all__ = [
     "Splits",
     "StageConfig",
     "StageResult",
+    "convert_checkpoint",
     "epoch_metrics",
     "load_pretrained_encoder",
+    "load_recipe",
     "localizer_splits",
     "make_splits",
     "param",

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from lumbarssl._core.atomic import atomic_write
 from lumbarssl.data.cache import PreparedCache
 from lumbarssl.data.constants import MISSING_LABEL
+from lumbarssl.data.recipes import Recipe, recipe_to_metadata
 from lumbarssl.data.splits import train_val_test_split
 from lumbarssl.models import save_checkpoint
 from lumbarssl.pipeline.config import StageConfig
@@ -234,6 +235,7 @@ def export_best(
     best_checkpoint: Path | None,
     out_dir: Path,
     metadata: dict[str, Any],
+    recipe: Recipe,
 ) -> Path:
     """Load the best epoch's weights into ``model`` and save a model-only checkpoint.
 
@@ -241,7 +243,9 @@ def export_best(
         model: The bare (not DDP-wrapped) model of the stage.
         best_checkpoint: The trainer's ``best.pt`` (``None`` keeps the current weights).
         out_dir: Where ``model.pt`` goes.
-        metadata: Provenance and preprocessing facts stored with the weights.
+        metadata: Provenance stored with the weights.
+        recipe: The preprocessing recipe the model was trained with, stored under
+            :data:`~lumbarssl.models.checkpoint.RECIPE_KEY`.
 
     Returns:
         Path of ``model.pt``.
@@ -251,7 +255,7 @@ def export_best(
         model.load_state_dict(state["model"])
     path = out_dir / MODEL_FILE
     if is_main_process():
-        save_checkpoint(path, model, metadata=metadata)
+        save_checkpoint(path, model, metadata=metadata, recipe=recipe_to_metadata(recipe))
     return path
 
 
