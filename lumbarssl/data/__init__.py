@@ -49,7 +49,14 @@ from lumbarssl.data.roi import (
 from lumbarssl.data.skips import OnError, RSNADataError, Skip, SkipReason
 
 if TYPE_CHECKING:
-    from lumbarssl.data.datasets import DiscDatasetConfig, DiscROIDataset, LocalizerDataset, Mode
+    from lumbarssl.data.datasets import (
+        DiscDatasetConfig,
+        DiscROIDataset,
+        LocalizerDataset,
+        Mode,
+        SeriesLocalizerDataset,
+    )
+    from lumbarssl.data.recipes import LocalizerRecipe, RoiRecipe
     from lumbarssl.data.splits import disc_level_split, study_level_split, train_val_test_split
 
 _LAZY = {
@@ -57,6 +64,9 @@ _LAZY = {
     "DiscROIDataset": "lumbarssl.data.datasets",
     "LocalizerDataset": "lumbarssl.data.datasets",
     "Mode": "lumbarssl.data.datasets",
+    "SeriesLocalizerDataset": "lumbarssl.data.datasets",
+    "LocalizerRecipe": "lumbarssl.data.recipes",
+    "RoiRecipe": "lumbarssl.data.recipes",
     "disc_level_split": "lumbarssl.data.splits",
     "study_level_split": "lumbarssl.data.splits",
     "train_val_test_split": "lumbarssl.data.splits",
@@ -78,6 +88,7 @@ __all__ = [
     "IncompleteCacheError",
     "LazySeries",
     "LocalizerDataset",
+    "LocalizerRecipe",
     "MissingDecoderError",
     "Mode",
     "OnError",
@@ -85,8 +96,10 @@ __all__ = [
     "PrepareResult",
     "PreparedCache",
     "RSNADataError",
+    "RoiRecipe",
     "SeriesGeometry",
     "SeriesGeometryError",
+    "SeriesLocalizerDataset",
     "Skip",
     "SkipReason",
     "SliceHeader",

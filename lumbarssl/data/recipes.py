@@ -87,6 +87,13 @@ class RoiAugmentation(Protocol):
         ...
 
 
+def _as_tensor(array: np.ndarray | Tensor) -> Tensor:
+    if isinstance(array, Tensor):
+        return array
+    # A read-only array (a memory map of the cache) is copied: torch wants writable memory.
+    return torch.from_numpy(array if array.flags.writeable else np.array(array))
+
+
 def _check_interpolation(value: str, antialias: bool) -> None:
     if value not in _INTERPOLATIONS:
         raise ConfigError(
@@ -196,7 +203,9 @@ class RoiRecipe(ConfigBase):
             raise DataError(
                 f"{cache.root or 'in-memory cache'}: holds {side}-px ROIs padded with {pad}, "
                 f"the recipe wants {self.roi_size}-px ROIs padded with {self.pad_value}; "
-                f"prepare again with --roi-size {self.roi_size} --pad-value {self.pad_value}"
+                f"prepare the cache again with roi_size={self.roi_size} and "
+                f"pad_value={self.pad_value} (PrepareConfig), or build the recipe with "
+                "RoiRecipe.from_cache"
             )
 
     def _stats(self) -> tuple[float, float]:
@@ -233,8 +242,7 @@ class RoiRecipe(ConfigBase):
     @staticmethod
     def to_tensor(rois: np.ndarray | Tensor) -> Tensor:
         """uint8 ROIs (..., H, W) as float32 in [0, 1], a channel axis added: (..., 1, H, W)."""
-        tensor = torch.as_tensor(np.asarray(rois)) if isinstance(rois, np.ndarray) else rois
-        return tensor.unsqueeze(-3).float() / _UINT8_MAX
+        return _as_tensor(rois).unsqueeze(-3).float() / _UINT8_MAX
 
     def _normalize(self) -> v2.Normalize:
         mean, std = self._stats()
@@ -398,8 +406,7 @@ class LocalizerRecipe(ConfigBase):
         Returns:
             float32 of the same leading shape, sides ``input_size``.
         """
-        tensor = torch.as_tensor(np.asarray(stacks)) if isinstance(stacks, np.ndarray) else stacks
-        images = tensor.float() / _UINT8_MAX
+        images = _as_tensor(stacks).float() / _UINT8_MAX
         size = self.input_size
         if images.shape[-2:] == (size, size):
             return images
