@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torchvision.transforms import v2
 
 from lumbarssl.data.constants import LEVELS, SEVERITIES
 from lumbarssl.data.dicom import DicomSeries, read_series
@@ -119,6 +120,21 @@ class DiscGrader:
         self.roi_recipe = load_recipe(self.classifier_meta, RoiRecipe, classifier)
         self.localizer: nn.Module = loc_model.to(self.device).eval()
         self.classifier: nn.Module = cls_model.to(self.device).eval()
+
+    @property
+    def roi_size(self) -> int:
+        """Side of the ROI cut around each disc (the classifier recipe's)."""
+        return self.roi_recipe.roi_size
+
+    @property
+    def localizer_size(self) -> int:
+        """Side of the localizer's input (the localizer recipe's)."""
+        return self.localizer_recipe.input_size
+
+    @property
+    def preprocess(self) -> v2.Transform:
+        """The classifier's deterministic ROI transform (the recipe's ``eval_transform``)."""
+        return self.roi_recipe.eval_transform()
 
     def localizer_input(self, slices: list[np.ndarray], center: int) -> Tensor:
         """The localizer's input for one series, as the training dataset builds it.
