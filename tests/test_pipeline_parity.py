@@ -27,11 +27,12 @@ from lumbarssl.errors import InputError
 from lumbarssl.models import (
     DiscClassifier,
     Localizer2p5D,
+    load_checkpoint,
     read_checkpoint,
     resnet18_encoder,
     save_checkpoint,
 )
-from lumbarssl.pipeline import DiscGrader, convert_checkpoint, load_recipe
+from lumbarssl.pipeline import DiscGrader, convert_checkpoint, legacy_recipe, load_recipe
 
 SIZES = (64, 96, 128, 224, 256)
 PAD = 0.3  # not the default, so a serve path that forgot the padding fails
@@ -151,3 +152,23 @@ def test_conversion_checks_the_kind_of_recipe(
     loc = convert_checkpoint(localizer, LocalizerRecipe(), out=tmp_path / "l.pt")
     with pytest.raises(InputError, match="holds a 'localizer' recipe, expected a 'roi' one"):
         load_recipe(read_checkpoint(loc).metadata, RoiRecipe, loc)
+
+
+def test_legacy_recipe_reads_the_old_metadata_and_the_cache(
+    data: tuple[Path, PreparedCache], old_checkpoints: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, cache = data
+    classifier, localizer = old_checkpoints
+    assert legacy_recipe(localizer, cache) == LocalizerRecipe(stack_size=256, input_size=256)
+    with pytest.raises(InputError, match="old metadata has no number 'roi_mean'"):
+        legacy_recipe(classifier, cache)
+    model, _ = load_checkpoint(classifier)
+    old = {"input_size": 128, "roi_mean": 0.4, "roi_std": 0.3, "roi_size": 96}
+    full = save_checkpoint(tmp_path / "old.pt", model, metadata=old)
+    recipe = legacy_recipe(full, cache)
+    assert recipe == RoiRecipe(roi_size=96, pad_value=PAD, input_size=128, mean=0.4, std=0.3)
+    converted = convert_checkpoint(full, recipe)  # in place
+    assert load_recipe(read_checkpoint(converted).metadata, RoiRecipe, converted) == recipe
+    wrong = save_checkpoint(tmp_path / "w.pt", model, metadata=old | {"roi_size": 64})
+    with pytest.raises(InputError, match="trained on 64-px ROIs, the cache holds 96-px"):
+        legacy_recipe(wrong, cache)

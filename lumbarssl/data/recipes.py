@@ -470,7 +470,8 @@ def recipe_from_metadata(stored: object, expected: type[_R], source: str) -> _R:
         raise InputError(
             f"{source}: checkpoint has no preprocessing recipe (older format); convert it "
             f"once with lumbarssl.pipeline.convert_checkpoint({source!r}, "
-            f"{expected.__name__}(...)), giving the settings it was trained with"
+            f"legacy_recipe({source!r}, CACHE_DIR)) or with a {expected.__name__}(...) of "
+            "the settings it was trained with"
         )
     if not isinstance(stored, Mapping) or stored.get("kind") not in RECIPE_KINDS:
         raise InputError(f"{source}: the stored recipe is malformed: {stored!r}")

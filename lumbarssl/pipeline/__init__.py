@@ -7,7 +7,7 @@ the ``lumbarssl`` command line and ``examples/reproduce_paper.py`` are thin laye
 from lumbarssl.data.datasets import SeriesLocalizerDataset
 from lumbarssl.pipeline._common import MODEL_FILE, STAGE_CONFIG_FILE, Splits, make_splits
 from lumbarssl.pipeline.config import StageConfig, param
-from lumbarssl.pipeline.convert import convert_checkpoint, load_recipe
+from lumbarssl.pipeline.convert import convert_checkpoint, legacy_recipe, load_recipe
 from lumbarssl.pipeline.evaluate import (
     EPOCH_METRICS,
     ClassifierPredictions,
@@ -52,6 +52,7 @@ __all__ = [
     "StageResult",
     "convert_checkpoint",
     "epoch_metrics",
+    "legacy_recipe",
     "load_pretrained_encoder",
     "load_recipe",
     "localizer_splits",

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TypeVar
 
+from lumbarssl.data.cache import PreparedCache
 from lumbarssl.data.recipes import (
     LocalizerRecipe,
     Recipe,
@@ -22,10 +23,11 @@ from lumbarssl.data.recipes import (
     recipe_to_metadata,
 )
 from lumbarssl.errors import InputError
-from lumbarssl.models import Localizer2p5D, load_checkpoint, save_checkpoint
+from lumbarssl.models import Localizer2p5D, load_checkpoint, read_checkpoint, save_checkpoint
 from lumbarssl.models.checkpoint import RECIPE_KEY
+from lumbarssl.models.registry import ARCHITECTURE_KEY
 
-__all__ = ["convert_checkpoint", "load_recipe"]
+__all__ = ["convert_checkpoint", "legacy_recipe", "load_recipe"]
 
 _R = TypeVar("_R", RoiRecipe, LocalizerRecipe)
 #: Metadata the checkpoint writer adds itself.
@@ -95,3 +97,53 @@ def convert_checkpoint(
         raise InputError(f"{path}: already holds another recipe ({existing}); not replacing it")
     kept = {k: v for k, v in metadata.items() if k not in _WRITER_KEYS}
     return save_checkpoint(Path(path if out is None else out), model, metadata=kept, recipe=stored)
+
+
+def legacy_recipe(path: str | os.PathLike[str], cache: PreparedCache | str | Path) -> Recipe:
+    """The recipe an old checkpoint was trained with, from its loose metadata and its cache.
+
+    Old classifier and encoder checkpoints stored ``input_size``, ``roi_mean`` and
+    ``roi_std`` (and a classifier ``roi_size``); the padding and the localizer's stack side
+    were never stored and are read from the cache the model was trained on. Pass the result
+    to :func:`convert_checkpoint`.
+
+    Args:
+        path: The old ``model.pt``.
+        cache: The prepared cache the model was trained on (or its directory).
+
+    Returns:
+        A :class:`~lumbarssl.data.recipes.LocalizerRecipe` for a localizer, a
+        :class:`~lumbarssl.data.recipes.RoiRecipe` otherwise.
+
+    Raises:
+        InputError: If the metadata lacks a number the recipe needs.
+        DataError: If the cache's ROIs are not the size the checkpoint says.
+    """
+    checkpoint = read_checkpoint(path)
+    metadata = checkpoint.metadata
+    if not isinstance(cache, PreparedCache):
+        cache = PreparedCache.open(cache)
+
+    def number(key: str) -> float:
+        value = metadata.get(key)
+        if not isinstance(value, int | float):
+            raise InputError(
+                f"{path}: old metadata has no number {key!r} (got {value!r}); build the "
+                "recipe by hand and pass it to convert_checkpoint"
+            )
+        return float(value)
+
+    if checkpoint.config.get(ARCHITECTURE_KEY) == "localizer_2p5d":
+        return LocalizerRecipe.from_cache(cache, input_size=int(number("input_size")))
+    recipe = RoiRecipe.from_cache(
+        cache,
+        input_size=int(number("input_size")),
+        mean=number("roi_mean"),
+        std=number("roi_std"),
+    )
+    if "roi_size" in metadata and int(number("roi_size")) != recipe.roi_size:
+        raise InputError(
+            f"{path}: trained on {int(number('roi_size'))}-px ROIs, the cache holds "
+            f"{recipe.roi_size}-px ones; pass the cache the model was trained on"
+        )
+    return recipe
