@@ -48,8 +48,15 @@ from lumbarssl.data.roi import (
 from lumbarssl.data.skips import OnError, RSNADataError, Skip, SkipReason
 
 if TYPE_CHECKING:
-    from lumbarssl.data.datasets import DiscDatasetConfig, DiscROIDataset, LocalizerDataset, Mode
+    from lumbarssl.data.datasets import (
+        DiscDatasetConfig,
+        DiscROIDataset,
+        LocalizerDataset,
+        Mode,
+        SeriesLocalizerDataset,
+    )
     from lumbarssl.data.prepare.writer import prepare_cache
+    from lumbarssl.data.recipes import LocalizerRecipe, RoiRecipe
     from lumbarssl.data.splits import (
         Splits,
         disc_level_split,
@@ -66,6 +73,9 @@ _LAZY = {
     "Mode": "lumbarssl.data.datasets",
     "prepare_cache": "lumbarssl.data.prepare.writer",
     "Splits": "lumbarssl.data.splits",
+    "SeriesLocalizerDataset": "lumbarssl.data.datasets",
+    "LocalizerRecipe": "lumbarssl.data.recipes",
+    "RoiRecipe": "lumbarssl.data.recipes",
     "disc_level_split": "lumbarssl.data.splits",
     "localizer_splits": "lumbarssl.data.splits",
     "make_splits": "lumbarssl.data.splits",
@@ -89,6 +99,7 @@ __all__ = [
     "IncompleteCacheError",
     "LazySeries",
     "LocalizerDataset",
+    "LocalizerRecipe",
     "MissingDecoderError",
     "Mode",
     "OnError",
@@ -96,8 +107,10 @@ __all__ = [
     "PrepareResult",
     "PreparedCache",
     "RSNADataError",
+    "RoiRecipe",
     "SeriesGeometry",
     "SeriesGeometryError",
+    "SeriesLocalizerDataset",
     "Skip",
     "SkipReason",
     "SliceHeader",

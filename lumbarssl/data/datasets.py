@@ -2,6 +2,8 @@
 
 Both read the arrays that ``lumbarssl prepare`` wrote (:class:`~lumbarssl.data.cache.
 PreparedCache`, memory-mapped lazily in each process), so no DICOM is decoded while training.
+Inputs are built only by a recipe (:class:`~lumbarssl.data.recipes.RoiRecipe`,
+:class:`~lumbarssl.data.recipes.LocalizerRecipe`), the same one ``predict`` uses.
 Random augmentations draw from torch's global generator, which ``DataLoader`` seeds differently
 in each worker process; call :func:`torch.manual_seed` for reproducible views.
 """
@@ -19,33 +21,45 @@ import torch
 from numpy.typing import ArrayLike
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision.transforms import v2
 
 from lumbarssl.data._config import known_fields
 from lumbarssl.data.cache import PreparedCache
-from lumbarssl.data.constants import MISSING_LABEL
+from lumbarssl.data.constants import LEVELS, MISSING_LABEL
 from lumbarssl.data.prepare.config import PrepareConfig
 from lumbarssl.data.prepare.extract import prepare_in_memory
+from lumbarssl.data.recipes import LocalizerRecipe, RoiRecipe
+from lumbarssl.errors import ConfigError, DataError
 
-__all__ = ["DiscDatasetConfig", "DiscROIDataset", "LocalizerDataset", "Mode"]
+__all__ = [
+    "DiscDatasetConfig",
+    "DiscROIDataset",
+    "LocalizerDataset",
+    "Mode",
+    "SeriesLocalizerDataset",
+]
 
 #: ``supervised``: one deterministic view; ``contrastive``: V random views;
 #: ``multislice``: the S neighbouring-slice ROIs of a disc.
 Mode = Literal["supervised", "contrastive", "multislice"]
 _MODES: tuple[str, ...] = ("supervised", "contrastive", "multislice")
-_UINT8_MAX = 255.0
 
 
 @dataclass(frozen=True)
 class DiscDatasetConfig:
-    """Input size, views and augmentations of :class:`DiscROIDataset` (paper Sec. 4.2, 4.3).
+    """Views and augmentations of :class:`DiscROIDataset` (paper Sec. 4.2, 4.3).
 
     The paper lists brightness, contrast and saturation jitter; saturation has no meaning for
     one-channel MRI and is left out. It gives no jitter magnitudes, no flip probability and
     no normalisation constants: ours are marked below.
 
+    The augmentations live here, not in the :class:`~lumbarssl.data.recipes.RoiRecipe`:
+    they shape training only, never the input a served model sees, so they do not travel
+    with the checkpoint. ``input_size``, ``mean`` and ``std`` are kept for compatibility:
+    they build the recipe when the dataset is given none, and must agree with it otherwise.
+
     Attributes:
-        input_size: Side of the network input (Sec. 4.2: ROIs resized to 224 x 224).
+        input_size: Side of the network input (Sec. 4.2: ROIs resized to 224 x 224); prefer
+            ``RoiRecipe.input_size``.
         n_views: Views per disc in ``contrastive`` mode (Sec. 4.3: V, 3 by default).
         crop_scale: Area range of the random resized crop (Sec. 4.2: 0.8-1.0).
         hflip_p: Probability of the horizontal flip (Sec. 4.2; 0.5 is our choice).
@@ -54,7 +68,7 @@ class DiscDatasetConfig:
         contrast: Contrast jitter factor range 1 +/- this (our choice).
         mean: Intensity mean subtracted after scaling to [0, 1]; ``None`` uses the mean of
             all ROI pixels of the cache (Sec. 4.2: "channel-wise statistics"; no labels are
-            involved, so using every disc does not leak grades).
+            involved, so using every disc does not leak grades); prefer ``RoiRecipe.mean``.
         std: Intensity standard deviation divided by; ``None`` uses the cache's.
     """
 
@@ -160,16 +174,21 @@ class DiscROIDataset(Dataset[dict[str, Tensor]]):
         cache: A :class:`~lumbarssl.data.cache.PreparedCache` or the ``OUT_DIR`` of
             ``lumbarssl prepare``.
         mode: ``"supervised"``, ``"contrastive"`` or ``"multislice"``.
-        config: Input size, views, augmentations; the paper's when ``None``.
+        config: Views and augmentations; the paper's when ``None``.
         indices: Rows of the cache to use (e.g. from :func:`~lumbarssl.data.splits.
             study_level_split`); all rows when ``None``.
         labeled_only: Keep only graded discs. Defaults to ``True`` except in ``contrastive``
             mode, which may use unlabeled discs; ``supervised`` mode does not accept
             ``False``, so label -1 never reaches a supervised loss.
+        recipe: How ROIs become inputs; when ``None``, :meth:`RoiRecipe.from_cache
+            <lumbarssl.data.recipes.RoiRecipe.from_cache>` with ``config``'s input size and
+            statistics.
 
     Raises:
         ValueError: If ``mode`` is unknown, ``labeled_only=False`` in supervised mode, or
             ``multislice`` is asked of a cache prepared without ``--slices``.
+        ConfigError: If ``config`` sets an input size or statistics other than the recipe's.
+        DataError: If the recipe's ROI size or padding is not the cache's.
         IndexError: If an index is outside the cache.
     """
 
@@ -181,6 +200,7 @@ class DiscROIDataset(Dataset[dict[str, Tensor]]):
         config: DiscDatasetConfig | None = None,
         indices: ArrayLike | None = None,
         labeled_only: bool | None = None,
+        recipe: RoiRecipe | None = None,
     ) -> None:
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {', '.join(_MODES)}, got {mode!r}")
@@ -199,27 +219,19 @@ class DiscROIDataset(Dataset[dict[str, Tensor]]):
         if labeled_only:
             rows = rows[self.cache.table.label[rows] != MISSING_LABEL]
         self.rows = rows
-        mean, std = self.config.mean, self.config.std
-        if mean is None or std is None:
-            cache_mean, cache_std = self.cache.roi_stats()
-            mean = cache_mean if mean is None else mean
-            std = cache_std if std is None else std
-        size = self.config.input_size
-        normalize = v2.Normalize(mean=[mean], std=[std])
-        self.deterministic = v2.Compose([v2.Resize((size, size), antialias=True), normalize])
-        # Rotation, jitter and flip run at ROI resolution, before the crop upsamples: the same
-        # kinds of views as the paper's order, several times cheaper than at 224 x 224.
-        self.augment = v2.Compose(
-            [
-                v2.RandomRotation(
-                    self.config.rotation_degrees, interpolation=v2.InterpolationMode.BILINEAR
-                ),
-                v2.ColorJitter(brightness=self.config.brightness, contrast=self.config.contrast),
-                v2.RandomHorizontalFlip(p=self.config.hflip_p),
-                v2.RandomResizedCrop(size, scale=self.config.crop_scale, antialias=True),
-                normalize,
-            ]
-        )
+        if recipe is None:
+            recipe = RoiRecipe.from_cache(
+                self.cache,
+                input_size=self.config.input_size,
+                mean=self.config.mean,
+                std=self.config.std,
+            )
+        else:
+            _check_agrees(self.config, recipe)
+            recipe.check_cache(self.cache)
+        self.recipe = recipe
+        self.deterministic = recipe.eval_transform()
+        self.augment = recipe.train_transform(self.config)
 
     @classmethod
     def from_rsna(
@@ -231,6 +243,7 @@ class DiscROIDataset(Dataset[dict[str, Tensor]]):
         config: DiscDatasetConfig | None = None,
         indices: ArrayLike | None = None,
         labeled_only: bool | None = None,
+        recipe: RoiRecipe | None = None,
     ) -> DiscROIDataset:
         """Build the dataset straight from an RSNA directory, extracting ROIs in memory.
 
@@ -245,6 +258,7 @@ class DiscROIDataset(Dataset[dict[str, Tensor]]):
             config: See the class.
             indices: See the class.
             labeled_only: See the class.
+            recipe: See the class.
 
         Returns:
             The dataset.
@@ -252,7 +266,9 @@ class DiscROIDataset(Dataset[dict[str, Tensor]]):
         if mode == "multislice" and prepare_config is None:
             prepare_config = PrepareConfig(slices=3)
         cache, _ = prepare_in_memory(data_dir, prepare_config)
-        return cls(cache, mode, config=config, indices=indices, labeled_only=labeled_only)
+        return cls(
+            cache, mode, config=config, indices=indices, labeled_only=labeled_only, recipe=recipe
+        )
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -276,11 +292,11 @@ class DiscROIDataset(Dataset[dict[str, Tensor]]):
             "index": torch.tensor(row, dtype=torch.int64),
         }
         if self.mode == "multislice":
-            stack = torch.from_numpy(np.array(self.cache.multislice[row])).unsqueeze(1)
-            sample["image"] = self.deterministic(stack.float() / _UINT8_MAX)
+            stack = self.recipe.to_tensor(np.array(self.cache.multislice[row]))
+            sample["image"] = self.deterministic(stack)
             sample["mask"] = torch.from_numpy(np.array(self.cache.multislice_mask[row]))
             return sample
-        roi = torch.from_numpy(np.array(self.cache.rois[row])).unsqueeze(0).float() / _UINT8_MAX
+        roi = self.recipe.to_tensor(np.array(self.cache.rois[row]))
         if self.mode == "supervised":
             sample["image"] = self.deterministic(roi)
         else:
@@ -288,13 +304,116 @@ class DiscROIDataset(Dataset[dict[str, Tensor]]):
         return sample
 
 
+def _check_agrees(config: DiscDatasetConfig, recipe: RoiRecipe) -> None:
+    """Raise if the legacy input fields of ``config`` contradict ``recipe``."""
+    default = DiscDatasetConfig.__dataclass_fields__["input_size"].default
+    clashes = [
+        f"{name} {value} (recipe: {getattr(recipe, name)})"
+        for name, value, unset in (
+            ("input_size", config.input_size, default),
+            ("mean", config.mean, None),
+            ("std", config.std, None),
+        )
+        if value != unset and value != getattr(recipe, name)
+    ]
+    if clashes:
+        raise ConfigError(
+            "DiscDatasetConfig sets " + ", ".join(clashes) + "; the recipe decides the input: "
+            "leave these fields unset when passing recipe="
+        )
+
+
+class SeriesLocalizerDataset(Dataset[dict[str, Tensor]]):
+    """All annotated levels of one 2.5D localizer input per item (paper Sec. 3.2, 4.5).
+
+    The one localizer dataset: training, evaluation and :class:`LocalizerDataset` read
+    through it. The five discs of a series share one input stack, and the localizer's
+    backbone features do not depend on the level, so each stack is passed through the
+    backbone once and the head once per level (:meth:`~lumbarssl.models.Localizer2p5D.
+    forward` with ``(B, K)`` levels).
+
+    Each item is a dict: ``"image"`` float32 (S, L, L), the stored stack made a network input
+    by :meth:`LocalizerRecipe.network_input <lumbarssl.data.recipes.LocalizerRecipe.
+    network_input>` (values in [0, 1], ``L = recipe.input_size``); ``"level"`` int64 (5,),
+    the levels 0-4; ``"target"`` float32 (5, 2), the centres ``(x / W, y / H)`` normalised by
+    the slice's (W, H); ``"mask"`` bool (5,), which levels have a coordinate; ``"scale"``
+    float32 (2,), (W, H) of the slice; ``"spacing"`` float32 (2,), PixelSpacing (column,
+    row) in mm (NaN if unknown); ``"row"`` int64 (5,), the cache row of each level or -1.
+
+    Args:
+        cache: A :class:`~lumbarssl.data.cache.PreparedCache` or a prepare ``OUT_DIR``.
+        rows: Cache rows to include (their stacks are grouped); all rows when ``None``.
+        recipe: How stacks become inputs; the cache's stacks at their own size when ``None``.
+
+    Raises:
+        ValueError: If two included rows give the same level of the same stack.
+        DataError: If the recipe's stack is not the cache's.
+        IndexError: If a row is outside the cache.
+    """
+
+    def __init__(
+        self,
+        cache: PreparedCache | str | Path,
+        rows: ArrayLike | None = None,
+        *,
+        recipe: LocalizerRecipe | None = None,
+    ) -> None:
+        self.cache = _open(cache)
+        if recipe is None:
+            recipe = LocalizerRecipe.from_cache(self.cache)
+        else:
+            recipe.check_cache(self.cache)
+        self.recipe = recipe
+        table = self.cache.table
+        groups: dict[int, list[int]] = {}
+        for row in _rows(self.cache, rows).tolist():
+            groups.setdefault(int(table.localizer_index[row]), []).append(int(row))
+        for index, members in groups.items():
+            levels = table.level_id[members]
+            if len(set(levels.tolist())) != len(members):
+                raise DataError(f"localizer input {index}: two discs of one level {members}")
+        self.groups = sorted(groups.items())
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, item: int) -> dict[str, Tensor]:
+        index, members = self.groups[item]
+        table = self.cache.table
+        n = len(LEVELS)
+        target = torch.zeros(n, 2)
+        mask = torch.zeros(n, dtype=torch.bool)
+        row_ids = torch.full((n,), -1, dtype=torch.int64)
+        first = members[0]
+        width, height = float(table.width[first]), float(table.height[first])
+        for row in members:
+            level = int(table.level_id[row])
+            target[level, 0] = float(table.x[row]) / width
+            target[level, 1] = float(table.y[row]) / height
+            mask[level] = True
+            row_ids[level] = row
+        stack = np.array(self.cache.localizer_images[index])
+        return {
+            "image": self.recipe.network_input(stack),
+            "level": torch.arange(n),
+            "target": target,
+            "mask": mask,
+            "scale": torch.tensor([width, height]),
+            "spacing": torch.tensor(
+                [float(table.col_spacing_mm[first]), float(table.row_spacing_mm[first])]
+            ),
+            "row": row_ids,
+        }
+
+
 class LocalizerDataset(Dataset[dict[str, Tensor]]):
-    """2.5D localizer inputs and normalised disc centres (paper Sec. 3.2, 4.5).
+    """One disc per item: a per-disc view of :class:`SeriesLocalizerDataset`.
 
     Each item is a dict:
 
     * ``"image"``: float32 (3, L, L) in [0, 1]: the annotated slice and its two spatial
-      neighbours (edges repeated), each min-max normalised and resized to L x L (paper: 256).
+      neighbours (edges repeated), each min-max normalised and resized to L x L (paper: 256),
+      as the recipe builds it.
     * ``"target"``: float32 (2,), the disc centre ``(x / W, y / H)`` in [0, 1], where
       ``(x, y)`` are pixels of the annotated slice of shape (H, W).
     * ``"level"``: int64 scalar, 0-4 for L1/L2 ... L5/S1 (the localizer's level embedding).
@@ -308,16 +427,28 @@ class LocalizerDataset(Dataset[dict[str, Tensor]]):
     Args:
         cache: A :class:`~lumbarssl.data.cache.PreparedCache` or a prepare ``OUT_DIR``.
         indices: Rows of the cache to use; all when ``None``.
+        recipe: See :class:`SeriesLocalizerDataset`.
 
     Raises:
         IndexError: If an index is outside the cache.
     """
 
     def __init__(
-        self, cache: PreparedCache | str | Path, *, indices: ArrayLike | None = None
+        self,
+        cache: PreparedCache | str | Path,
+        *,
+        indices: ArrayLike | None = None,
+        recipe: LocalizerRecipe | None = None,
     ) -> None:
-        self.cache = _open(cache)
+        self.series = SeriesLocalizerDataset(cache, indices, recipe=recipe)
+        self.cache = self.series.cache
         self.rows = _rows(self.cache, indices)
+        where = {
+            row: (item, int(self.cache.table.level_id[row]))
+            for item, (_, members) in enumerate(self.series.groups)
+            for row in members
+        }
+        self._where = [where[int(row)] for row in self.rows]
 
     @classmethod
     def from_rsna(
@@ -326,6 +457,7 @@ class LocalizerDataset(Dataset[dict[str, Tensor]]):
         *,
         prepare_config: PrepareConfig | None = None,
         indices: ArrayLike | None = None,
+        recipe: LocalizerRecipe | None = None,
     ) -> LocalizerDataset:
         """Build the dataset straight from an RSNA directory, extracting in memory.
 
@@ -333,30 +465,25 @@ class LocalizerDataset(Dataset[dict[str, Tensor]]):
             data_dir: RSNA 2024 layout directory.
             prepare_config: Extraction settings.
             indices: See the class.
+            recipe: See the class.
 
         Returns:
             The dataset.
         """
         cache, _ = prepare_in_memory(data_dir, prepare_config)
-        return cls(cache, indices=indices)
+        return cls(cache, indices=indices, recipe=recipe)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, item: int) -> dict[str, Tensor]:
-        row = int(self.rows[item])
-        table = self.cache.table
-        stack = np.array(self.cache.localizer_images[int(table.localizer_index[row])])
-        width, height = float(table.width[row]), float(table.height[row])
+        stack_item, level = self._where[item]
+        stack = self.series[stack_item]
         return {
-            "image": torch.from_numpy(stack).float() / _UINT8_MAX,
-            "target": torch.tensor(
-                [table.x[row] / width, table.y[row] / height], dtype=torch.float32
-            ),
-            "level": torch.tensor(int(table.level_id[row]), dtype=torch.int64),
-            "scale": torch.tensor([width, height], dtype=torch.float32),
-            "spacing": torch.tensor(
-                [table.col_spacing_mm[row], table.row_spacing_mm[row]], dtype=torch.float32
-            ),
-            "index": torch.tensor(row, dtype=torch.int64),
+            "image": stack["image"],
+            "target": stack["target"][level],
+            "level": stack["level"][level],
+            "scale": stack["scale"],
+            "spacing": stack["spacing"],
+            "index": stack["row"][level],
         }

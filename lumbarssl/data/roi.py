@@ -298,12 +298,13 @@ def localizer_channel(
 
 
 def localizer_input(
-    slices: Sequence[np.ndarray], center: int, size: int = LOCALIZER_SIZE
+    slices: Sequence[np.ndarray], center: int, size: int = LOCALIZER_SIZE, *, channels: int = 3
 ) -> np.ndarray:
     """Build the 2.5D input of the disc localizer (paper Sec. 3.2, 4.5).
 
     Channels are the slices ``center - 1``, ``center``, ``center + 1`` of a series in spatial
-    order; at either end of the series the edge slice is repeated. Each channel is
+    order (``channels // 2`` on each side of ``center`` in general); at either end of the
+    series the edge slice is repeated. Each channel is
     :func:`localizer_channel` of its slice: min-max normalised on its own (as for ROIs),
     resized to ``size x size`` (bilinear, antialiased; the aspect ratio is not kept) and
     rescaled to uint8. A target ``(x, y)`` in pixels of the centre slice of shape (H, W) maps
@@ -313,12 +314,14 @@ def localizer_input(
         slices: The whole series in spatial order, each of shape (H_i, W_i); shapes may differ.
         center: Index of the annotated slice in ``slices``.
         size: Output side (paper: 256).
+        channels: Slices stacked, odd (paper: 3).
 
     Returns:
-        uint8 array of shape (3, size, size).
+        uint8 array of shape (channels, size, size).
 
     Raises:
-        ValueError: If ``slices`` is empty, ``center`` is out of range or ``size`` < 1.
+        ValueError: If ``slices`` is empty, ``center`` is out of range, ``size`` < 1 or
+            ``channels`` is not odd and positive.
     """
     if not slices:
         raise ValueError("slices is empty")
@@ -326,10 +329,13 @@ def localizer_input(
         raise ValueError(f"center must be in [0, {len(slices) - 1}], got {center}")
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
+    if channels < 1 or channels % 2 == 0:
+        raise ValueError(f"channels must be odd and positive, got {channels}")
     last = len(slices) - 1
+    half = channels // 2
     return np.stack(
         [
             localizer_channel(slices[min(max(i, 0), last)], size)
-            for i in (center - 1, center, center + 1)
+            for i in range(center - half, center + half + 1)
         ]
     )

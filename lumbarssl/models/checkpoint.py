@@ -6,6 +6,12 @@ A checkpoint is written with :func:`torch.save` but holds only tensors and strin
 refuses every object that is not a tensor or a plain container, and rebuilds the model from the
 config, so no class is ever unpickled.
 
+The metadata of a model a stage trained holds its **preprocessing recipe** under
+:data:`RECIPE_KEY`: a JSON object ``{"kind": "roi" | "localizer", "config": {...}}``, the
+fields of a :class:`~lumbarssl.data.recipes.RoiRecipe` or
+:class:`~lumbarssl.data.recipes.LocalizerRecipe`. This module stores and returns it as plain
+data; :func:`lumbarssl.data.recipes.recipe_from_metadata` rebuilds the typed recipe.
+
 These files hold a trained model. The training loop's resumable state (optimizer, scheduler,
 RNG) belongs to :mod:`lumbarssl.training`.
 """
@@ -31,6 +37,7 @@ from lumbarssl.models.registry import ARCHITECTURE_KEY, build_model, model_confi
 __all__ = [
     "CHECKPOINT_FORMAT",
     "DATA_SOURCES",
+    "RECIPE_KEY",
     "Checkpoint",
     "CheckpointError",
     "load_checkpoint",
@@ -43,6 +50,8 @@ CHECKPOINT_FORMAT: Final[str] = "lumbarssl.model-checkpoint"
 _FORMAT_VERSION: Final[int] = 1
 #: Allowed values of ``metadata["data_source"]``.
 DATA_SOURCES: Final[tuple[str, ...]] = _DATA_SOURCES
+#: Metadata key of the preprocessing recipe: ``{"kind": ..., "config": {...}}``.
+RECIPE_KEY: Final[str] = "recipe"
 _MAX_LISTED_KEYS: Final[int] = 10
 
 
@@ -67,6 +76,7 @@ def save_checkpoint(
     *,
     config: Mapping[str, object] | None = None,
     metadata: Mapping[str, object] | None = None,
+    recipe: Mapping[str, object] | None = None,
 ) -> Path:
     """Write ``model`` to ``path`` atomically (:func:`lumbarssl._core.atomic.atomic_write`).
 
@@ -81,6 +91,9 @@ def save_checkpoint(
         metadata: JSON-serialisable facts about the run, e.g. ``data_source`` (``"real"`` or
             ``"synthetic"``), ``seed``, ``profile``, ``epoch``. ``lumbarssl_version`` and
             ``torch_version`` are added (and overwritten) automatically.
+        recipe: The preprocessing recipe as JSON
+            (:func:`~lumbarssl.data.recipes.recipe_to_metadata`), stored as
+            ``metadata[RECIPE_KEY]``; ``None`` keeps what ``metadata`` holds there.
 
     Returns:
         The path written.
@@ -92,6 +105,8 @@ def save_checkpoint(
     """
     config_dict = dict(config) if config is not None else model_config(model)
     meta = dict(metadata) if metadata is not None else {}
+    if recipe is not None:
+        meta[RECIPE_KEY] = dict(recipe)
     source = meta.get("data_source")
     if source is not None and source not in DATA_SOURCES:
         raise ValueError(f"metadata['data_source'] must be one of {DATA_SOURCES}, got {source!r}")

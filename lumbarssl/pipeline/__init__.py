@@ -4,9 +4,11 @@ Each stage takes one frozen config dataclass whose defaults are the paper's hype
 the ``lumbarssl`` command line and ``examples/reproduce_paper.py`` are thin layers over them.
 """
 
+from lumbarssl.data.datasets import SeriesLocalizerDataset
 from lumbarssl.data.splits import Splits, localizer_splits, make_splits
 from lumbarssl.pipeline._common import MODEL_FILE, STAGE_CONFIG_FILE
 from lumbarssl.pipeline.config import StageConfig, param
+from lumbarssl.pipeline.convert import convert_checkpoint, legacy_recipe, load_recipe
 from lumbarssl.pipeline.evaluate import (
     EPOCH_METRICS,
     ClassifierPredictions,
@@ -26,7 +28,6 @@ from lumbarssl.pipeline.inference import (
 )
 from lumbarssl.pipeline.localize import (
     LocalizerConfig,
-    SeriesLocalizerDataset,
     run_localizer_training,
 )
 from lumbarssl.pipeline.pretrain import PretrainConfig, pretraining_rows, run_pretraining
@@ -49,8 +50,11 @@ __all__ = [
     "Splits",
     "StageConfig",
     "StageResult",
+    "convert_checkpoint",
     "epoch_metrics",
+    "legacy_recipe",
     "load_pretrained_encoder",
+    "load_recipe",
     "localizer_splits",
     "make_splits",
     "param",

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lumbarssl._core.atomic import atomic_write
 from lumbarssl.data.cache import PreparedCache
+from lumbarssl.data.recipes import Recipe, recipe_to_metadata
 
 # Re-exported for the stages; they live with every other split in lumbarssl.data.splits.
 from lumbarssl.data.splits import Splits as Splits
@@ -179,6 +180,7 @@ def export_best(
     best_checkpoint: Path | None,
     out_dir: Path,
     metadata: dict[str, Any],
+    recipe: Recipe,
 ) -> Path:
     """Load the best epoch's weights into ``model`` and save a model-only checkpoint.
 
@@ -186,7 +188,9 @@ def export_best(
         model: The bare (not DDP-wrapped) model of the stage.
         best_checkpoint: The trainer's ``best.pt`` (``None`` keeps the current weights).
         out_dir: Where ``model.pt`` goes.
-        metadata: Provenance and preprocessing facts stored with the weights.
+        metadata: Provenance stored with the weights.
+        recipe: The preprocessing recipe the model was trained with, stored under
+            :data:`~lumbarssl.models.checkpoint.RECIPE_KEY`.
 
     Returns:
         Path of ``model.pt``.
@@ -196,7 +200,7 @@ def export_best(
         model.load_state_dict(state["model"])
     path = out_dir / MODEL_FILE
     if is_main_process():
-        save_checkpoint(path, model, metadata=metadata)
+        save_checkpoint(path, model, metadata=metadata, recipe=recipe_to_metadata(recipe))
     return path
 
 

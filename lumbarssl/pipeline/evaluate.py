@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader
 
 from lumbarssl.data.cache import PreparedCache
 from lumbarssl.data.constants import LEVELS
-from lumbarssl.data.datasets import DiscDatasetConfig, DiscROIDataset
+from lumbarssl.data.datasets import DiscROIDataset
+from lumbarssl.data.recipes import RoiRecipe
 from lumbarssl.errors import WrongKindError
 from lumbarssl.metrics import (
     TABLE1_COLUMNS,
@@ -27,6 +28,7 @@ from lumbarssl.metrics import (
 from lumbarssl.models import DiscClassifier, load_checkpoint
 from lumbarssl.pipeline._common import make_splits, prepare_out_dir, write_json
 from lumbarssl.pipeline.config import StageConfig, param
+from lumbarssl.pipeline.convert import load_recipe
 from lumbarssl.training import move_to_device, select_device
 
 #: Names of the per-epoch validation metrics the fine-tuning stage logs (``val_<name>``).
@@ -209,24 +211,29 @@ def summarize(
 
 
 def supervised_dataset(
-    cache: PreparedCache, rows: np.ndarray, metadata: Mapping[str, Any]
+    cache: PreparedCache,
+    rows: np.ndarray,
+    metadata: Mapping[str, Any],
+    source: str = "checkpoint",
 ) -> DiscROIDataset:
     """The deterministic dataset a classifier was trained with, from its checkpoint metadata.
 
     Args:
         cache: The prepared cache.
         rows: Cache rows to include.
-        metadata: Checkpoint metadata holding ``input_size``, ``roi_mean`` and ``roi_std``.
+        metadata: Checkpoint metadata holding the :class:`~lumbarssl.data.recipes.RoiRecipe`.
+        source: The checkpoint's path, for messages.
 
     Returns:
-        A supervised-mode dataset normalised exactly as in training.
+        A supervised-mode dataset built by the checkpoint's recipe, exactly as in training.
+
+    Raises:
+        InputError: If the checkpoint has no recipe (older format; the message says how to
+            convert it).
+        DataError: If the cache's ROIs were not cut the way the recipe cuts them.
     """
-    config = DiscDatasetConfig(
-        input_size=int(metadata["input_size"]),
-        mean=float(metadata["roi_mean"]),
-        std=float(metadata["roi_std"]),
-    )
-    return DiscROIDataset(cache, "supervised", config=config, indices=rows)
+    recipe = load_recipe(metadata, RoiRecipe, source)
+    return DiscROIDataset(cache, "supervised", recipe=recipe, indices=rows)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -287,7 +294,7 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
     rows = splits.test if config.subset == "test" else splits.val
     predictions = predict_classifier(
         model,
-        supervised_dataset(cache, rows, metadata),
+        supervised_dataset(cache, rows, metadata, str(config.checkpoint)),
         batch_size=config.batch_size,
         device=config.runtime.device,
     )

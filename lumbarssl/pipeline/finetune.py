@@ -11,7 +11,8 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from lumbarssl import paper
-from lumbarssl.data.datasets import DiscDatasetConfig, DiscROIDataset
+from lumbarssl.data.datasets import DiscROIDataset
+from lumbarssl.data.recipes import RoiRecipe, recipe_to_metadata
 from lumbarssl.errors import WrongKindError
 from lumbarssl.losses import WeightedFocalLoss
 from lumbarssl.models import (
@@ -156,11 +157,10 @@ def run_finetuning(config: FinetuneConfig) -> StageResult:
     """
     info, out, cache = start_stage(config)
     splits = make_splits(cache, config)
-    mean, std = cache.roi_stats()
-    data_config = DiscDatasetConfig(input_size=config.input_size, mean=mean, std=std)
+    recipe = RoiRecipe.from_cache(cache, input_size=config.input_size)
 
     def dataset(rows: Any) -> DiscROIDataset:
-        return DiscROIDataset(cache, "supervised", config=data_config, indices=rows)
+        return DiscROIDataset(cache, "supervised", recipe=recipe, indices=rows)
 
     train_loader = make_loader(
         dataset(splits.train), config, batch_size=config.batch_size, shuffle=True, drop_last=True
@@ -199,15 +199,8 @@ def run_finetuning(config: FinetuneConfig) -> StageResult:
         ),
     )
     history = trainer.fit(train_loader, val_loader, resume=config.resume)
-    metadata = base_metadata(config, "finetune") | {
-        "mode": config.mode,
-        "input_size": config.input_size,
-        "roi_mean": mean,
-        "roi_std": std,
-        "roi_size": int(cache.rois.shape[-1]),
-        "encoder": config.encoder,
-    }
-    model_path = export_best(model, trainer.best_checkpoint, out, metadata)
+    metadata = base_metadata(config, "finetune") | {"mode": config.mode, "encoder": config.encoder}
+    model_path = export_best(model, trainer.best_checkpoint, out, metadata, recipe)
     if info.rank == 0:
         val_predictions = predict_classifier(
             model, dataset(splits.val), device=config.runtime.device
@@ -221,6 +214,6 @@ def run_finetuning(config: FinetuneConfig) -> StageResult:
         )
         test_predictions.write_csv(out / "predictions_test.csv")
         report = summarize(test_predictions, n_resamples=config.n_resamples, seed=config.seed)
-        report["provenance"] = metadata
+        report["provenance"] = metadata | {"recipe": recipe_to_metadata(recipe)}
         write_json(out / "report_test.json", report)
     return StageResult(out_dir=out, model_path=model_path, history=tuple(history))

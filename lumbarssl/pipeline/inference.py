@@ -1,27 +1,29 @@
 """Fully automated grading of an unannotated sagittal T2 series (paper Sec. 4.5).
 
 The localizer finds the five disc centres on the mid-sagittal slice, the ROI extractor crops
-them exactly as in training, and the classifier grades each crop.
+them exactly as in training, and the classifier grades each crop. Both inputs are built by
+the recipes stored in the two checkpoints (:mod:`lumbarssl.data.recipes`), through the same
+functions the training datasets use.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torchvision.transforms import v2
 
 from lumbarssl.data.constants import LEVELS, SEVERITIES
 from lumbarssl.data.dicom import DicomSeries, read_series
-from lumbarssl.data.roi import LOCALIZER_SIZE, ROI_SIZE, extract_roi, localizer_input
+from lumbarssl.data.recipes import LocalizerRecipe, RoiRecipe
 from lumbarssl.errors import InputError, WrongKindError
 from lumbarssl.models import DiscClassifier, Localizer2p5D, load_checkpoint
+from lumbarssl.pipeline.convert import load_recipe
 from lumbarssl.reporting.figures import plot_prediction_overlay
 from lumbarssl.training import select_device
 
@@ -86,13 +88,6 @@ def _check_sagittal(series: DicomSeries) -> None:
         )
 
 
-def _number(metadata: Mapping[str, object], key: str, default: float | None = None) -> float:
-    value = metadata.get(key, default)
-    if not isinstance(value, (int, float)):
-        raise InputError(f"checkpoint metadata lacks a number for {key!r} (got {value!r})")
-    return float(value)
-
-
 class DiscGrader:
     """A localizer and a classifier, loaded from checkpoints, that grade whole series.
 
@@ -101,8 +96,14 @@ class DiscGrader:
         classifier: The ``model.pt`` of ``lumbarssl finetune``.
         device: Device to run on.
 
+    Attributes:
+        roi_recipe: The classifier's :class:`~lumbarssl.data.recipes.RoiRecipe`.
+        localizer_recipe: The localizer's :class:`~lumbarssl.data.recipes.LocalizerRecipe`.
+
     Raises:
         TypeError: If a checkpoint holds the wrong kind of model.
+        InputError: If a checkpoint has no recipe (older format; the message says how to
+            convert it).
     """
 
     def __init__(
@@ -119,20 +120,62 @@ class DiscGrader:
             raise WrongKindError(
                 f"{classifier} holds a {type(cls_model).__name__}, not a DiscClassifier"
             )
+        self.localizer_recipe = load_recipe(self.localizer_meta, LocalizerRecipe, localizer)
+        self.roi_recipe = load_recipe(self.classifier_meta, RoiRecipe, classifier)
         self.localizer: nn.Module = loc_model.to(self.device).eval()
         self.classifier: nn.Module = cls_model.to(self.device).eval()
-        size = int(_number(self.classifier_meta, "input_size"))
-        self.roi_size = int(_number(self.classifier_meta, "roi_size", ROI_SIZE))
-        self.localizer_size = int(_number(self.localizer_meta, "input_size", LOCALIZER_SIZE))
-        self.preprocess = v2.Compose(
-            [
-                v2.Resize((size, size), antialias=True),
-                v2.Normalize(
-                    mean=[_number(self.classifier_meta, "roi_mean")],
-                    std=[_number(self.classifier_meta, "roi_std")],
-                ),
-            ]
-        )
+
+    @property
+    def roi_size(self) -> int:
+        """Side of the ROI cut around each disc (the classifier recipe's)."""
+        return self.roi_recipe.roi_size
+
+    @property
+    def localizer_size(self) -> int:
+        """Side of the localizer's input (the localizer recipe's)."""
+        return self.localizer_recipe.input_size
+
+    @property
+    def preprocess(self) -> v2.Transform:
+        """The classifier's deterministic ROI transform (the recipe's ``eval_transform``)."""
+        return self.roi_recipe.eval_transform()
+
+    def localizer_input(self, slices: list[np.ndarray], center: int) -> Tensor:
+        """The localizer's input for one series, as the training dataset builds it.
+
+        The stack ``lumbarssl prepare`` would cache (:meth:`LocalizerRecipe.stack
+        <lumbarssl.data.recipes.LocalizerRecipe.stack>`), then
+        :meth:`LocalizerRecipe.network_input
+        <lumbarssl.data.recipes.LocalizerRecipe.network_input>`, on the CPU.
+
+        Args:
+            slices: The series in spatial order, each (H_i, W_i).
+            center: Index of the slice whose centres are wanted.
+
+        Returns:
+            float32 (slices, S, S), ``S = localizer_recipe.input_size``.
+        """
+        recipe = self.localizer_recipe
+        return recipe.network_input(recipe.stack(slices, center))
+
+    def classifier_input(self, image: np.ndarray, x: float, y: float) -> Tensor:
+        """The classifier's input for the disc at ``(x, y)``, as the training dataset builds it.
+
+        The ROI ``lumbarssl prepare`` would cache (:meth:`RoiRecipe.extract
+        <lumbarssl.data.recipes.RoiRecipe.extract>`, padding included), then
+        :meth:`RoiRecipe.network_input <lumbarssl.data.recipes.RoiRecipe.network_input>`,
+        on the CPU.
+
+        Args:
+            image: The slice, real-valued (H, W).
+            x: Column of the disc centre in pixels.
+            y: Row of the disc centre in pixels.
+
+        Returns:
+            float32 (1, S, S), ``S = roi_recipe.input_size``.
+        """
+        recipe = self.roi_recipe
+        return recipe.network_input(recipe.extract(image, x, y))
 
     @torch.no_grad()
     def predict_series(self, series_dir: str | Path) -> tuple[SeriesPrediction, np.ndarray]:
@@ -155,19 +198,13 @@ class DiscGrader:
         center = len(series) // 2
         image = series.pixels[center]
         height, width = image.shape
-        stack = localizer_input(list(series.pixels), center, self.localizer_size)
-        inputs = torch.from_numpy(stack).float().div(255.0).unsqueeze(0).to(self.device)
+        inputs = self.localizer_input(list(series.pixels), center).unsqueeze(0).to(self.device)
         levels = torch.arange(len(LEVELS), device=self.device)
         centres = self.localizer(inputs.expand(len(LEVELS), -1, -1, -1), levels).float().cpu()
         xs = (centres[:, 0] * width).tolist()
         ys = (centres[:, 1] * height).tolist()
         rois = torch.stack(
-            [
-                self.preprocess(
-                    torch.from_numpy(extract_roi(image, x, y, self.roi_size)).float()[None] / 255.0
-                )
-                for x, y in zip(xs, ys, strict=True)
-            ]
+            [self.classifier_input(image, x, y) for x, y in zip(xs, ys, strict=True)]
         ).to(self.device)
         probabilities = torch.softmax(self.classifier(rois).float(), dim=1).cpu().numpy()
         predictions = tuple(

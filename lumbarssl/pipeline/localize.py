@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from lumbarssl import paper
-from lumbarssl.data.cache import PreparedCache
 from lumbarssl.data.constants import LEVELS
+from lumbarssl.data.datasets import SeriesLocalizerDataset
+from lumbarssl.data.recipes import LocalizerRecipe, recipe_to_metadata
 from lumbarssl.data.splits import localizer_splits
-from lumbarssl.errors import DataError
 from lumbarssl.metrics import localization_rmse
 from lumbarssl.models import Localizer2p5D
 from lumbarssl.pipeline._common import (
@@ -53,8 +53,10 @@ class LocalizerConfig(StageConfig):
         weight_decay: AdamW weight decay (Sec. 4.5: 0.01).
         plateau_patience: ReduceLROnPlateau patience on validation RMSE (Sec. 4.5: 3).
         plateau_factor: ReduceLROnPlateau factor (Sec. 4.5: 0.1).
-        input_size: Side of the 3-slice input (Sec. 4.5: 256); the cache stores 256 and is
-            resized on the fly for other values.
+        input_size: Side of the 3-slice input (Sec. 4.5: 256); the cache stores its
+            ``localizer_size`` stack and the
+            :class:`~lumbarssl.data.recipes.LocalizerRecipe` resizes it for other values, in
+            training and in ``predict`` alike.
         weights: torchvision weights of the backbone. The paper starts from
             ``"IMAGENET1K_V1"``; the default ``None`` starts from random weights because
             nothing may be downloaded by default.
@@ -89,85 +91,14 @@ class LocalizerConfig(StageConfig):
             )
 
 
-class SeriesLocalizerDataset(Dataset[dict[str, Tensor]]):
-    """All annotated levels of one 2.5D localizer input per item (paper Sec. 3.2, 4.5).
-
-    The five discs of a series share one input stack, and the localizer's backbone features do
-    not depend on the level, so each stack is passed through the backbone once and the head
-    once per level (:meth:`~lumbarssl.models.Localizer2p5D.forward` with ``(B, K)`` levels).
-
-    Each item is a dict: ``"image"`` float32 (3, L, L) in [0, 1]; ``"level"`` int64 (5,), the
-    levels 0-4; ``"target"`` float32 (5, 2), the centres normalised by (W, H); ``"mask"`` bool
-    (5,), which levels have a coordinate; ``"scale"`` float32 (2,), (W, H) of the slice;
-    ``"spacing"`` float32 (2,), PixelSpacing (column, row) in mm; ``"row"`` int64 (5,), the
-    cache row of each level or -1.
-
-    Args:
-        cache: The prepared cache.
-        rows: Cache rows to include (their stacks are grouped).
-
-    Raises:
-        ValueError: If two included rows give the same level of the same stack.
-    """
-
-    def __init__(self, cache: PreparedCache, rows: np.ndarray) -> None:
-        self.cache = cache
-        table = cache.table
-        groups: dict[int, list[int]] = {}
-        for row in rows.tolist():
-            groups.setdefault(int(table.localizer_index[row]), []).append(int(row))
-        for index, members in groups.items():
-            levels = table.level_id[members]
-            if len(set(levels.tolist())) != len(members):
-                raise DataError(f"localizer input {index}: two discs of one level {members}")
-        self.groups = sorted(groups.items())
-
-    def __len__(self) -> int:
-        return len(self.groups)
-
-    def __getitem__(self, item: int) -> dict[str, Tensor]:
-        index, members = self.groups[item]
-        table = self.cache.table
-        n = len(LEVELS)
-        target = torch.zeros(n, 2)
-        mask = torch.zeros(n, dtype=torch.bool)
-        row_ids = torch.full((n,), -1, dtype=torch.int64)
-        first = members[0]
-        width, height = float(table.width[first]), float(table.height[first])
-        for row in members:
-            level = int(table.level_id[row])
-            target[level, 0] = float(table.x[row]) / width
-            target[level, 1] = float(table.y[row]) / height
-            mask[level] = True
-            row_ids[level] = row
-        stack = np.asarray(self.cache.localizer_images[index])
-        return {
-            "image": torch.from_numpy(stack.astype(np.float32) / 255.0),
-            "level": torch.arange(n),
-            "target": target,
-            "mask": mask,
-            "scale": torch.tensor([width, height]),
-            "spacing": torch.tensor(
-                [float(table.col_spacing_mm[first]), float(table.row_spacing_mm[first])]
-            ),
-            "row": row_ids,
-        }
-
-
 def _stacks_per_step(discs_per_step: int) -> int:
     # The paper's batch counts discs; a batch of series carries len(LEVELS) discs each.
     return max(1, math.ceil(discs_per_step / len(LEVELS)))
 
 
-def _resize(images: Tensor, size: int) -> Tensor:
-    if images.shape[-1] == size and images.shape[-2] == size:
-        return images
-    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
-
-
-def _localizer_step(size: int) -> Any:
+def _localizer_step() -> Any:
     def step(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        pred = model(_resize(batch["image"], size), batch["level"])  # (B, 5, 2)
+        pred = model(batch["image"], batch["level"])  # (B, 5, 2)
         mask = batch["mask"]
         return F.smooth_l1_loss(pred[mask], batch["target"][mask])
 
@@ -175,15 +106,13 @@ def _localizer_step(size: int) -> Any:
 
 
 @torch.no_grad()
-def _predict(
-    model: nn.Module, batches: Iterable[Mapping[str, Tensor]], size: int
-) -> dict[str, Tensor]:
+def _predict(model: nn.Module, batches: Iterable[Mapping[str, Tensor]]) -> dict[str, Tensor]:
     """Per-disc predictions, flattened over the annotated levels of each stack."""
     keys = ("pred", "target", "scale", "spacing", "row", "level")
     out: dict[str, list[Tensor]] = {key: [] for key in keys}
     for batch in batches:
         mask = batch["mask"]
-        pred = model(_resize(batch["image"], size), batch["level"]).float()
+        pred = model(batch["image"], batch["level"]).float()
         per_level = {
             "pred": pred,
             "target": batch["target"],
@@ -214,9 +143,9 @@ def _rmse(outputs: Mapping[str, Tensor]) -> dict[str, float]:
     return {"rmse_px": localization_rmse(pred_px, true_px), "rmse_mm": float(rmse_mm)}
 
 
-def _evaluator(size: int) -> Any:
+def _evaluator() -> Any:
     def evaluate(model: nn.Module, batches: Iterable[Mapping[str, Tensor]]) -> dict[str, float]:
-        outputs = _predict(model, batches, size)
+        outputs = _predict(model, batches)
         loss = float(F.smooth_l1_loss(outputs["pred"], outputs["target"]))
         return {"loss": loss} | _rmse(outputs)
 
@@ -271,12 +200,13 @@ def run_localizer_training(config: LocalizerConfig) -> StageResult:
         seed=config.seed,
     )
     stacks = _stacks_per_step(config.batch_size)
-    train_set = SeriesLocalizerDataset(cache, train)
+    recipe = LocalizerRecipe.from_cache(cache, input_size=config.input_size)
+    train_set = SeriesLocalizerDataset(cache, train, recipe=recipe)
     train_loader = make_loader(
         train_set, config, batch_size=stacks, shuffle=True, drop_last=len(train_set) > stacks
     )
     val_loader = make_loader(
-        SeriesLocalizerDataset(cache, val), config, batch_size=16, shuffle=False
+        SeriesLocalizerDataset(cache, val, recipe=recipe), config, batch_size=16, shuffle=False
     )
     torch.manual_seed(config.seed)
     model = Localizer2p5D(weights=config.weights)
@@ -287,8 +217,8 @@ def run_localizer_training(config: LocalizerConfig) -> StageResult:
     trainer = Trainer(
         model,
         optimizer,
-        train_step=_localizer_step(config.input_size),
-        evaluate=_evaluator(config.input_size),
+        train_step=_localizer_step(),
+        evaluate=_evaluator(),
         scheduler=scheduler,
         batch_size_fn=_stacks_in_batch,
         config=trainer_config(
@@ -300,16 +230,20 @@ def run_localizer_training(config: LocalizerConfig) -> StageResult:
         ),
     )
     history = trainer.fit(train_loader, val_loader, resume=config.resume)
-    metadata = base_metadata(config, "localizer") | {"input_size": config.input_size}
-    model_path = export_best(model, trainer.best_checkpoint, out, metadata)
+    metadata = base_metadata(config, "localizer")
+    model_path = export_best(model, trainer.best_checkpoint, out, metadata, recipe)
     if info.rank == 0:
         device = select_device(config.runtime.device)
         model.to(device).eval()
-        loader = DataLoader(SeriesLocalizerDataset(cache, test), batch_size=16)
-        outputs = _predict(model, (move_to_device(b, device) for b in loader), config.input_size)
+        loader = DataLoader(SeriesLocalizerDataset(cache, test, recipe=recipe), batch_size=16)
+        outputs = _predict(model, (move_to_device(b, device) for b in loader))
         _write_predictions(out / "predictions_test.csv", outputs)
         write_json(
             out / "report_test.json",
-            _rmse(outputs) | {"n_discs": len(test), "provenance": metadata},
+            _rmse(outputs)
+            | {
+                "n_discs": len(test),
+                "provenance": metadata | {"recipe": recipe_to_metadata(recipe)},
+            },
         )
     return StageResult(out_dir=out, model_path=model_path, history=tuple(history))

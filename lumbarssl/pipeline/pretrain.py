@@ -14,6 +14,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 from lumbarssl import paper
 from lumbarssl.data.cache import PreparedCache
 from lumbarssl.data.datasets import DiscDatasetConfig, DiscROIDataset
+from lumbarssl.data.recipes import RoiRecipe
 from lumbarssl.losses import MultiPositiveNTXent
 from lumbarssl.models import ContrastiveModel
 from lumbarssl.pipeline._common import (
@@ -144,15 +145,23 @@ def run_pretraining(config: PretrainConfig) -> StageResult:
     """
     _, out, cache = start_stage(config)
     train_rows, val_rows = pretraining_rows(cache, config)
-    mean, std = cache.roi_stats()
-    data_config = DiscDatasetConfig(
-        input_size=config.input_size, n_views=config.views, mean=mean, std=std
-    )
+    recipe = RoiRecipe.from_cache(cache, input_size=config.input_size)
+    data_config = DiscDatasetConfig(input_size=config.input_size, n_views=config.views)
     train_set = DiscROIDataset(
-        cache, "contrastive", config=data_config, indices=train_rows, labeled_only=False
+        cache,
+        "contrastive",
+        config=data_config,
+        recipe=recipe,
+        indices=train_rows,
+        labeled_only=False,
     )
     val_set = DiscROIDataset(
-        cache, "contrastive", config=data_config, indices=val_rows, labeled_only=False
+        cache,
+        "contrastive",
+        config=data_config,
+        recipe=recipe,
+        indices=val_rows,
+        labeled_only=False,
     )
     train_loader = make_loader(
         train_set, config, batch_size=config.batch_size, shuffle=True, drop_last=True
@@ -184,13 +193,8 @@ def run_pretraining(config: PretrainConfig) -> StageResult:
         ),
     )
     history = trainer.fit(train_loader, val_loader, resume=config.resume)
-    metadata = base_metadata(config, "pretrain") | {
-        "input_size": config.input_size,
-        "roi_mean": mean,
-        "roi_std": std,
-        "n_train_discs": len(train_rows),
-    }
-    model_path = export_best(model, trainer.best_checkpoint, out, metadata)
+    metadata = base_metadata(config, "pretrain") | {"n_train_discs": len(train_rows)}
+    model_path = export_best(model, trainer.best_checkpoint, out, metadata, recipe)
     write_json(out / "splits.json", {"train": train_rows.tolist(), "val": val_rows.tolist()})
     return StageResult(out_dir=out, model_path=model_path, history=tuple(history))
 
