@@ -45,7 +45,9 @@ def _smooth(n: int) -> Tensor:
     return torch.stack(images).round().clamp(0, 255).to(torch.uint8)
 
 
-def _with(params: AugmentParams, **changes: float | tuple[int, int, int, int] | bool) -> AugmentParams:
+def _with(
+    params: AugmentParams, **changes: float | tuple[int, int, int, int] | bool
+) -> AugmentParams:
     values: dict[str, Tensor] = {}
     for name, value in changes.items():
         old: Tensor = getattr(params, name)
@@ -75,8 +77,8 @@ def _torchvision_draws(n: int, config: DiscDatasetConfig) -> dict[str, np.ndarra
         fn_idx, bf, cf, _, _ = v1.ColorJitter.get_params(b, c, None, None)
         order = fn_idx.tolist()
         draws["cfirst"].append(float(order.index(1) < order.index(0)))
-        draws["b"].append(float(bf))  # type: ignore[arg-type]
-        draws["c"].append(float(cf))  # type: ignore[arg-type]
+        draws["b"].append(float(bf))
+        draws["c"].append(float(cf))
         draws["flip"].append(float(torch.rand(1) < config.hflip_p))  # v2.RandomHorizontalFlip
         top, left, h, w = v1.RandomResizedCrop.get_params(
             image, list(config.crop_scale), list(CROP_RATIO)
@@ -97,7 +99,9 @@ def _batched_draws(n: int, config: DiscDatasetConfig) -> dict[str, np.ndarray]:
         "cfirst": params.contrast_first,
     }
     out = {k: v[:, 0].double().numpy() for k, v in columns.items()}
-    out.update({"top": top, "left": left, "h": h, "w": w})
+    out.update(
+        {k: v.double().numpy() for k, v in (("top", top), ("left", left), ("h", h), ("w", w))}
+    )
     return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
 
 
@@ -260,7 +264,8 @@ def _per_sample(roi: Tensor, params: AugmentParams, v: int, size: int) -> Tensor
     if bool(params.flip[0, v]):
         x = TF.horizontal_flip(x)
     top, left, h, w = params.box[0, v].tolist()
-    return TF.resized_crop(x, top, left, h, w, [size, size], antialias=True)[0]
+    out: Tensor = TF.resized_crop(x, top, left, h, w, [size, size], antialias=True)
+    return out[0]
 
 
 @pytest.mark.parametrize("size", [224, 64])
@@ -305,7 +310,9 @@ def test_permuting_the_batch_permutes_the_views() -> None:
     augment = BatchAugment(replace(PAPER, input_size=40), mean=0.3, std=0.2, seed=0)
     out = augment(rois, rows, epoch=5)
     perm = torch.randperm(9, generator=torch.Generator().manual_seed(3))
-    torch.testing.assert_close(augment(rois[perm], rows[perm], epoch=5), out[perm], rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        augment(rois[perm], rows[perm], epoch=5), out[perm], rtol=0, atol=1e-6
+    )
     # A sub-batch gives its samples' views unchanged.
     torch.testing.assert_close(augment(rois[2:5], rows[2:5], epoch=5), out[2:5], rtol=0, atol=1e-6)
 

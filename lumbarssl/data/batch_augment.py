@@ -66,8 +66,10 @@ _UINT8_MAX: Final = 255.0
 
 
 class AugmentSpec(Protocol):
-    """The augmentation settings read here; :class:`~lumbarssl.data.datasets.DiscDatasetConfig`
-    provides them (paper Sec. 4.2, 4.3)."""
+    """The augmentation settings read here (paper Sec. 4.2, 4.3).
+
+    :class:`~lumbarssl.data.datasets.DiscDatasetConfig` provides them.
+    """
 
     @property
     def input_size(self) -> int:
@@ -129,13 +131,13 @@ def _uniform(u: Tensor, low: float, high: float) -> Tensor:
 
 
 def _crop_boxes(u: Tensor, height: int, width: int, scale: tuple[float, float]) -> Tensor:
-    """torchvision's ``RandomResizedCrop`` box for each view, from (B, V, 4 * attempts) uniforms.
+    """The ``RandomResizedCrop`` box of each view, from (B, V, 4 * attempts) uniforms.
 
     All attempts are evaluated at once; the first one inside the image is kept, and the central
     fallback of torchvision where none is.
     """
     area = height * width
-    attempts = u[..., : 4 * _CROP_ATTEMPTS].unflatten(-1, (_CROP_ATTEMPTS, 4))
+    attempts = u[..., : 4 * _CROP_ATTEMPTS].reshape(*u.shape[:-1], _CROP_ATTEMPTS, 4)
     target = area * _uniform(attempts[..., 0], *scale)
     log_ratio = _uniform(attempts[..., 1], math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]))
     ratio = torch.exp(log_ratio)
@@ -152,9 +154,9 @@ def _crop_boxes(u: Tensor, height: int, width: int, scale: tuple[float, float]) 
 
     in_ratio = width / height
     if in_ratio < CROP_RATIO[0]:
-        fw, fh = width, int(round(width / CROP_RATIO[0]))
+        fw, fh = width, round(width / CROP_RATIO[0])
     elif in_ratio > CROP_RATIO[1]:
-        fw, fh = int(round(height * CROP_RATIO[1])), height
+        fw, fh = round(height * CROP_RATIO[1]), height
     else:
         fw, fh = width, height
     fallback = torch.tensor(
@@ -278,9 +280,7 @@ def _sampling_grid(params: AugmentParams, height: int, width: int, size: int) ->
     return grid
 
 
-def _jitter(
-    images: Tensor, params: AugmentParams, *, std: float
-) -> tuple[Tensor, Tensor]:
+def _jitter(images: Tensor, params: AugmentParams, *, std: float) -> tuple[Tensor, Tensor]:
     """Brightness and contrast of each view, at ROI resolution as ``DiscROIDataset`` does.
 
     Args:

@@ -226,7 +226,7 @@ class EpochSampler:
             positions = positions[: len(positions) // batch_size * batch_size]
         if device is not None:
             positions = positions.to(device)
-        return list(positions.split(batch_size))
+        return [positions[i : i + batch_size] for i in range(0, len(positions), batch_size)]
 
 
 class RoiBank:
