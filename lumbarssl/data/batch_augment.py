@@ -63,6 +63,8 @@ _CROP_ATTEMPTS: Final = 10
 _ANGLE, _FLIP, _BRIGHTNESS, _CONTRAST, _ORDER = range(4 * _CROP_ATTEMPTS, 4 * _CROP_ATTEMPTS + 5)
 _N_SLOTS: Final = 4 * _CROP_ATTEMPTS + 5
 _UINT8_MAX: Final = 255.0
+#: Bytes of sampling grid per chunk of views on the CPU (see :func:`augment_batch`).
+_CPU_CHUNK_BYTES: Final = 4 * 2**20
 
 
 class AugmentSpec(Protocol):
@@ -238,8 +240,8 @@ def identity_params(
     )
 
 
-def _sampling_grid(params: AugmentParams, height: int, width: int, size: int) -> Tensor:
-    """One ``grid_sample`` grid per view: resize of the crop box, flip, rotation, composed.
+def _grid_terms(params: AugmentParams, height: int, width: int, size: int) -> tuple[Tensor, Tensor]:
+    """The ``grid_sample`` grid of each view: resize of the crop box, flip, rotation, composed.
 
     Works in continuous pixel coordinates (pixel k covers [k, k + 1]). Output pixel centre
     ``a = q + 0.5`` maps to ``left + a * w / S`` in the flipped, rotated image, clamped to the
@@ -247,7 +249,9 @@ def _sampling_grid(params: AugmentParams, height: int, width: int, size: int) ->
     about the vertical centre line; the rotation turns about the ROI centre.
 
     Returns:
-        float32 (B * V, S, S, 2), ``(x, y)`` in ``grid_sample``'s [-1, 1] convention.
+        ``(column, row)``, float32 (B * V, 2, S) each: the grid of view n is
+        ``column[n, :, None, :] + row[n, :, :, None]`` of shape (2, S, S), ``(x, y)`` in
+        ``grid_sample``'s [-1, 1] convention, moved last.
     """
     device = params.box.device
     top, left, h, w = params.box.flatten(0, 1).to(torch.float64).unbind(-1)  # (N,) each
@@ -265,19 +269,11 @@ def _sampling_grid(params: AugmentParams, height: int, width: int, size: int) ->
     theta = torch.deg2rad(params.angle.flatten())[:, None]
     cos, sin = torch.cos(theta), torch.sin(theta)
     # input = centre + R(angle) (output - centre), R = [[cos, -sin], [sin, cos]], scaled to
-    # [-1, 1]; column terms vary along the last axis, row terms along the one before.
-    grid = torch.empty(u.shape[0], size, size, 2, dtype=torch.float32, device=device)
-    torch.add(
-        (cos * u * (2 / width)).float()[:, None, :],
-        (-sin * v * (2 / width)).float()[:, :, None],
-        out=grid[..., 0],
-    )
-    torch.add(
-        (sin * u * (2 / height)).float()[:, None, :],
-        (cos * v * (2 / height)).float()[:, :, None],
-        out=grid[..., 1],
-    )
-    return grid
+    # [-1, 1]: grid[n, p, q] = column term of q + row term of p, each an (x, y) pair.
+    scale = torch.tensor([2 / width, 2 / height], dtype=torch.float64, device=device)
+    column = u[:, None, :] * (torch.cat([cos, sin], dim=1) * scale)[:, :, None]  # (N, 2, S)
+    row = v[:, None, :] * (torch.cat([-sin, cos], dim=1) * scale)[:, :, None]  # (N, 2, S)
+    return column.float(), row.float()
 
 
 def _jitter(images: Tensor, params: AugmentParams, *, std: float) -> tuple[Tensor, Tensor]:
@@ -362,19 +358,28 @@ def augment_batch(
     n_views = params.shape[1]
     images = rois.unsqueeze(1).float() / _UINT8_MAX  # (B, 1, H, W)
     shifted, fill = _jitter(images, params, std=std)
+    shifted = shifted.view(batch * n_views, 1, height, width)
+    offset = ((fill - mean) / std).view(batch * n_views, 1, 1, 1)
     factor = supersample or max(1, math.ceil(max(height, width) / input_size))
-    grid = _sampling_grid(params, height, width, input_size * factor)
-    views = F.grid_sample(
-        shifted.view(batch * n_views, 1, height, width),
-        grid,
-        mode="bilinear",
-        padding_mode="zeros",
-        align_corners=False,
-    )  # (B * V, 1, S * factor, S * factor)
-    if factor > 1:
-        views = F.avg_pool2d(views, factor)
-    views = views.view(batch, n_views, 1, input_size, input_size)
-    return views.add_(((fill - mean) / std).unsqueeze(2))
+    column, row = _grid_terms(params, height, width, input_size * factor)
+    n = batch * n_views
+    # On the CPU, views are sampled a few at a time: tensors above glibc's mmap threshold
+    # (32 MiB) are page-faulted afresh at every allocation, which costs more than sampling.
+    grid_bytes = (input_size * factor) ** 2 * 2 * 4  # per view
+    chunk = n if rois.device.type != "cpu" else max(1, _CPU_CHUNK_BYTES // grid_bytes)
+    out = torch.empty(n, 1, input_size, input_size, device=rois.device)
+    for start in range(0, n, chunk):
+        part = slice(start, start + chunk)
+        # x and y planes are built contiguous (fast broadcasting) and handed to grid_sample
+        # as a strided (n, S * f, S * f, 2) view, which it reads without a copy.
+        grid = (column[part, :, None, :] + row[part, :, :, None]).permute(0, 2, 3, 1)
+        views = F.grid_sample(
+            shifted[part], grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )
+        if factor > 1:
+            views = F.avg_pool2d(views, factor)
+        torch.add(views, offset[part], out=out[part])
+    return out.view(batch, n_views, 1, input_size, input_size)
 
 
 def resize_normalize(images: Tensor, *, input_size: int, mean: float, std: float) -> Tensor:
