@@ -368,5 +368,11 @@ def test_cuda_gives_the_cpu_parameters_and_views() -> None:
     assert torch.equal(cuda_params.flip.cpu(), cpu_params.flip)
     torch.testing.assert_close(cuda_params.angle.cpu(), cpu_params.angle, rtol=0, atol=1e-12)
     cpu = augment(rois, rows, epoch=1)
-    cuda = augment(rois.cuda(), rows.cuda(), epoch=1)
+    rois_cuda, rows_cuda = rois.cuda(), rows.cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # the step loop must never wait for the device
+    try:
+        cuda = augment(rois_cuda, rows_cuda, epoch=1)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
     torch.testing.assert_close(cuda.cpu(), cpu, rtol=0, atol=1e-4)

@@ -199,7 +199,12 @@ def test_device_data_settings_are_checked() -> None:
 def test_banks_on_cuda_gather_without_leaving_the_device(cache: PreparedCache) -> None:
     bank = RoiBank.from_cache(cache, "cuda")
     positions = EpochSampler(len(bank), seed=0).batches(0, 4, device="cuda")[0]
-    batch = bank.gather(positions)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # a gather never waits for the device
+    try:
+        batch = bank.gather(positions)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
     assert all(t.device.type == "cuda" for t in batch.values())
     np.testing.assert_array_equal(
         batch["roi"].cpu().numpy(), np.asarray(cache.rois)[batch["index"].cpu().numpy()]

@@ -161,12 +161,14 @@ def _crop_boxes(u: Tensor, height: int, width: int, scale: tuple[float, float]) 
         fw, fh = round(height * CROP_RATIO[1]), height
     else:
         fw, fh = width, height
-    fallback = torch.tensor(
-        [(height - fh) // 2, (width - fw) // 2, fh, fw], dtype=torch.float64, device=u.device
-    )
-    chosen = torch.stack([pick(top), pick(left), pick(h), pick(w)], dim=-1)
-    any_valid = valid.any(dim=-1, keepdim=True)
-    return torch.where(any_valid, chosen, fallback).to(torch.int64)
+    # Python scalars, not a tensor built on the host: no host-to-device copy, no sync.
+    fallback = ((height - fh) // 2, (width - fw) // 2, fh, fw)
+    any_valid = valid.any(dim=-1)
+    chosen = [
+        torch.where(any_valid, pick(value), float(default))
+        for value, default in zip((top, left, h, w), fallback, strict=True)
+    ]
+    return torch.stack(chosen, dim=-1).to(torch.int64)
 
 
 def draw_augment_params(
@@ -270,9 +272,9 @@ def _grid_terms(params: AugmentParams, height: int, width: int, size: int) -> tu
     cos, sin = torch.cos(theta), torch.sin(theta)
     # input = centre + R(angle) (output - centre), R = [[cos, -sin], [sin, cos]], scaled to
     # [-1, 1]: grid[n, p, q] = column term of q + row term of p, each an (x, y) pair.
-    scale = torch.tensor([2 / width, 2 / height], dtype=torch.float64, device=device)
-    column = u[:, None, :] * (torch.cat([cos, sin], dim=1) * scale)[:, :, None]  # (N, 2, S)
-    row = v[:, None, :] * (torch.cat([-sin, cos], dim=1) * scale)[:, :, None]  # (N, 2, S)
+    sx, sy = 2 / width, 2 / height
+    column = u[:, None, :] * torch.cat([cos * sx, sin * sy], dim=1)[:, :, None]  # (N, 2, S)
+    row = v[:, None, :] * torch.cat([-sin * sx, cos * sy], dim=1)[:, :, None]  # (N, 2, S)
     return column.float(), row.float()
 
 
