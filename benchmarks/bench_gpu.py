@@ -99,13 +99,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _seconds(next_batch: Callable[[], object], device: torch.device, batches: int) -> float:
-    """Mean seconds per batch over ``batches`` after two warm-up batches, median of 3 runs.
+def _seconds(
+    next_batch: Callable[[], object], device: torch.device, batches: int, *, prefetched: int = 0
+) -> float:
+    """Mean seconds per batch over ``batches``, median of 3 runs, after a warm-up.
 
-    A mean over a run rather than a per-batch median: loader workers prefetch, so single
-    batches can arrive early while the throughput is what counts.
+    The warm-up takes two batches (allocator, kernels, worker start-up) and then the
+    ``prefetched`` batches loader workers made meanwhile, so that the runs see the steady
+    state, in which the workers produce each batch while the consumer waits.
     """
-    for _ in range(2):  # warm-up: allocator, kernels, worker start-up
+    for _ in range(2 + prefetched):
         next_batch()
     _sync(device)
     runs = []
@@ -202,7 +205,7 @@ def measure(
         for workers in sorted({0, args.workers}):
             dataset = DiscROIDataset(cache, "contrastive", config=config)
             path = _loader_path(dataset, args.batch, workers, device)
-            seconds = _seconds(path, device, args.batches)
+            seconds = _seconds(path, device, max(args.batches, workers), prefetched=2 * workers)
             rows.append(Row("pretrain", f"loader, {workers} workers", size, seconds, views))
         augment = BatchAugment(config, mean=mean, std=std, seed=0)
         seconds = _seconds(_pretrain_path(bank, augment, args.batch), device, args.batches)
@@ -212,7 +215,7 @@ def measure(
         for workers in sorted({0, args.workers}):
             dataset = DiscROIDataset(cache, "supervised", config=config)
             path = _loader_path(dataset, discs, workers, device)
-            seconds = _seconds(path, device, args.batches)
+            seconds = _seconds(path, device, max(args.batches, workers), prefetched=2 * workers)
             rows.append(Row("finetune", f"loader, {workers} workers", size, seconds, discs))
         path = _finetune_path(labeled, discs, size, mean, std)
         seconds = _seconds(path, device, args.batches)
@@ -223,7 +226,7 @@ def measure(
     series = SeriesLocalizerDataset(cache, np.arange(len(cache)))
     for workers in sorted({0, args.workers}):
         path = _loader_path(series, stacks, workers, device)
-        seconds = _seconds(path, device, args.batches)
+        seconds = _seconds(path, device, max(args.batches, workers), prefetched=2 * workers)
         rows.append(Row("localizer", f"loader, {workers} workers", side, seconds, stacks))
     stack_bank = StackBank.from_cache(cache, device)
     seconds = _seconds(_localizer_path(stack_bank, stacks), device, args.batches)
