@@ -27,6 +27,8 @@ MAX_KEY: Final = 2**32 - 1
 _MASK32: Final = 0xFFFFFFFF
 _MASK16: Final = 0xFFFF
 _SALT: Final = 0x9E3779B9  # 2**32 / golden ratio: separates the key levels
+_GOLDEN: Final = 0x9E3779B1  # an odd multiplier, so multiplying is a bijection of [0, 2**32)
+_COUNTERS: dict[tuple[int, torch.device], Tensor] = {}
 
 _Int = TypeVar("_Int", int, Tensor)
 
@@ -49,6 +51,16 @@ def _mix(x: _Int) -> _Int:
 
 def _combine(key: _Int, part: _Int) -> _Int:
     return _mix(key ^ _mix((part + _SALT) & _MASK32))
+
+
+def _counter_hashes(n: int, device: torch.device) -> Tensor:
+    """``_mix(k * _GOLDEN + _SALT)`` for k < n, int64 (n,), made on ``device`` once."""
+    cached = _COUNTERS.get((n, device))
+    if cached is None:
+        counters = torch.arange(n, dtype=torch.int64, device=device)
+        cached = _mix((_mul32(counters, _GOLDEN) + _SALT) & _MASK32)
+        _COUNTERS[(n, device)] = cached
+    return cached
 
 
 def _check(name: str, value: int, high: int = MAX_KEY) -> None:
@@ -98,11 +110,11 @@ def keyed_uniforms(
     # Checked on the host only: on an accelerator the check would stall the step loop.
     if rows.device.type == "cpu" and rows.numel() and (rows.min() < 0 or rows.max() > MAX_KEY):
         raise ValueError(f"indices must be in [0, {MAX_KEY}], got {rows.min()}..{rows.max()}")
-    # The run-level part of the key is hashed on the host, once per call.
+    # The run-level part of the key is hashed on the host, once per call; each tensor step is
+    # one multiply-xor-hash, since on an accelerator the cost is the number of kernels.
     key = _combine(_combine(_combine(_mix(_SALT), seed & _MASK32), seed >> 32), stream)
     key = _combine(key, epoch)
-    per_sample = _combine(torch.full_like(rows, key), rows)  # (B,)
-    counters = torch.arange(n_views * n_slots, dtype=torch.int64, device=rows.device)
-    bits = _mix(_combine(per_sample[:, None], counters[None, :]))  # (B, V*K)
+    per_sample = _mix(_mul32(rows, _GOLDEN) ^ key)  # (B,), a bijection of the row
+    bits = _mix(per_sample[:, None] ^ _counter_hashes(n_views * n_slots, rows.device))
     uniforms = bits.to(torch.float64) * (1.0 / 2**32)
     return uniforms.view(-1, n_views, n_slots)
