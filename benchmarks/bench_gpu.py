@@ -28,6 +28,7 @@ stages use the device path.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import time
@@ -191,46 +192,51 @@ def _localizer_path(bank: StackBank, batch_size: int) -> Callable[[], dict[str, 
     return lambda: bank.gather(positions())
 
 
-def measure(
-    cache: PreparedCache, device: torch.device, sizes: list[int], args: argparse.Namespace
-) -> list[Row]:
-    """Time every stage's input path, old and new, at each input size."""
+def _loader_seconds(dataset: Any, batch_size: int, workers: int, args: argparse.Namespace) -> float:
+    path = _loader_path(dataset, batch_size, workers, args.device)
+    seconds = _seconds(path, args.device, max(args.batches, workers), prefetched=2 * workers)
+    del path
+    gc.collect()  # shut the workers down before the next row is timed
+    return seconds
+
+
+def measure(cache: PreparedCache, sizes: list[int], args: argparse.Namespace) -> list[Row]:
+    """Time every stage's input path, new and old, at each input size."""
+    device = args.device
     rows: list[Row] = []
     mean, std = cache.roi_stats()
     bank = RoiBank.from_cache(cache, device)
     labeled = RoiBank.from_cache(cache, device, labeled_only=True)
+    workers = sorted({0, args.workers})
     for size in sizes:
         config = DiscDatasetConfig(input_size=size, n_views=args.views, mean=mean, std=std)
         views = args.batch * args.views
-        for workers in sorted({0, args.workers}):
-            dataset = DiscROIDataset(cache, "contrastive", config=config)
-            path = _loader_path(dataset, args.batch, workers, device)
-            seconds = _seconds(path, device, max(args.batches, workers), prefetched=2 * workers)
-            rows.append(Row("pretrain", f"loader, {workers} workers", size, seconds, views))
         augment = BatchAugment(config, mean=mean, std=std, seed=0)
         seconds = _seconds(_pretrain_path(bank, augment, args.batch), device, args.batches)
         rows.append(Row("pretrain", "bank + BatchAugment", size, seconds, views))
+        contrastive = DiscROIDataset(cache, "contrastive", config=config)
+        for n in workers:
+            seconds = _loader_seconds(contrastive, args.batch, n, args)
+            rows.append(Row("pretrain", f"loader, {n} workers", size, seconds, views))
 
         discs = args.finetune_batch
-        for workers in sorted({0, args.workers}):
-            dataset = DiscROIDataset(cache, "supervised", config=config)
-            path = _loader_path(dataset, discs, workers, device)
-            seconds = _seconds(path, device, max(args.batches, workers), prefetched=2 * workers)
-            rows.append(Row("finetune", f"loader, {workers} workers", size, seconds, discs))
         path = _finetune_path(labeled, discs, size, mean, std)
         seconds = _seconds(path, device, args.batches)
         rows.append(Row("finetune", "bank + resize_normalize", size, seconds, discs))
+        supervised = DiscROIDataset(cache, "supervised", config=config)
+        for n in workers:
+            seconds = _loader_seconds(supervised, discs, n, args)
+            rows.append(Row("finetune", f"loader, {n} workers", size, seconds, discs))
 
     stacks = -(-args.localizer_batch // len(LEVELS))  # whole series, as the stage batches
     side = int(cache.localizer_images.shape[-1])
-    series = SeriesLocalizerDataset(cache, np.arange(len(cache)))
-    for workers in sorted({0, args.workers}):
-        path = _loader_path(series, stacks, workers, device)
-        seconds = _seconds(path, device, max(args.batches, workers), prefetched=2 * workers)
-        rows.append(Row("localizer", f"loader, {workers} workers", side, seconds, stacks))
     stack_bank = StackBank.from_cache(cache, device)
     seconds = _seconds(_localizer_path(stack_bank, stacks), device, args.batches)
     rows.append(Row("localizer", "StackBank", side, seconds, stacks))
+    series = SeriesLocalizerDataset(cache, np.arange(len(cache)))
+    for n in workers:
+        seconds = _loader_seconds(series, stacks, n, args)
+        rows.append(Row("localizer", f"loader, {n} workers", side, seconds, stacks))
     return rows
 
 
@@ -263,7 +269,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = args.device = torch.device(args.device)
     cache = synthetic_cache(args.studies)
     nbytes = RoiBank.nbytes_for(cache, len(cache)) + StackBank.nbytes_for(cache, args.studies)
     print(
@@ -273,7 +279,7 @@ def main() -> None:
         f"{should_use_device_data(nbytes, device)}; load average "
         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
-    print_table(measure(cache, device, args.sizes, args))
+    print_table(measure(cache, args.sizes, args))
 
 
 if __name__ == "__main__":
