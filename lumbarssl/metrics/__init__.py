@@ -15,13 +15,19 @@ from lumbarssl.metrics.classification import (
     report_from_confusion,
     severe_to_normal_error,
 )
-from lumbarssl.metrics.localization import localization_errors, localization_rmse
+from lumbarssl.metrics.localization import (
+    LocalizationSummary,
+    localization_errors,
+    localization_rmse,
+    localization_summary,
+)
 from lumbarssl.metrics.rsna import RSNA_SAMPLE_WEIGHTS, RSNASpinalScore, rsna_spinal_score
 
 __all__ = [
     "RSNA_SAMPLE_WEIGHTS",
     "TABLE1_COLUMNS",
     "ConfidenceInterval",
+    "LocalizationSummary",
     "RSNASpinalScore",
     "accuracy",
     "balanced_accuracy",
@@ -31,6 +37,7 @@ __all__ = [
     "disc_report",
     "localization_errors",
     "localization_rmse",
+    "localization_summary",
     "per_class_recall",
     "report_from_confusion",
     "rsna_spinal_score",
