@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from lumbarssl.metrics import localization_errors, localization_rmse
+from lumbarssl.metrics import localization_errors, localization_rmse, localization_summary
 
 _COORDS = hnp.arrays(
     np.float64,
@@ -68,3 +68,26 @@ def test_localization_validates() -> None:
         localization_rmse([[0.0, 0.0]], [[0.0, 0.0]], pixel_spacing=[1.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="empty"):
         localization_rmse(np.zeros((0, 2)), np.zeros((0, 2)))
+
+
+def test_localization_summary_by_hand() -> None:
+    """Errors 3, 4 and 6 px (3-4-5 triangle and axis moves) at 0.5 x 0.8 mm pixels."""
+    pred = [[3.0, 0.0], [10.0, 14.0], [0.0, 6.0]]
+    true = [[0.0, 0.0], [10.0, 10.0], [0.0, 0.0]]
+    summary = localization_summary(
+        pred, true, pixel_spacing=(0.5, 0.8), levels=["L1/L2", "L4/L5", "L1/L2"]
+    )
+    assert summary.n == 3
+    assert summary.rmse_px == pytest.approx(math.sqrt((9 + 16 + 36) / 3))
+    # In mm: x moves scale by the column spacing 0.8, y moves by the row spacing 0.5.
+    mm = [3 * 0.8, 4 * 0.5, 6 * 0.5]
+    assert summary.rmse_mm == pytest.approx(math.sqrt(sum(v * v for v in mm) / 3))
+    assert summary.within_px == pytest.approx(2 / 3)  # 3 and 4 px are within 5 px
+    assert summary.within_mm == pytest.approx(1.0)  # 2.4, 2.0 and 3.0 mm: the bound counts
+    assert list(summary.per_level) == ["L1/L2", "L4/L5"]
+    assert summary.per_level["L4/L5"].rmse_px == pytest.approx(4.0)
+    assert summary.per_level["L1/L2"].within_px == pytest.approx(0.5)
+    assert summary.to_dict()["within_5px"] == pytest.approx(2 / 3)
+    no_mm = localization_summary(pred, true)
+    assert math.isnan(no_mm.rmse_mm)
+    assert no_mm.per_level == {}

@@ -149,6 +149,8 @@ def test_coordinates_point_at_the_mid_sagittal_t2_instance(
     _, series_rows = _read_csv(root / SERIES_CSV)
     description = {r["series_id"]: r["series_description"] for r in series_rows}
     _, rows = _read_csv(root / COORDINATES_CSV)
+    _, truth_rows = _read_csv(root / TRUTH_CSV)
+    truth = {(t["study_id"], t["level"]): t for t in truth_rows}
     assert {r["condition"] for r in rows} == {SPINAL_CANAL}
     levels_per_study: dict[str, list[str]] = defaultdict(list)
     for r in rows:
@@ -159,13 +161,17 @@ def test_coordinates_point_at_the_mid_sagittal_t2_instance(
         x, y = float(r["x"]), float(r["y"])
         assert 0.0 <= x < ds.Columns
         assert 0.0 <= y < ds.Rows
-        # The annotated instance is the middle one along the slice normal.
+        # The annotated instance is the true one: the slice nearest to the level's canal
+        # midline, whose position along the slice normal the truth CSV records.
         normal = np.cross(SAGITTAL_IOP[:3], SAGITTAL_IOP[3:])
         along = sorted(
             float(np.dot(pydicom.dcmread(p).ImagePositionPatient, normal))
             for p in folder.glob("*.dcm")
         )
-        assert float(np.dot(ds.ImagePositionPatient, normal)) == along[len(along) // 2]
+        t = truth[(r["study_id"], r["level"])]
+        assert r["instance_number"] == t["true_instance"]
+        rank = along.index(float(np.dot(ds.ImagePositionPatient, normal)))
+        assert rank == round(float(t["midline_index"]))
     for levels in levels_per_study.values():
         assert levels == [lv for lv in LEVELS if lv in levels]  # no duplicates, in level order
     assert any(len(v) < len(LEVELS) for v in levels_per_study.values())
@@ -387,6 +393,8 @@ def test_t1_series_has_t1_contrast(dataset: tuple[Path, SyntheticSummary]) -> No
     _, series_rows = _read_csv(root / SERIES_CSV)
     kinds = {(r["study_id"], r["series_description"]): r["series_id"] for r in series_rows}
     _, rows = _read_csv(root / COORDINATES_CSV)
+    _, truth_rows = _read_csv(root / TRUTH_CSV)
+    midline = {(t["study_id"], t["level"]): float(t["midline_index"]) for t in truth_rows}
     compared = 0
     for r in rows:
         t1 = kinds.get((r["study_id"], SAGITTAL_T1))
@@ -396,7 +404,8 @@ def test_t1_series_has_t1_contrast(dataset: tuple[Path, SyntheticSummary]) -> No
         t1_images = [pydicom.dcmread(p) for p in t1_mid]
         normal = np.cross(SAGITTAL_IOP[:3], SAGITTAL_IOP[3:])
         t1_images.sort(key=lambda d: float(np.dot(d.ImagePositionPatient, normal)))
-        mid = t1_images[len(t1_images) // 2]
+        # The T1 slab has the T2 one's geometry: take the slice nearest to the level's midline.
+        mid = t1_images[round(midline[(r["study_id"], r["level"])])]
         slope = float(getattr(mid, "RescaleSlope", 1.0))
         image = mid.pixel_array * slope + float(getattr(mid, "RescaleIntercept", 0.0))
         value = image[round(float(r["y"])), round(float(r["x"]))]

@@ -21,7 +21,12 @@ from lumbarssl.metrics.classification import (
     report_from_confusion,
     severe_to_normal_error,
 )
-from lumbarssl.metrics.localization import localization_errors, localization_rmse
+from lumbarssl.metrics.localization import (
+    LocalizationSummary,
+    localization_errors,
+    localization_rmse,
+    localization_summary,
+)
 from lumbarssl.metrics.rsna import (
     RSNA_CONDITION_GROUPS,
     RSNA_SAMPLE_WEIGHTS,
@@ -52,6 +57,7 @@ __all__ = [
     "Calibration",
     "CalibrationMethod",
     "ConfidenceInterval",
+    "LocalizationSummary",
     "RSNAScore",
     "RSNASpinalScore",
     "SubmissionRow",
@@ -65,6 +71,7 @@ __all__ = [
     "fit_calibration",
     "localization_errors",
     "localization_rmse",
+    "localization_summary",
     "make_row_id",
     "parse_row_id",
     "per_class_recall",

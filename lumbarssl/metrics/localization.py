@@ -19,6 +19,9 @@ then along ``x``.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,7 +29,12 @@ import numpy as np
 if TYPE_CHECKING:  # only in annotations, so the API docs show `npt.ArrayLike` unexpanded
     import numpy.typing as npt
 
-__all__ = ["localization_errors", "localization_rmse"]
+__all__ = [
+    "LocalizationSummary",
+    "localization_errors",
+    "localization_rmse",
+    "localization_summary",
+]
 
 
 def localization_errors(
@@ -98,3 +106,106 @@ def localization_rmse(
     if errors.size == 0:
         raise ValueError("no discs to evaluate: pred_xy and true_xy are empty")
     return float(np.sqrt(np.mean(errors**2)))
+
+
+@dataclass(frozen=True)
+class LocalizationSummary:
+    """Localisation errors of a set of discs, overall and per level.
+
+    Attributes:
+        n: Number of discs.
+        rmse_px: Root-mean-square Euclidean error in pixels.
+        rmse_mm: The same in millimetres (``nan`` without pixel spacing).
+        within_px: Share of discs with an error of at most ``px_threshold`` pixels.
+        within_mm: Share with an error of at most ``mm_threshold`` mm (``nan`` without spacing).
+        px_threshold: The pixel threshold (5 by default).
+        mm_threshold: The millimetre threshold (3 by default).
+        per_level: The same summary for each level, in first-seen order (empty if no levels
+            were given, and empty in the per-level summaries themselves).
+    """
+
+    n: int
+    rmse_px: float
+    rmse_mm: float
+    within_px: float
+    within_mm: float
+    px_threshold: float
+    mm_threshold: float
+    per_level: dict[str, LocalizationSummary] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-compatible dictionary (per-level summaries nested)."""
+        out: dict[str, object] = {
+            "n": self.n,
+            "rmse_px": self.rmse_px,
+            "rmse_mm": self.rmse_mm,
+            f"within_{self.px_threshold:g}px": self.within_px,
+            f"within_{self.mm_threshold:g}mm": self.within_mm,
+        }
+        if self.per_level:
+            out["per_level"] = {k: v.to_dict() for k, v in self.per_level.items()}
+        return out
+
+
+def localization_summary(
+    pred_xy: npt.ArrayLike,
+    true_xy: npt.ArrayLike,
+    *,
+    pixel_spacing: npt.ArrayLike | None = None,
+    levels: Sequence[str] | None = None,
+    px_threshold: float = 5.0,
+    mm_threshold: float = 3.0,
+) -> LocalizationSummary:
+    """RMSE in pixels and mm and the shares within ``px_threshold`` px / ``mm_threshold`` mm.
+
+    Args:
+        pred_xy: Predicted ``(x, y)`` in original-image pixels, shape ``(N, 2)``.
+        true_xy: True ``(x, y)``, shape ``(N, 2)``.
+        pixel_spacing: Optional ``(row, col)`` spacing in mm, shape ``(2,)`` or ``(N, 2)``.
+        levels: Optional level name of each disc, length ``N``, for the per-level summaries.
+        px_threshold: Pixel radius of the "within" share.
+        mm_threshold: Millimetre radius of the "within" share.
+
+    Returns:
+        The summary.
+
+    Raises:
+        ValueError: As :func:`localization_errors`, when ``N = 0``, or when ``levels`` does not
+            have ``N`` entries.
+    """
+    px = localization_errors(pred_xy, true_xy)
+    if px.size == 0:
+        raise ValueError("no discs to evaluate: pred_xy and true_xy are empty")
+    mm = (
+        localization_errors(pred_xy, true_xy, pixel_spacing=pixel_spacing)
+        if pixel_spacing is not None
+        else np.full_like(px, np.nan)
+    )
+    per_level: dict[str, LocalizationSummary] = {}
+    if levels is not None:
+        names = list(levels)
+        if len(names) != px.size:
+            raise ValueError(f"expected {px.size} levels, got {len(names)}")
+        for name in dict.fromkeys(names):
+            keep = np.array([n == name for n in names])
+            per_level[name] = _summary(px[keep], mm[keep], px_threshold, mm_threshold)
+    top = _summary(px, mm, px_threshold, mm_threshold)
+    return replace(top, per_level=per_level)
+
+
+def _summary(
+    px: npt.NDArray[np.float64],
+    mm: npt.NDArray[np.float64],
+    px_threshold: float,
+    mm_threshold: float,
+) -> LocalizationSummary:
+    has_mm = bool(np.isfinite(mm).all())
+    return LocalizationSummary(
+        n=int(px.size),
+        rmse_px=float(np.sqrt(np.mean(px**2))),
+        rmse_mm=float(np.sqrt(np.mean(mm**2))) if has_mm else math.nan,
+        within_px=float(np.mean(px <= px_threshold)),
+        within_mm=float(np.mean(mm <= mm_threshold)) if has_mm else math.nan,
+        px_threshold=px_threshold,
+        mm_threshold=mm_threshold,
+    )

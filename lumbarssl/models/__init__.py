@@ -1,4 +1,4 @@
-"""Encoders, heads, pooling, the disc classifier, the 2.5D localizer and safe checkpoints.
+"""Encoders, heads, pooling, the disc classifier, the 2.5D localizers and safe checkpoints.
 
 Every module here can describe itself as a JSON config (:func:`model_config`) that
 :func:`build_model` turns back into the architecture, which is what lets
@@ -24,6 +24,7 @@ from lumbarssl.models.classifier import (
 from lumbarssl.models.contrastive import ContrastiveModel
 from lumbarssl.models.encoder import ENCODER_DIM, adapt_stem_weight, resnet18_encoder
 from lumbarssl.models.heads import ProjectionHead
+from lumbarssl.models.heatmap import HeatmapLocalizer
 from lumbarssl.models.localizer import Localizer2p5D
 from lumbarssl.models.ordinal import OrdinalHead
 from lumbarssl.models.pool import DeepSetsDiscPool, masked_mean
@@ -35,6 +36,7 @@ from lumbarssl.models.registry import (
     model_config,
     register_model,
 )
+from lumbarssl.models.slice_select import SliceSelector
 
 __all__ = [
     "ARCHITECTURE_KEY",
@@ -50,9 +52,11 @@ __all__ = [
     "ContrastiveModel",
     "DeepSetsDiscPool",
     "DiscClassifier",
+    "HeatmapLocalizer",
     "Localizer2p5D",
     "OrdinalHead",
     "ProjectionHead",
+    "SliceSelector",
     "TrainingMode",
     "adapt_stem_weight",
     "available_models",

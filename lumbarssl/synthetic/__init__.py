@@ -13,24 +13,34 @@ Example:
 """
 
 from lumbarssl.synthetic.ceiling import BayesCeiling, bayes_ceiling
-from lumbarssl.synthetic.config import GENERATOR_VERSION, SyntheticConfig
+from lumbarssl.synthetic.config import GENERATOR_VERSION, GENERATOR_VERSIONS, SyntheticConfig
 from lumbarssl.synthetic.figure import plot_figure1
 from lumbarssl.synthetic.generate import (
     META_JSON,
     TRUTH_COLUMNS,
+    TRUTH_COLUMNS_V1,
     TRUTH_CSV,
     SyntheticSummary,
     generate_dataset,
 )
-from lumbarssl.synthetic.plan import DiscPlan, SeriesPlan, StudyPlan, sample_study_plan
+from lumbarssl.synthetic.plan import (
+    DiscPlan,
+    Midline,
+    SeriesPlan,
+    StudyPlan,
+    sample_study_plan,
+)
 
 __all__ = [
     "GENERATOR_VERSION",
+    "GENERATOR_VERSIONS",
     "META_JSON",
     "TRUTH_COLUMNS",
+    "TRUTH_COLUMNS_V1",
     "TRUTH_CSV",
     "BayesCeiling",
     "DiscPlan",
+    "Midline",
     "SeriesPlan",
     "StudyPlan",
     "SyntheticConfig",

@@ -17,9 +17,21 @@ from typing import Any, ClassVar
 from lumbarssl._core.config import ConfigBase
 from lumbarssl.layout import LEVELS
 
-#: Version of the generator's output. It changes whenever the same config and seed would give
-#: different files, and is written to ``synthetic_meta.json``.
-GENERATOR_VERSION = "1.0"
+#: Version of the generator's output (the default of :attr:`SyntheticConfig.generator_version`).
+#: It changes whenever the same config and seed would give different files, and is written to
+#: ``synthetic_meta.json``. ``"2.0"`` added the drifting, curved mid-sagittal plane.
+GENERATOR_VERSION = "2.0"
+#: Every version the generator can still write, oldest first; an older one reproduces its
+#: datasets byte for byte.
+GENERATOR_VERSIONS: tuple[str, ...] = ("1.0", "2.0")
+#: Fields that version ``"1.0"`` ignores (they are left out of its dataset key, so its UIDs stay).
+V2_FIELDS: tuple[str, ...] = (
+    "generator_version",
+    "midline_drift_slices",
+    "midline_tilt_mm",
+    "p_lateral_curvature",
+    "lateral_curvature_mm",
+)
 
 # The five spinal levels must fit in the field of view (L1/L2 to L5/S1 spans about 170 mm).
 _MIN_FIELD_OF_VIEW_MM = 200.0
@@ -76,7 +88,21 @@ class SyntheticConfig(ConfigBase):
             ``train.csv`` (their coordinates stay: unlabeled discs).
         p_partial_coordinates: Probability that a study lacks coordinates for one to three levels
             (their grades stay in ``train.csv``).
-        coordinate_jitter_mm: Standard deviation of the annotator's error placing a coordinate.
+        coordinate_jitter_mm: Standard deviation of the annotator's error placing a coordinate
+            (per in-plane axis, the reader offset of the annotations).
+        generator_version: Which generator writes the dataset, one of :data:`GENERATOR_VERSIONS`.
+            ``"1.0"``: the mid-sagittal plane lies within 0.4 slice spacings of the centre slice,
+            which carries every coordinate. ``"2.0"``: the plane drifts by up to
+            ``midline_drift_slices``, tilts and (in some studies) bows laterally, so each level's
+            coordinate sits on the instance nearest to its own canal midline, and the canal's
+            CSF fades with the lateral offset (partial volume of the round thecal sac).
+        midline_drift_slices: (v2) Largest shift, in slice spacings, of the midline from the
+            centre slice (uniform, either way; capped so the midline stays inside the slab).
+        midline_tilt_mm: (v2) Largest lateral difference, either way, between the midline at
+            the middle level and at L1/L2 or L5/S1 (an oblique slab or rotated patient).
+        p_lateral_curvature: (v2) Probability that a study has a lateral curvature (scoliosis).
+        lateral_curvature_mm: (v2) Lateral bow of the midline at the apex of the curve
+            relative to L1/L2 and L5/S1, either side.
 
     Keyword-only; positional arguments (in the order above) still work with a
     :class:`DeprecationWarning`.
@@ -144,6 +170,11 @@ class SyntheticConfig(ConfigBase):
     p_missing_labels: float = 0.03
     p_partial_coordinates: float = 0.05
     coordinate_jitter_mm: float = 1.0
+    generator_version: str = GENERATOR_VERSION
+    midline_drift_slices: float = 2.5
+    midline_tilt_mm: float = 3.0
+    p_lateral_curvature: float = 0.3
+    lateral_curvature_mm: tuple[float, float] = (3.0, 9.0)
 
     def __post_init__(self) -> None:
         # JSON gives lists; keep the dataclass hashable and comparable with tuples.
@@ -201,6 +232,15 @@ class SyntheticConfig(ConfigBase):
             if len(a_b) != 2 or not all(_is_number(v) and v > 0 for v in a_b):
                 raise ValueError(f"{name} must be two positive numbers (a, b), got {a_b}")
         _check_scalar("coordinate_jitter_mm", self.coordinate_jitter_mm, low=0.0, high=5.0)
+        if self.generator_version not in GENERATOR_VERSIONS:
+            raise ValueError(
+                f"generator_version must be one of {GENERATOR_VERSIONS}, "
+                f"got {self.generator_version!r}"
+            )
+        _check_scalar("midline_drift_slices", self.midline_drift_slices, low=0.0, high=10.0)
+        _check_scalar("midline_tilt_mm", self.midline_tilt_mm, low=0.0, high=30.0)
+        _check_probability("p_lateral_curvature", self.p_lateral_curvature)
+        _check_range("lateral_curvature_mm", self.lateral_curvature_mm, low=0.0, high=40.0)
         # Every image size must admit a pixel spacing that keeps the field of view in range.
         size_lo, size_hi = self.image_size_range
         fov_lo, fov_hi = self.field_of_view_range

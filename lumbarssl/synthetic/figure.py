@@ -20,7 +20,7 @@ from lumbarssl.layout import (
     SPINAL_CANAL,
     TRAIN_CSV,
 )
-from lumbarssl.synthetic.config import GENERATOR_VERSION, SyntheticConfig
+from lumbarssl.synthetic.config import SyntheticConfig
 from lumbarssl.synthetic.generate import generate_dataset
 
 __all__ = ["plot_figure1"]
@@ -76,7 +76,9 @@ def plot_figure1(
     config = dataclasses.replace(config or SyntheticConfig(), n_studies=study_index + 1)
     with tempfile.TemporaryDirectory() as tmp:
         generate_dataset(tmp, config, progress=False)
-        image, points, grades, study_id = _read_study(Path(tmp), study_index)
+        images, points, grades, study_id = _read_study(Path(tmp), study_index)
+    # Panel (a) shows the middle level's instance; each crop comes from its own level's instance.
+    image = images[sorted(images)[len(images) // 2]]
 
     lo, hi = np.percentile(image, _DISPLAY_PERCENTILES)
     fig = plt.figure(figsize=(8.0, 6.2), dpi=dpi)
@@ -95,7 +97,7 @@ def plot_figure1(
     for row, (level, color) in enumerate(zip(LEVELS, _COLORS, strict=True)):
         crop_ax = fig.add_subplot(grid[row, 1])
         if level in points:
-            crop = _crop(image, *points[level], crop_size)
+            crop = _crop(images[level], *points[level], crop_size)
             crop_ax.imshow(crop, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
         crop_ax.set_title(f"{level}: {grades.get(level) or 'no label'}", fontsize=8, color=color)
         crop_ax.set_xticks([])
@@ -113,7 +115,7 @@ def plot_figure1(
                 fontsize=10,
             )
     fig.suptitle(
-        f"Synthetic data: lumbarssl generator {GENERATOR_VERSION}, seed {config.seed}, "
+        f"Synthetic data: lumbarssl generator {config.generator_version}, seed {config.seed}, "
         f"study index {study_index}",
         fontsize=9,
         y=0.005,
@@ -127,8 +129,8 @@ def plot_figure1(
 
 def _read_study(
     root: Path, study_index: int
-) -> tuple[NDArray[np.float64], dict[str, tuple[float, float]], dict[str, str], int]:
-    """The annotated slice (rescaled), coordinates and grades of one study of a dataset."""
+) -> tuple[dict[str, NDArray[np.float64]], dict[str, tuple[float, float]], dict[str, str], int]:
+    """Each level's annotated slice (rescaled), coordinates and grades of one study."""
     with open(root / TRAIN_CSV, newline="", encoding="utf-8") as f:
         train = list(csv.DictReader(f))[study_index]
     study_id = int(train["study_id"])
@@ -143,12 +145,14 @@ def _read_study(
             if int(r["study_id"]) == study_id and r["condition"] == SPINAL_CANAL
         ]
     points = {r["level"]: (float(r["x"]), float(r["y"])) for r in rows}
-    series_id, instance = rows[0]["series_id"], rows[0]["instance_number"]
-    ds = pydicom.dcmread(root / IMAGES_DIR / str(study_id) / series_id / f"{instance}.dcm")
-    slope = float(getattr(ds, "RescaleSlope", 1.0))
-    intercept = float(getattr(ds, "RescaleIntercept", 0.0))
-    image = ds.pixel_array.astype(np.float64) * slope + intercept
-    return image, points, grades, study_id
+    images: dict[str, NDArray[np.float64]] = {}
+    for r in rows:
+        path = root / IMAGES_DIR / str(study_id) / r["series_id"] / f"{r['instance_number']}.dcm"
+        ds = pydicom.dcmread(path)
+        slope = float(getattr(ds, "RescaleSlope", 1.0))
+        intercept = float(getattr(ds, "RescaleIntercept", 0.0))
+        images[r["level"]] = ds.pixel_array.astype(np.float64) * slope + intercept
+    return images, points, grades, study_id
 
 
 def _crop(image: NDArray[np.float64], x: float, y: float, size: int) -> NDArray[np.float64]:

@@ -6,7 +6,8 @@ Output (``OUT_DIR``)::
     train_label_coordinates.csv    study_id,series_id,instance_number,condition,level,x,y
     train_series_descriptions.csv  study_id,series_id,series_description
     train_images/<study_id>/<series_id>/<instance_number>.dcm
-    synthetic_truth.csv            study_id,level,r,grade (the grade before reader noise)
+    synthetic_truth.csv            study_id,level,r,grade (the grade before reader noise),
+                                   then (generator 2.0) true_instance,true_x,true_y,midline_index
     synthetic_meta.json            generator version, seed, parameters, Bayes ceiling, counts
 
 Studies are rendered by worker processes in any order but their rows are written in study order,
@@ -53,7 +54,7 @@ from lumbarssl.layout import (
     TRAIN_CSV,
 )
 from lumbarssl.synthetic.ceiling import BayesCeiling, bayes_ceiling
-from lumbarssl.synthetic.config import GENERATOR_VERSION, SyntheticConfig
+from lumbarssl.synthetic.config import SyntheticConfig
 from lumbarssl.synthetic.dicom_io import SeriesWriter, mr_template
 from lumbarssl.synthetic.plan import (
     PIXEL_STREAM,
@@ -69,6 +70,7 @@ from lumbarssl.synthetic.render import orientation_of, render_series
 __all__ = [
     "META_JSON",
     "TRUTH_COLUMNS",
+    "TRUTH_COLUMNS_V1",
     "TRUTH_CSV",
     "SyntheticSummary",
     "generate_dataset",
@@ -77,7 +79,22 @@ __all__ = [
 
 #: Ground truth of every graded disc.
 TRUTH_CSV = "synthetic_truth.csv"
-TRUTH_COLUMNS: tuple[str, ...] = ("study_id", "level", "r", "grade")
+#: Its columns (generator 2.0): ``grade`` is the grade before reader noise, ``true_instance``
+#: the Sagittal T2 InstanceNumber nearest to the level's canal midline (the annotated one),
+#: ``true_x``/``true_y`` the noise-free canal centre (pixels) that the annotation misses by the
+#: reader's offset, ``midline_index`` the midline's lateral position in spatial slice units.
+TRUTH_COLUMNS: tuple[str, ...] = (
+    "study_id",
+    "level",
+    "r",
+    "grade",
+    "true_instance",
+    "true_x",
+    "true_y",
+    "midline_index",
+)
+#: Columns that generator 1.0 writes.
+TRUTH_COLUMNS_V1: tuple[str, ...] = TRUTH_COLUMNS[:4]
 #: Parameters, generator version and Bayes ceiling of the dataset.
 META_JSON = "synthetic_meta.json"
 # The conditions other than spinal canal stenosis are not rendered; their cells hold this.
@@ -127,7 +144,7 @@ class SyntheticSummary:
         recalls = "/".join(f"{v:.3f}" for v in c.recalls)
         return "\n".join(
             [
-                f"Synthetic RSNA-layout data (generator {GENERATOR_VERSION}, seed "
+                f"Synthetic RSNA-layout data (generator {self.config.generator_version}, seed "
                 f"{self.config.seed}): {self.n_studies} studies, {self.n_series} series, "
                 f"{self.n_images} images in {self.out_dir} ({self.seconds:.1f} s)",
                 f"Spinal canal labels: {freqs}, {self.label_counts[_MISSING]} missing",
@@ -184,7 +201,8 @@ def generate_dataset(
     series_counts: Counter[str] = Counter()
     n_series = n_images = 0
     names = (TRAIN_CSV, COORDINATES_CSV, SERIES_CSV, TRUTH_CSV)
-    headers = (TRAIN_COLUMNS, COORDINATE_COLUMNS, SERIES_COLUMNS, TRUTH_COLUMNS)
+    truth_columns = TRUTH_COLUMNS_V1 if config.generator_version == "1.0" else TRUTH_COLUMNS
+    headers = (TRAIN_COLUMNS, COORDINATE_COLUMNS, SERIES_COLUMNS, truth_columns)
     # The tables are small (a few rows per study): held in memory, each file is written once,
     # atomically, after the last study.
     buffers = [io.StringIO() for _ in names]
@@ -253,7 +271,7 @@ def write_study(config: SyntheticConfig, out_dir: Path, index: int) -> _StudyRow
                 pixels=image.pixels,
             )
             n_images += 1
-    return _rows(plan, n_images)
+    return _rows(plan, n_images, v1=config.generator_version == "1.0")
 
 
 def _template(plan: StudyPlan, series: SeriesPlan) -> Dataset:
@@ -278,7 +296,7 @@ def _template(plan: StudyPlan, series: SeriesPlan) -> Dataset:
     )
 
 
-def _rows(plan: StudyPlan, n_images: int) -> _StudyRows:
+def _rows(plan: StudyPlan, n_images: int, *, v1: bool) -> _StudyRows:
     canal = ["" if d.recorded_grade is None else SEVERITIES[d.recorded_grade] for d in plan.discs]
     others = [_UNRENDERED_GRADE] * (len(CONDITION_SLUGS) - 1) * len(LEVEL_SLUGS)
     t2 = plan.sagittal_t2
@@ -286,7 +304,7 @@ def _rows(plan: StudyPlan, n_images: int) -> _StudyRows:
         [
             str(plan.study_id),
             str(t2.series_id),
-            str(plan.annotated_instance),
+            str(d.instance_number),
             SPINAL_CANAL,
             d.level,
             f"{d.coordinate[0]:.6f}",
@@ -301,6 +319,16 @@ def _rows(plan: StudyPlan, n_images: int) -> _StudyRows:
         series=[[str(plan.study_id), str(s.series_id), s.description] for s in plan.series],
         truth=[
             [str(plan.study_id), d.level, f"{d.r:.6f}", SEVERITIES[d.true_grade]]
+            + (
+                []
+                if v1
+                else [
+                    str(d.instance_number),
+                    f"{d.true_coordinate[0]:.6f}",
+                    f"{d.true_coordinate[1]:.6f}",
+                    f"{d.midline_index:.6f}",
+                ]
+            )
             for d in plan.discs
         ],
         n_images=n_images,
@@ -341,7 +369,7 @@ def _meta(summary: SyntheticSummary) -> dict[str, Any]:
     config = summary.config
     return {
         "generator": "lumbarssl.synthetic",
-        "generator_version": GENERATOR_VERSION,
+        "generator_version": config.generator_version,
         "lumbarssl_version": __version__,
         "seed": config.seed,
         "n_studies": summary.n_studies,

@@ -102,6 +102,8 @@ _COARSE_TEXTURE_MM = 12.0
 _CORTEX_MM = 1.0
 # Length (mm) over which the aorta fades out above its bifurcation.
 _AORTA_FADE_MM = 25.0
+# (v2) How far the canal's CSF has turned to epidural fat at the sac's lateral edge.
+_PARTIAL_VOLUME_OPACITY = 0.6
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ class _Layer:
     delta: F32
     start: float
     stop: float
+    linear: bool = False  # a linear ramp in |z| (partial volume) instead of a smoothstep
 
 
 class SagittalPhantom:
@@ -126,6 +129,9 @@ class SagittalPhantom:
         bias_field_strength: Standard deviation of the smooth log-gain field.
         max_offset: Largest ``|z|`` (mm) that :meth:`slice` will be asked for; layers that only
             change the image beyond it are not painted (the slices are the same either way).
+        partial_volume: (generator 2.0) Fade the CSF of the canal linearly with ``|z|`` towards
+            epidural fat, the partial volume of a round thecal sac in a thick slice, so the slice
+            nearest to the midline is the one with the brightest canal.
     """
 
     def __init__(
@@ -139,6 +145,7 @@ class SagittalPhantom:
         bias_field_strength: float,
         *,
         max_offset: float = math.inf,
+        partial_volume: bool = False,
     ) -> None:
         self.anatomy = anatomy
         self.size = size
@@ -174,6 +181,8 @@ class SagittalPhantom:
         hs, hb = anatomy.sac_half_width, anatomy.body_half_width
         steps: list[tuple[Callable[[], None], float, float]] = [
             (lambda: self._paint_canal(stenosis_scale=0.0), 0.25 * hs, 0.9 * hs),
+            # After the canal is repainted, or its CSF would come back at full brightness.
+            *([(self._paint_csf_partial_volume, 0.0, hs)] if partial_volume else []),
             (self._paint_paraspinal_muscle, 2.5, 6.0),
             (self._paint_foramina, hs - 1.5, hs + 2.5),
             (self._paint_facets, hs + 2.0, hs + 6.0),
@@ -188,7 +197,8 @@ class SagittalPhantom:
             paint()
             delta = c.image - before
             delta *= gain
-            self.layers.append(_Layer(delta, start, stop))
+            linear = partial_volume and paint == self._paint_csf_partial_volume
+            self.layers.append(_Layer(delta, start, stop, linear))
             before[...] = c.image
 
     def slice(self, z: float) -> F32:
@@ -202,12 +212,36 @@ class SagittalPhantom:
             if w <= 0.0:
                 continue
             w = min(w, 1.0)
-            weighted = np.float32(w * w * (3.0 - 2.0 * w)) * layer.delta
+            ramp = w if layer.linear else w * w * (3.0 - 2.0 * w)
+            weighted = np.float32(ramp) * layer.delta
             if image is self.mid:
                 weighted += image
                 image = weighted
             else:
                 image += weighted
+        return image
+
+    def slice_map(self, z: F32) -> F32:
+        """Noise-free image where pixel ``(i, j)`` lies ``z[i, j]`` mm from the midline.
+
+        The lateral offset varies over the image when the midline drifts along the spine (a
+        tilted slab, a laterally curved spine). A constant map gives :meth:`slice` of that
+        constant up to rounding.
+
+        Args:
+            z: Lateral offset of every pixel, shape ``(H, W)``.
+
+        Returns:
+            A fresh image of shape ``(H, W)``, float32.
+        """
+        image = self.mid.copy()
+        distance = np.abs(z).astype(np.float32)
+        for layer in self.layers:
+            w = (distance - np.float32(layer.start)) * np.float32(1.0 / (layer.stop - layer.start))
+            np.clip(w, 0.0, 1.0, out=w)
+            if not layer.linear:
+                w = w * w * (np.float32(3.0) - np.float32(2.0) * w)
+            image += w * layer.delta
         return image
 
     @property
@@ -255,6 +289,21 @@ class SagittalPhantom:
                 table = np.maximum(table, np.clip(inside, 0.0, 1.0))
         weight[self._canal_win] = np.interp(c.s[self._canal_win], s_grid, table)
         return weight
+
+    def _paint_csf_partial_volume(self) -> None:
+        """The CSF column mixed with epidural fat: the thecal sac's edge in a thick slice."""
+        a, c, sig = self.anatomy, self._canvas, self._signal
+        if self._canal_win is None:
+            return
+        ant, post = self._csf[0.0]
+        c.band(
+            (-math.inf, a.sac_end),
+            (-2.0, self._wall_max),
+            ant,
+            post,
+            sig["epidural_fat"],
+            opacity=_PARTIAL_VOLUME_OPACITY,
+        )
 
     def _paint_background(self) -> None:
         a, c, sig = self.anatomy, self._canvas, self._signal

@@ -9,6 +9,7 @@ own random streams, derived from ``(seed, study index, purpose)``:
 1     anatomy: the patient
 2     acquisition: image geometry, series, scanner settings
 3     pixels: textures, bias field, noise (used by the renderer)
+4     midline (generator 2.0 on): drift, tilt and lateral curvature of the plane
 ====  =========================================================================
 
 so a study does not depend on the studies before it, nor on the number of worker processes.
@@ -26,12 +27,14 @@ from pydicom.uid import generate_uid
 
 from lumbarssl.layout import AXIAL_T2, LEVELS, SAGITTAL_T1, SAGITTAL_T2
 from lumbarssl.synthetic.anatomy import Anatomy, Centerline, sample_anatomy
-from lumbarssl.synthetic.config import GENERATOR_VERSION, SyntheticConfig
+from lumbarssl.synthetic.config import V2_FIELDS, SyntheticConfig
 from lumbarssl.synthetic.labels import grade_from_r, reader_grade, sample_latent_stenosis
 
-__all__ = ["DiscPlan", "SeriesPlan", "StudyPlan", "sample_study_plan", "study_rng"]
+F64 = NDArray[np.float64]
 
-LABEL_STREAM, ANATOMY_STREAM, ACQUISITION_STREAM, PIXEL_STREAM = 0, 1, 2, 3
+__all__ = ["DiscPlan", "Midline", "SeriesPlan", "StudyPlan", "sample_study_plan", "study_rng"]
+
+LABEL_STREAM, ANATOMY_STREAM, ACQUISITION_STREAM, PIXEL_STREAM, MIDLINE_STREAM = 0, 1, 2, 3, 4
 
 # Study and series ids: an affine bijection of the index modulo this prime, offset so the ids
 # have 7 to 10 digits like RSNA's, distinct within a dataset by construction.
@@ -48,6 +51,10 @@ _JITTER_T_CLIP = 0.25
 # The midline lies within this fraction of a slice spacing from the centre slice, which is then
 # the mid-sagittal slice that carries the coordinates.
 _MIDLINE_OFFSET = 0.4
+# (v2) The midline stays this many slice spacings inside the first and last slices.
+_MIDLINE_SLAB_MARGIN = 1.0
+# (v2) Beyond the lumbar discs the midline's shape is held at this multiple of its half-span.
+_MIDLINE_U_CLIP = 1.25
 # Study dates are spread over these days.
 _FIRST_STUDY_DATE = np.datetime64("2015-01-01")
 _STUDY_DATE_SPAN_DAYS = 3000
@@ -69,6 +76,12 @@ class DiscPlan:
         recorded_grade: Grade the reader recorded; ``None`` for an empty ``train.csv`` cell.
         coordinate: ``(x, y)`` pixel position on the annotated instance; ``None`` if the study
             has no coordinate for this level.
+        instance_number: InstanceNumber of the Sagittal T2 slice nearest to this level's canal
+            midline: the instance the reader annotates (and the true one).
+        true_coordinate: Noise-free ``(x, y)`` pixel position of the disc's canal centre (the
+            annotation without the reader's offset).
+        midline_index: Lateral position of the level's canal midline in spatial slice units
+            (0 = first slice along the slice normal; the true instance is the nearest integer).
     """
 
     level: str
@@ -76,6 +89,9 @@ class DiscPlan:
     true_grade: int
     recorded_grade: int | None
     coordinate: tuple[float, float] | None
+    instance_number: int = 0
+    true_coordinate: tuple[float, float] = (0.0, 0.0)
+    midline_index: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -118,6 +134,47 @@ class SeriesPlan:
 
 
 @dataclass(frozen=True)
+class Midline:
+    """Lateral position of the canal midline along the spine, relative to the centre slice.
+
+    ``m(s) = offset + tilt * u + bow * (1 - u**2)`` mm, with ``u = (s - center) / half_span``
+    clipped to ``[-1.25, 1.25]``: ``u = -1`` at L1/L2 and ``u = 1`` at L5/S1. Positive ``m`` lies
+    towards higher spatial slice indices. Generator 1.0 has ``tilt = bow = 0``.
+
+    Attributes:
+        offset: Lateral shift (mm).
+        tilt: Half the lateral difference between L5/S1 and L1/L2 (mm).
+        bow: Lateral bow of a curved spine at the middle level (mm).
+        center: ``s`` (mm) midway between the L1/L2 and L5/S1 discs.
+        half_span: Half the ``s`` distance between them (mm).
+    """
+
+    offset: float
+    tilt: float = 0.0
+    bow: float = 0.0
+    center: float = 0.0
+    half_span: float = 1.0
+
+    @property
+    def is_flat(self) -> bool:
+        """Whether the midline is one plane parallel to the slices."""
+        return self.tilt == 0.0 and self.bow == 0.0
+
+    def at(self, s: NDArray[np.float64] | float) -> NDArray[np.float64]:
+        """``m(s)`` (mm) at spine positions ``s``, same shape."""
+        u = np.asarray(s, dtype=np.float64) - self.center
+        u = np.clip(u / self.half_span, -_MIDLINE_U_CLIP, _MIDLINE_U_CLIP)
+        out: NDArray[np.float64] = self.offset + self.tilt * u + self.bow * (1.0 - u * u)
+        return out
+
+    def extent(self) -> tuple[float, float]:
+        """Smallest and largest ``m(s)`` over all ``s`` (mm)."""
+        u = np.linspace(-_MIDLINE_U_CLIP, _MIDLINE_U_CLIP, 201)
+        m = self.offset + self.tilt * u + self.bow * (1.0 - u * u)
+        return float(m.min()), float(m.max())
+
+
+@dataclass(frozen=True)
 class StudyPlan:
     """Everything about one study except its pixel values.
 
@@ -130,10 +187,14 @@ class StudyPlan:
         centerline: The spine in the sagittal pixel plane (mm from the first pixel's centre).
         size: Rows (= columns) of every image.
         spacing: In-plane pixel spacing (mm).
-        midline_offset: Lateral offset (mm) of the midline from the centre slice's plane.
+        midline_offset: Lateral offset (mm) of the midline from the centre slice's plane (at the
+            middle of the lumbar spine, :attr:`Midline.offset`); slice positions are given
+            relative to it.
         study_date: StudyDate, ``YYYYMMDD``.
         series: The study's series; the first is the Sagittal T2/STIR.
         discs: The five graded discs, L1/L2 to L5/S1.
+        midline: The canal midline along the spine; flat (``midline_offset`` everywhere) for
+            generator 1.0.
     """
 
     index: int
@@ -148,6 +209,7 @@ class StudyPlan:
     study_date: str
     series: tuple[SeriesPlan, ...]
     discs: tuple[DiscPlan, ...]
+    midline: Midline | None = None
 
     @property
     def sagittal_t2(self) -> SeriesPlan:
@@ -156,9 +218,22 @@ class StudyPlan:
 
     @property
     def annotated_instance(self) -> int:
-        """InstanceNumber of the mid-sagittal T2 slice that carries the coordinates."""
+        """InstanceNumber of the centre T2 slice (generator 1.0 annotates it for every level).
+
+        Generator 2.0 annotates each level on its own instance: see
+        :attr:`DiscPlan.instance_number`.
+        """
         t2 = self.sagittal_t2
         return t2.instance_number(t2.n_slices // 2)
+
+    def lateral_offset(self, spatial_index: int, series: SeriesPlan, s: F64) -> F64:
+        """Lateral offset (mm) from the canal midline of a sagittal slice at spine positions ``s``.
+
+        Equals :meth:`slice_offset` everywhere when the midline is flat.
+        """
+        midline = self.midline or Midline(self.midline_offset)
+        offset: F64 = (spatial_index - series.n_slices // 2) * series.slice_spacing - midline.at(s)
+        return offset
 
     def slice_offset(self, spatial_index: int, series: SeriesPlan) -> float:
         """Lateral offset (mm) from the midline of a sagittal slice."""
@@ -217,6 +292,12 @@ def sample_study_plan(config: SyntheticConfig, index: int) -> StudyPlan:
         int(acq.integers(0, _STUDY_DATE_SPAN_DAYS)), "D"
     )
     series = tuple(_fit_axial(s, anatomy, centerline) for s in series)
+    t2 = series[0]
+    if config.generator_version == "1.0":
+        midline = Midline(float(midline_offset))
+    else:
+        midline = _sample_midline(config, anatomy, t2, study_rng(config, index, MIDLINE_STREAM))
+        midline_offset = midline.offset
 
     discs = []
     for k, level in enumerate(LEVELS):
@@ -224,6 +305,13 @@ def sample_study_plan(config: SyntheticConfig, index: int) -> StudyPlan:
         if k not in dropped:
             x_mm, y_mm = centerline.to_image(*points[k])
             coordinate = (x_mm / spacing, y_mm / spacing)
+        true_x, true_y = centerline.to_image(*_canal_point(anatomy, k, np.zeros(2)))
+        midline_index = t2.n_slices // 2 + float(
+            midline.at(anatomy.lumbar_discs[k].center) / t2.slice_spacing
+        )
+        nearest = int(np.clip(round(midline_index), 0, t2.n_slices - 1))
+        if config.generator_version == "1.0":
+            nearest = t2.n_slices // 2
         discs.append(
             DiscPlan(
                 level=level,
@@ -231,6 +319,9 @@ def sample_study_plan(config: SyntheticConfig, index: int) -> StudyPlan:
                 true_grade=int(true_grade[k]),
                 recorded_grade=None if k in missing else int(recorded[k]),
                 coordinate=coordinate,
+                instance_number=t2.instance_number(nearest),
+                true_coordinate=(true_x / spacing, true_y / spacing),
+                midline_index=midline_index,
             )
         )
     return StudyPlan(
@@ -246,7 +337,37 @@ def sample_study_plan(config: SyntheticConfig, index: int) -> StudyPlan:
         study_date=str(study_date).replace("-", ""),
         series=series,
         discs=tuple(discs),
+        midline=midline,
     )
+
+
+def _sample_midline(
+    config: SyntheticConfig, anatomy: Anatomy, t2: SeriesPlan, rng: np.random.Generator
+) -> Midline:
+    """(v2) Draw the drift, tilt and lateral curvature of the canal midline.
+
+    Every value is drawn whatever the branch; the shape is then scaled down if needed so the
+    midline stays :data:`_MIDLINE_SLAB_MARGIN` slices inside the slab.
+    """
+    discs = anatomy.lumbar_discs
+    center = 0.5 * (discs[0].center + discs[-1].center)
+    half_span = max(0.5 * (discs[-1].center - discs[0].center), 1.0)
+    spacing = t2.slice_spacing
+    offset = rng.uniform(-1.0, 1.0) * config.midline_drift_slices * spacing
+    tilt = rng.uniform(-1.0, 1.0) * config.midline_tilt_mm
+    curved = rng.random() < config.p_lateral_curvature
+    bow = rng.uniform(*config.lateral_curvature_mm) * (1.0 if rng.random() < 0.5 else -1.0)
+    midline = Midline(offset, tilt, bow if curved else 0.0, center, half_span)
+    centre = t2.n_slices // 2
+    below = max(centre - _MIDLINE_SLAB_MARGIN, 0.0) * spacing
+    above = max(t2.n_slices - 1 - _MIDLINE_SLAB_MARGIN - centre, 0.0) * spacing
+    low, high = midline.extent()
+    shrink = min(1.0, below / -low if low < 0 else 1.0, above / high if high > 0 else 1.0)
+    if shrink < 1.0:
+        midline = replace(
+            midline, offset=offset * shrink, tilt=tilt * shrink, bow=midline.bow * shrink
+        )
+    return midline
 
 
 def _choose_levels(rng: np.random.Generator, p: float, max_levels: int) -> frozenset[int]:
@@ -356,7 +477,11 @@ def config_digest(config: SyntheticConfig) -> str:
     """Short hash of the parameters that shape a study (all but ``n_studies``)."""
     params = config.to_dict()
     params.pop("n_studies")
-    text = repr(sorted(params.items())) + GENERATOR_VERSION
+    if config.generator_version == "1.0":
+        # Version 1.0 predates these fields; leaving them out keeps its UIDs.
+        for name in V2_FIELDS:
+            params.pop(name)
+    text = repr(sorted(params.items())) + config.generator_version
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -46,6 +46,14 @@ def sagittal_phantom(
     """The noise-free phantom of a sagittal series of ``plan``."""
     signal = T1_SIGNAL if series.description == SAGITTAL_T1 else T2_SIGNAL
     reach = max(abs(plan.slice_offset(j, series)) for j in (0, series.n_slices - 1))
+    flat = plan.midline is None or plan.midline.is_flat
+    if not flat:
+        assert plan.midline is not None
+        low, high = plan.midline.extent()
+        edges = [
+            (j - series.n_slices // 2) * series.slice_spacing for j in (0, series.n_slices - 1)
+        ]
+        reach = max(abs(e - m) for e in edges for m in (low, high))
     return SagittalPhantom(
         plan.anatomy,
         plan.centerline,
@@ -55,6 +63,7 @@ def sagittal_phantom(
         rng,
         config.bias_field_strength,
         max_offset=reach,
+        partial_volume=config.generator_version != "1.0",
     )
 
 
@@ -101,13 +110,19 @@ def render_series(
     phantom = sagittal_phantom(plan, config, series, rng)
     noise = _NoisePool(rng, plan.size, series.noise_sd)
     normal = np.cross(SAGITTAL_ORIENTATION[:3], SAGITTAL_ORIENTATION[3:])
+    flat = plan.midline is None or plan.midline.is_flat
+    s_map = None if flat else phantom.frame[0].astype(np.float64)
     for j in range(n):
         z = plan.slice_offset(j, series)
         position = tuple(float(v) for v in np.asarray([0.0, *corner]) + z * normal)
+        if s_map is None:
+            image = phantom.slice(z)
+        else:
+            image = phantom.slice_map(plan.lateral_offset(j, series, s_map).astype(np.float32))
         yield RenderedSlice(
             spatial_index=j,
             instance_number=series.instance_number(j),
-            pixels=_store(noise.add(phantom.slice(z), rng), series),
+            pixels=_store(noise.add(image, rng), series),
             position=(position[0], position[1], position[2]),
             slice_location=z,
         )
