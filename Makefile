@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml requirements/torch.txt
 	$(BIN)/python -m pip install --disable-pip-version-check -q -c requirements/torch.txt -e ".[dev,bench]"
 	touch $(STAMP)
 
-check: lint typecheck pytest docs
+check: lint typecheck pytest docs docs-offline install-check
 
 lint:
 	$(BIN)/ruff check .
@@ -44,6 +44,22 @@ pytest:
 docs:
 	rm -rf docs/_build docs/api/generated
 	$(BIN)/python -m sphinx -W --keep-going -q -b html docs docs/_build/html
+
+# The built docs load nothing from the network: equations are typeset by the MathJax copied
+# into _static (sphinx-mathjax-offline), for readers on air-gapped networks.
+.PHONY: docs-offline install-check
+docs-offline: docs
+	$(BIN)/python docs/check_offline.py docs/_build/html
+
+# The wheel, installed into a clean venv at the lowest versions pyproject.toml allows (the
+# PyTorch pair from requirements/torch.txt), runs `lumbarssl --help`, a 2-study
+# `lumbarssl synth` and INSTALL_TESTS there (tools/install_check.py).
+INSTALL_TESTS ?= tests/test_package.py tests/test_metrics_classification.py \
+	tests/test_metrics_rsna.py tests/test_data_splits.py tests/test_data_roi.py \
+	tests/test_data_dicom.py tests/test_synth_phantom.py tests/test_synth_dicom.py \
+	tests/test_losses_focal.py
+install-check:
+	$(BIN)/python tools/install_check.py --tests $(INSTALL_TESTS)
 
 reproduce: $(STAMP)
 	$(BIN)/python examples/reproduce_paper.py --profile $(PROFILE) --out $(OUT) --seed $(SEED) \

@@ -21,6 +21,9 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    # MathJax 3 served from _static/mathjax instead of a CDN: the pages must typeset equations on
+    # air-gapped networks. The extension sets ``mathjax_path`` and copies the files after the build.
+    "sphinx-mathjax-offline",
     "sphinx.ext.intersphinx",
     "sphinx.ext.viewcode",
 ]
