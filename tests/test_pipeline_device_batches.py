@@ -195,3 +195,50 @@ def test_pretraining_on_the_device_path_resumes_bit_exactly(
         assert torch.equal(value, resumed["model"][key]), key
     # The second epoch changed the weights, so equality above is not trivially true.
     assert not all(torch.equal(v, straight["model"][k]) for k, v in one["model"].items())
+
+
+# --- on a GPU, where there is one ----------------------------------------------------------------
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@requires_cuda
+def test_localizer_batches_on_cuda_equal_the_dataset_items(cache: PreparedCache) -> None:
+    # At the stored size the input is a scaling, exact on any device.
+    recipe = LocalizerRecipe.from_cache(cache)
+    dataset = SeriesLocalizerDataset(cache, recipe=recipe)
+    cuda = torch.device("cuda")
+    bank = StackBank.from_cache(cache, cuda)
+    positions = torch.tensor([1, 0, 3], device=cuda)
+    batch = stack_batch(bank, recipe, positions)
+    expected = _stack([dataset[int(p)] for p in positions.tolist()])
+    for key, value in expected.items():
+        assert torch.equal(batch[key].cpu(), value), key
+
+
+@requires_cuda
+def test_supervised_batches_on_cuda_match_the_dataset_items(cache: PreparedCache) -> None:
+    # The resize runs in CUDA kernels: equal to float rounding, not bit for bit.
+    recipe = RoiRecipe.from_cache(cache, input_size=48)
+    dataset = DiscROIDataset(cache, "supervised", recipe=recipe)
+    cuda = torch.device("cuda")
+    bank = RoiBank.from_cache(cache, cuda, labeled_only=True)
+    positions = torch.tensor([5, 0, 17, 3], device=cuda)
+    batch = supervised_batch(bank, recipe, positions)
+    expected = _stack([dataset[int(p)] for p in positions.tolist()])
+    torch.testing.assert_close(batch["image"].cpu(), expected["image"], rtol=0, atol=1e-5)
+    assert torch.equal(batch["label"].cpu(), expected["label"])
+
+
+@requires_cuda
+def test_pretraining_runs_on_the_cuda_device_path(cache_dir: Path, tmp_path: Path) -> None:
+    config = PretrainConfig(
+        cache_dir=str(cache_dir),
+        out_dir=str(tmp_path),
+        epochs=1,
+        batch_size=8,
+        input_size=32,
+        runtime=RuntimeConfig(device="cuda", num_workers=0, progress="off"),  # auto: on
+    )
+    result = run_pretraining(config)
+    assert np.isfinite(result.history[-1].train_loss)
