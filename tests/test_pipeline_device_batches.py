@@ -53,6 +53,22 @@ def _stack(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     return {key: torch.stack([item[key] for item in items]) for key in items[0]}
 
 
+# --- runtime defaults -------------------------------------------------------------------------
+
+
+def test_runtime_defaults_choose_per_device() -> None:
+    runtime = RuntimeConfig()
+    assert (runtime.device_data, runtime.channels_last, runtime.compile) == ("auto", None, False)
+    assert runtime.use_channels_last("cuda")
+    assert not runtime.use_channels_last("cpu")
+    assert not RuntimeConfig(channels_last=False).use_channels_last("cuda")
+    assert RuntimeConfig(channels_last=True).use_channels_last("cpu")
+    with pytest.raises(ValueError, match="device_data"):
+        RuntimeConfig(device_data="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="compile_mode"):
+        RuntimeConfig(compile_mode="fast")  # type: ignore[arg-type]
+
+
 # --- DeviceBatches follows the trainer's epochs ------------------------------------------------
 
 

@@ -16,11 +16,14 @@ from lumbarssl._core.config import ConfigBase, param
 from lumbarssl.training._progress import ProgressMode
 from lumbarssl.training.device import AmpMode
 
-__all__ = ["DeviceDataMode", "RuntimeConfig"]
+__all__ = ["CompileMode", "DeviceDataMode", "RuntimeConfig"]
 
 #: ``auto``: on where the data fits in the device's memory (CUDA); ``on``/``off``: forced.
 DeviceDataMode = Literal["auto", "on", "off"]
 _DEVICE_DATA_MODES: tuple[str, ...] = get_args(DeviceDataMode)
+#: Modes of :func:`torch.compile` a run may choose.
+CompileMode = Literal["default", "reduce-overhead", "max-autotune"]
+_COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
 
 _AMP_MODES: tuple[str, ...] = get_args(AmpMode)
 _PROGRESS_MODES: tuple[str, ...] = get_args(ProgressMode)
@@ -39,6 +42,9 @@ class RuntimeConfig(ConfigBase):
             elsewhere (:meth:`use_channels_last`).
         compile: Compile the training model with :func:`torch.compile` (off by default: its
             gain is measured per device by ``benchmarks/bench_gpu.py``).
+        compile_mode: :func:`torch.compile`'s mode when ``compile`` is on: ``"default"``,
+            ``"reduce-overhead"`` (CUDA graphs: fixed-shape steps replayed without launch
+            overhead) or ``"max-autotune"``.
         device_data: Hold the training data on the device and make batches there (index
             gathers, batched augmentation) instead of DataLoader workers: ``"auto"`` (on for
             CUDA when the data takes at most half of its free memory, off on the CPU, where
@@ -53,6 +59,9 @@ class RuntimeConfig(ConfigBase):
     amp: AmpMode = param("auto", "mixed precision: auto (GPU only), bf16, fp16, off")
     channels_last: bool | None = param(None, "channels-last memory format (default: on for CUDA)")
     compile: bool = param(False, "torch.compile the model")
+    compile_mode: CompileMode = param(
+        "default", "torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune"
+    )
     num_workers: int | None = param(None, "DataLoader workers (default: from CPU count)")
     progress: ProgressMode = param("auto", "progress display")
     device_data: DeviceDataMode = param(
@@ -72,6 +81,10 @@ class RuntimeConfig(ConfigBase):
             )
         if self.channels_last is not None and not isinstance(self.channels_last, bool):
             raise ValueError(f"channels_last must be a bool or None, got {self.channels_last!r}")
+        if self.compile_mode not in _COMPILE_MODES:
+            raise ValueError(
+                f"compile_mode must be one of {_COMPILE_MODES}, got {self.compile_mode!r}"
+            )
         if not isinstance(self.compile, bool):
             raise ValueError(f"compile must be a bool, got {self.compile!r}")
         workers = self.num_workers

@@ -305,7 +305,9 @@ class Trainer(Generic[BatchT]):
             model.to(memory_format=self._memory_format)
         self.model = model
         train_model: nn.Module = wrap_ddp(model, self.device) if is_distributed() else model
-        self._train_model = maybe_compile(train_model, config.runtime.compile)
+        self._train_model = maybe_compile(
+            train_model, config.runtime.compile, config.runtime.compile_mode
+        )
         self._history: list[EpochRecord] = []
         self._progress = TrainerProgress(
             best_value=None, best_epoch=None, bad_epochs=0, stopped_early=False
