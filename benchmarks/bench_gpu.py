@@ -426,16 +426,20 @@ def measure_loops(cache: PreparedCache, args: argparse.Namespace) -> list[LoopRo
         steps["new: device data"] = _make_step(stage, new, args)
         fixed = _repeat(new())
         steps["ceiling: model only"] = _make_step(stage, fixed, args)
+        sources = [("new", new)] + ([("ceiling", fixed)] if args.compile_ceiling else [])
         for mode in compile_modes:
-            for label, source in (("new", new), ("ceiling", fixed)):
+            for label, source in sources:
                 name = f"{label} + compile {mode}"
+                began = time.perf_counter()
                 try:
                     steps[name] = _make_step(stage, source, args, compile_mode=mode)
                     steps[name]()  # compiles here; a failure is reported, not fatal
                     warmup[name] = 3
+                    took = time.perf_counter() - began
+                    print(f"{stage}: {name}: first step (compilation) {took:.1f} s", flush=True)
                 except Exception as error:
                     steps.pop(name, None)
-                    print(f"{stage}: {name} failed: {type(error).__name__}: {error}")
+                    print(f"{stage}: {name} failed: {type(error).__name__}: {error}", flush=True)
         medians = _interleaved(steps, args, warmup=warmup)
         stage_rows = [LoopRow(stage, name, sec, images) for name, sec in medians.items()]
         print_loop_table(stage_rows, header=header)
@@ -491,6 +495,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--compile", action="store_true", help="also torch.compile variants (--loops)"
+    )
+    parser.add_argument(
+        "--compile-ceiling", action="store_true", help="compile the ceiling too (--loops)"
     )
     parser.add_argument(
         "--old-workers-both", action="store_true", help="old path with 0 and N workers (--loops)"
