@@ -196,6 +196,12 @@ def run_pretraining(config: PretrainConfig) -> StageResult:
     epoch by validation loss is exported as ``model.pt``
     (a :class:`~lumbarssl.models.ContrastiveModel`).
 
+    With ``runtime.device_data`` on (by default on CUDA when the ROIs fit), the ROIs live on
+    the device and the views are made a batch at a time there
+    (:class:`~lumbarssl.data.batch_augment.BatchAugment`, the same parameter distributions as
+    the per-sample transforms, keyed by seed, epoch and cache row); otherwise DataLoader
+    workers apply the recipe's per-sample transforms.
+
     Args:
         config: The stage config.
 
@@ -209,7 +215,9 @@ def run_pretraining(config: PretrainConfig) -> StageResult:
     nbytes = RoiBank.nbytes_for(cache, len(train_rows) + len(val_rows))
     train_loader: Iterable[dict[str, Tensor]]
     val_loader: Iterable[dict[str, Tensor]]
-    if use_device_data(config, nbytes):
+    # BatchAugment resamples bilinearly; a recipe asking for another interpolation keeps the
+    # per-sample transforms.
+    if recipe.interpolation == "bilinear" and use_device_data(config, nbytes):
         train_loader, val_loader = _device_batches(
             cache, config, recipe, data_config, train_rows, val_rows
         )
