@@ -34,7 +34,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -45,20 +45,16 @@ from lumbarssl import paper
 from lumbarssl.data.batch_augment import BatchAugment, resize_normalize
 from lumbarssl.data.cache import LOCALIZER_NPY, ROIS_NPY, DiscTable, PreparedCache
 from lumbarssl.data.constants import LEVELS
-from lumbarssl.data.datasets import DiscDatasetConfig, DiscROIDataset
+from lumbarssl.data.datasets import DiscDatasetConfig, DiscROIDataset, SeriesLocalizerDataset
 from lumbarssl.data.device_data import EpochSampler, RoiBank, StackBank, should_use_device_data
 from lumbarssl.data.recipes import LocalizerRecipe, RoiRecipe
 from lumbarssl.losses import MultiPositiveNTXent, WeightedFocalLoss
 from lumbarssl.models import ContrastiveModel, DiscClassifier, Localizer2p5D, resnet18_encoder
 from lumbarssl.pipeline._common import supervised_batch
 from lumbarssl.pipeline.finetune import _classification_step
-from lumbarssl.pipeline.localize import (
-    SeriesLocalizerDataset,
-    _localizer_step,
-    stack_batch,
-)
+from lumbarssl.pipeline.localize import _localizer_step, stack_batch
 from lumbarssl.pipeline.pretrain import _contrastive_step
-from lumbarssl.training.device import autocast_settings, move_to_device
+from lumbarssl.training.device import autocast_settings, maybe_compile, move_to_device
 
 
 def synthetic_cache(n_studies: int, *, roi: int = 96, stack: int = 256) -> PreparedCache:
@@ -309,7 +305,7 @@ def _make_step(
     memory_format = torch.channels_last if channels_last else None
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    train_model = torch.compile(model, mode=compile_mode) if compile_mode else model
+    train_model = maybe_compile(model, compile_mode is not None, compile_mode or "default")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in ("cpu", "cuda"))
     amp = autocast_settings(device, "auto")
     train_model.train()
@@ -418,7 +414,9 @@ def measure_loops(cache: PreparedCache, args: argparse.Namespace) -> list[LoopRo
         warmup: dict[str, int] = {}
         loaders = []
         for n in sorted({0, args.workers}) if args.old_workers_both else [args.workers]:
-            loader = _loader_path(dataset, batch_size, n, device)
+            loader = cast(
+                Callable[[], dict[str, Tensor]], _loader_path(dataset, batch_size, n, device)
+            )
             loaders.append(loader)
             name = f"old: loader, {n} workers"
             steps[name] = _make_step(stage, loader, args)
