@@ -72,6 +72,29 @@ if want tests; then
     log "tests exit $?"
 fi
 
+# (b') ~5 s: what one epoch's checkpoint write (last.pt, and best.pt when it improves) costs the
+# step loop: a ResNet-18 with its AdamW state, saved from the device as the trainer saves it.
+if want tests; then
+    timeout 60 $PY - "$DEVICE" >>"$LOG" 2>&1 <<'EOF'
+import sys, tempfile, time, torch
+from lumbarssl.models import ContrastiveModel
+from lumbarssl.training.checkpoint import atomic_save
+device = torch.device(sys.argv[1])
+model = ContrastiveModel().to(device)
+optimizer = torch.optim.AdamW(model.parameters())
+model(torch.randn(4, 1, 64, 64, device=device)).sum().backward()
+optimizer.step()
+state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+with tempfile.TemporaryDirectory() as folder:
+    times = []
+    for i in range(3):
+        start = time.perf_counter()
+        atomic_save(state, f"{folder}/last.pt")
+        times.append(time.perf_counter() - start)
+print(f"checkpoint write (model + AdamW state): {sorted(times)[1]:.3f} s median of 3")
+EOF
+fi
+
 # (c) ~40 s: step loops of the three stages, no compile.
 if want loops; then
     log "bench loops"
