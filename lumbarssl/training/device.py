@@ -204,6 +204,8 @@ def maybe_compile(model: nn.Module, enabled: bool, mode: str = "default") -> nn.
     """
     if not enabled:
         return model
+    if mode == "default":
+        return cast(nn.Module, torch.compile(model))
     return cast(nn.Module, torch.compile(model, mode=mode))
 
 
