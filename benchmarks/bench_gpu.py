@@ -34,19 +34,27 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from lumbarssl import paper
 from lumbarssl.data.batch_augment import BatchAugment, resize_normalize
 from lumbarssl.data.cache import LOCALIZER_NPY, ROIS_NPY, DiscTable, PreparedCache
 from lumbarssl.data.constants import LEVELS
-from lumbarssl.data.datasets import DiscDatasetConfig, DiscROIDataset
+from lumbarssl.data.datasets import DiscDatasetConfig, DiscROIDataset, SeriesLocalizerDataset
 from lumbarssl.data.device_data import EpochSampler, RoiBank, StackBank, should_use_device_data
-from lumbarssl.pipeline.localize import SeriesLocalizerDataset
+from lumbarssl.data.recipes import LocalizerRecipe, RoiRecipe
+from lumbarssl.losses import MultiPositiveNTXent, WeightedFocalLoss
+from lumbarssl.models import ContrastiveModel, DiscClassifier, Localizer2p5D, resnet18_encoder
+from lumbarssl.pipeline._common import supervised_batch
+from lumbarssl.pipeline.finetune import _classification_step
+from lumbarssl.pipeline.localize import _localizer_step, stack_batch
+from lumbarssl.pipeline.pretrain import _contrastive_step
+from lumbarssl.training.device import autocast_settings, maybe_compile, move_to_device
 
 
 def synthetic_cache(n_studies: int, *, roi: int = 96, stack: int = 256) -> PreparedCache:
@@ -79,7 +87,10 @@ def synthetic_cache(n_studies: int, *, roi: int = 96, stack: int = 256) -> Prepa
     n = len(rows)
     rois = rng.integers(0, 256, size=(n, roi, roi), dtype=np.uint8)
     stacks = rng.integers(0, 256, size=(n_studies, 3, stack, stack), dtype=np.uint8)
-    meta = {"roi_stats": {"mean": 0.5, "std": 0.29}}
+    meta = {
+        "roi_stats": {"mean": 0.5, "std": 0.29},
+        "config": {"roi_size": roi, "pad_value": 0.0, "localizer_size": stack, "slices": 3},
+    }
     arrays = {ROIS_NPY: rois, LOCALIZER_NPY: stacks}
     return PreparedCache(DiscTable.from_rows(rows), meta=meta, arrays=arrays)
 
@@ -254,6 +265,208 @@ def print_table(rows: list[Row]) -> None:
         )
 
 
+# --- stage step loops: old path, new path, model-only ceiling ---------------------------------
+
+
+@dataclass(frozen=True)
+class LoopRow:
+    """One measured step loop of a stage."""
+
+    stage: str
+    path: str
+    seconds: float  # per step
+    images: int  # per step
+
+
+def _stage_model(stage: str, args: argparse.Namespace) -> tuple[nn.Module, Any]:
+    """The stage's model and train step (the stages' own step functions)."""
+    torch.manual_seed(0)
+    if stage == "pretrain":
+        model: nn.Module = ContrastiveModel()
+        return model, _contrastive_step(MultiPositiveNTXent(temperature=paper.TEMPERATURE))
+    if stage == "finetune":
+        model = DiscClassifier(resnet18_encoder(in_chans=1), num_classes=3, mode="finetune")
+        return model, _classification_step(WeightedFocalLoss(alpha=paper.FOCAL_ALPHA))
+    return Localizer2p5D(), _localizer_step()
+
+
+def _make_step(
+    stage: str,
+    next_batch: Callable[[], dict[str, Tensor]],
+    args: argparse.Namespace,
+    *,
+    compile_mode: str | None = None,
+) -> Callable[[], None]:
+    """One optimisation step of a stage as the trainer takes it, with its own model."""
+    device: torch.device = args.device
+    model, step = _stage_model(stage, args)
+    model.to(device)
+    channels_last = device.type == "cuda"  # the stages' default (runtime.channels_last auto)
+    memory_format = torch.channels_last if channels_last else None
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    train_model = maybe_compile(model, compile_mode is not None, compile_mode or "default")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in ("cpu", "cuda"))
+    amp = autocast_settings(device, "auto")
+    train_model.train()
+
+    def one_step() -> None:
+        batch = move_to_device(next_batch(), device, memory_format=memory_format)
+        with amp.autocast():
+            loss = step(train_model, batch)
+        loss.item()  # the trainer reads every step's loss (divergence check)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if stage == "pretrain":
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    return one_step
+
+
+def _interleaved(
+    steps: dict[str, Callable[[], None]], args: argparse.Namespace, *, warmup: dict[str, int]
+) -> dict[str, float]:
+    """Median seconds per step of each loop, the loops timed in turn round after round.
+
+    Interleaving spreads a noisy machine's slow spells over every path alike.
+    """
+    device: torch.device = args.device
+    for name, one_step in steps.items():
+        for _ in range(warmup.get(name, 1)):
+            one_step()
+    _sync(device)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(args.rounds):
+        for name, one_step in steps.items():
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                one_step()
+            _sync(device)
+            times[name].append((time.perf_counter() - start) / args.steps)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _repeat(batch: dict[str, Tensor]) -> Callable[[], dict[str, Tensor]]:
+    return lambda: batch
+
+
+def measure_loops(cache: PreparedCache, args: argparse.Namespace) -> list[LoopRow]:
+    """Each stage's step loop: loader path, device path (+ compile variants), ceiling."""
+    device: torch.device = args.device
+    rows: list[LoopRow] = []
+    size, loc_size = args.loop_size, args.loop_localizer_size
+    roi_recipe = RoiRecipe.from_cache(cache, input_size=size)
+    mean, std = cache.roi_stats()
+    loc_recipe = LocalizerRecipe.from_cache(cache, input_size=loc_size)
+    compile_modes: list[str] = []
+    if args.compile:
+        compile_modes = ["default"]
+        if device.type == "cuda":
+            compile_modes.append("reduce-overhead")  # CUDA graphs
+    data_config = DiscDatasetConfig(input_size=size, n_views=args.views, mean=mean, std=std)
+    all_rows = np.arange(len(cache))
+
+    # pretrain: V views of 64 discs
+    bank = RoiBank.from_cache(cache, device)
+    augment = BatchAugment(data_config, mean=mean, std=std, seed=0)
+    positions = _Positions(len(bank), args.batch, device)
+
+    def pretrain_new() -> dict[str, Tensor]:
+        batch = bank.gather(positions())
+        batch["image"] = augment(batch.pop("roi"), batch["index"], positions.epoch)
+        return batch
+
+    # finetune: one deterministic view of 24 graded discs
+    labeled = RoiBank.from_cache(cache, device, labeled_only=True)
+    ft_positions = _Positions(len(labeled), args.finetune_batch, device)
+    # localizer: whole series, ceil(32 / 5) stacks
+    stacks = -(-args.localizer_batch // len(LEVELS))
+    stack_bank = StackBank.from_cache(cache, device)
+    loc_positions = _Positions(len(stack_bank), stacks, device)
+
+    stages: list[tuple[str, int, Callable[[], dict[str, Tensor]], Any]] = [
+        (
+            "pretrain",
+            args.batch * args.views,
+            pretrain_new,
+            DiscROIDataset(cache, "contrastive", config=data_config, recipe=roi_recipe),
+        ),
+        (
+            "finetune",
+            args.finetune_batch,
+            lambda: supervised_batch(labeled, roi_recipe, ft_positions()),
+            DiscROIDataset(cache, "supervised", recipe=roi_recipe),
+        ),
+        (
+            "localizer",
+            stacks,
+            lambda: stack_batch(stack_bank, loc_recipe, loc_positions()),
+            SeriesLocalizerDataset(cache, all_rows, recipe=loc_recipe),
+        ),
+    ]
+    header = True
+    for stage, images, new, dataset in stages:
+        if args.stages and stage not in args.stages:
+            continue
+        batch_size = images // args.views if stage == "pretrain" else images
+        steps: dict[str, Callable[[], None]] = {}
+        warmup: dict[str, int] = {}
+        loaders = []
+        for n in sorted({0, args.workers}) if args.old_workers_both else [args.workers]:
+            loader = cast(
+                Callable[[], dict[str, Tensor]], _loader_path(dataset, batch_size, n, device)
+            )
+            loaders.append(loader)
+            name = f"old: loader, {n} workers"
+            steps[name] = _make_step(stage, loader, args)
+            warmup[name] = 1 + 2 * n  # let the workers' prefetched batches drain
+        steps["new: device data"] = _make_step(stage, new, args)
+        fixed = _repeat(new())
+        steps["ceiling: model only"] = _make_step(stage, fixed, args)
+        sources = [("new", new)] + ([("ceiling", fixed)] if args.compile_ceiling else [])
+        for mode in compile_modes:
+            for label, source in sources:
+                name = f"{label} + compile {mode}"
+                began = time.perf_counter()
+                try:
+                    steps[name] = _make_step(stage, source, args, compile_mode=mode)
+                    steps[name]()  # compiles here; a failure is reported, not fatal
+                    warmup[name] = 3
+                    took = time.perf_counter() - began
+                    print(f"{stage}: {name}: first step (compilation) {took:.1f} s", flush=True)
+                except Exception as error:
+                    steps.pop(name, None)
+                    print(f"{stage}: {name} failed: {type(error).__name__}: {error}", flush=True)
+        medians = _interleaved(steps, args, warmup=warmup)
+        stage_rows = [LoopRow(stage, name, sec, images) for name, sec in medians.items()]
+        print_loop_table(stage_rows, header=header)
+        header = False
+        rows += stage_rows
+        del loaders, steps
+        gc.collect()
+    return rows
+
+
+def print_loop_table(rows: list[LoopRow], *, header: bool = True) -> None:
+    """Print step-loop rows: images/s, share of the (uncompiled) ceiling, speed-up over old."""
+    if header:
+        print(
+            f"{'stage':<10} {'path':<40} {'ms/step':>9} {'images/s':>10} "
+            f"{'of ceiling':>10} {'vs old':>7}"
+        )
+    ceiling = {r.stage: r.seconds for r in rows if r.path == "ceiling: model only"}
+    old = {r.stage: r.seconds for r in rows if r.path.startswith("old")}
+    for r in rows:
+        share = ceiling[r.stage] / r.seconds if r.stage in ceiling else float("nan")
+        speedup = old[r.stage] / r.seconds if r.stage in old else float("nan")
+        print(
+            f"{r.stage:<10} {r.path:<40} {r.seconds * 1e3:>9.2f} {r.images / r.seconds:>10.0f} "
+            f"{share:>10.0%} {speedup:>6.2f}x",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
@@ -266,11 +479,33 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="loader workers of the old path")
     parser.add_argument("--batches", type=int, default=4, help="timed batches per run")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--loops", action="store_true", help="time the stages' step loops instead of the inputs"
+    )
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per round (--loops)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (--loops)")
+    parser.add_argument("--loop-size", type=int, default=64, help="ROI input side (--loops)")
+    parser.add_argument(
+        "--loop-localizer-size", type=int, default=96, help="localizer input side (--loops)"
+    )
+    parser.add_argument(
+        "--stages", nargs="+", choices=["pretrain", "finetune", "localizer"], help="(--loops)"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="also torch.compile variants (--loops)"
+    )
+    parser.add_argument(
+        "--compile-ceiling", action="store_true", help="compile the ceiling too (--loops)"
+    )
+    parser.add_argument(
+        "--old-workers-both", action="store_true", help="old path with 0 and N workers (--loops)"
+    )
+    parser.add_argument("--stack-size", type=int, default=256, help="stored localizer side")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device = torch.device(args.device)
-    cache = synthetic_cache(args.studies)
+    cache = synthetic_cache(args.studies, stack=args.stack_size)
     nbytes = RoiBank.nbytes_for(cache, len(cache)) + StackBank.nbytes_for(cache, args.studies)
     print(
         f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; "
@@ -279,7 +514,10 @@ def main() -> None:
         f"{should_use_device_data(nbytes, device)}; load average "
         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
-    print_table(measure(cache, args.sizes, args))
+    if args.loops:
+        measure_loops(cache, args)
+    else:
+        print_table(measure(cache, args.sizes, args))
 
 
 if __name__ == "__main__":

@@ -184,7 +184,10 @@ def test_old_flat_stage_config_files_still_load(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # reading an old file is not deprecated
         config = PretrainConfig.load(path)
-    assert config.runtime == RuntimeConfig(device="cpu", amp="off", num_workers=2, progress="lines")
+    # An old file's explicit channels_last=False stays off (the default is now auto).
+    assert config.runtime == RuntimeConfig(
+        device="cpu", amp="off", channels_last=False, num_workers=2, progress="lines"
+    )
     assert (config.split, config.seed, config.epochs) == ("study", 3, 2)
     flattened = PretrainConfig.flatten_dict(config.to_dict())
     assert {key: flattened[key] for key in flat} == flat

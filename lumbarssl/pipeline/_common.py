@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lumbarssl._core.atomic import atomic_write
 from lumbarssl.data.cache import PreparedCache
-from lumbarssl.data.recipes import Recipe, recipe_to_metadata
+from lumbarssl.data.datasets import DiscROIDataset
+from lumbarssl.data.device_data import EpochSampler, RoiBank, resolve_device_data
+from lumbarssl.data.recipes import Recipe, RoiRecipe, recipe_to_metadata
 
 # Re-exported for the stages; they live with every other split in lumbarssl.data.splits.
 from lumbarssl.data.splits import Splits as Splits
@@ -66,8 +69,14 @@ def make_loader(
     shuffle: bool,
     drop_last: bool = False,
     seed_offset: int = 0,
+    deterministic: bool = False,
 ) -> DataLoader[Any]:
     """A DataLoader with seeded order, worker defaults and, under torchrun, a sampler.
+
+    Workers of a ``deterministic`` dataset (no random augmentation) persist across epochs:
+    no re-spawn per epoch, and nothing they draw can differ on resume. Workers that draw
+    augmentations are started afresh each epoch, so a resumed run re-seeds them as an
+    uninterrupted one does.
 
     Args:
         dataset: The dataset.
@@ -76,6 +85,7 @@ def make_loader(
         shuffle: Shuffle every epoch.
         drop_last: Drop a last incomplete batch.
         seed_offset: Added to the seed so different loaders draw different streams.
+        deterministic: The dataset draws no random numbers (keeps its workers alive).
 
     Returns:
         The loader.
@@ -98,8 +108,205 @@ def make_loader(
         num_workers=workers,
         generator=generator,
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=False,
+        persistent_workers=deterministic and workers > 0,
     )
+
+
+class DeviceBatches:
+    """An epoch's batches made on the device: what the trainer iterates in place of a loader.
+
+    Positions come from an :class:`~lumbarssl.data.device_data.EpochSampler` (seeded by
+    ``(seed, epoch)``, this process's shard under ``torchrun``); ``make_batch(positions,
+    epoch)`` turns them into a batch on the device (a bank gather, plus any augmentation keyed
+    by ``(seed, epoch, cache row)``). The trainer calls :meth:`set_epoch` through
+    :attr:`sampler` before each epoch, as it does for a ``DistributedSampler``, so a resumed
+    run makes exactly the batches of an uninterrupted one. With ``epoch`` fixed (validation),
+    every pass gives the same batches.
+
+    Args:
+        sampler: Positions of each epoch.
+        batch_size: Positions per batch.
+        make_batch: ``(positions (B,) int64 on the device, epoch) -> batch``.
+        device: Where the positions go (the bank's device).
+        drop_last: Drop a last incomplete batch.
+        epoch: Fixed epoch, never changed by :meth:`set_epoch` (validation views); ``None``
+            follows the trainer.
+    """
+
+    #: Tells the trainer this iterable shards by rank (as a ``DistributedSampler`` does).
+    shards_by_rank = True
+
+    def __init__(
+        self,
+        sampler: EpochSampler,
+        batch_size: int,
+        make_batch: Callable[[Tensor, int], dict[str, Tensor]],
+        *,
+        device: torch.device,
+        drop_last: bool = False,
+        epoch: int | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.make_batch = make_batch
+        self.device = device
+        self.drop_last = drop_last
+        self._sampler = sampler
+        self._fixed_epoch = epoch
+        self.epoch = 0 if epoch is None else epoch
+
+    @property
+    def sampler(self) -> DeviceBatches:
+        """Itself: the trainer calls ``loader.sampler.set_epoch(epoch)``."""
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass the batches of ``epoch`` (ignored with a fixed epoch)."""
+        if self._fixed_epoch is None:
+            self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self._sampler)
+        if self.drop_last:
+            return n // self.batch_size
+        return -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        epoch = self.epoch
+        for positions in self._sampler.batches(
+            epoch, self.batch_size, drop_last=self.drop_last, device=self.device
+        ):
+            yield self.make_batch(positions, epoch)
+
+
+def use_device_data(config: StageConfig, nbytes: int) -> bool:
+    """Whether a stage holds its data on the device (``runtime.device_data``).
+
+    Args:
+        config: The stage config (its device and ``device_data`` setting).
+        nbytes: Bytes the data takes on the device.
+
+    Returns:
+        ``True`` for :class:`DeviceBatches` over a bank, ``False`` for a DataLoader.
+
+    Raises:
+        ConfigError: If ``device_data="on"`` and the data does not fit.
+    """
+    device = select_device(config.runtime.device)
+    return resolve_device_data(config.runtime.device_data, nbytes, device)
+
+
+def device_sampler(
+    n: int, config: StageConfig, *, shuffle: bool, drop_last: bool = False, seed_offset: int = 0
+) -> EpochSampler:
+    """The :class:`~lumbarssl.data.device_data.EpochSampler` of a stage: its seed, its shard.
+
+    Args:
+        n: Items in the bank.
+        config: The stage config (its seed).
+        shuffle: Permute every epoch (training) or keep the order (validation).
+        drop_last: Drop the tail that does not divide among the processes.
+        seed_offset: Added to the seed, as in :func:`make_loader`.
+
+    Returns:
+        The sampler; under ``torchrun`` each process gets its shard, and without shuffling
+        (validation, run on the main process only) the whole set.
+    """
+    if shuffle:
+        return EpochSampler(n, seed=config.seed + seed_offset, shuffle=True, drop_last=drop_last)
+    return EpochSampler(n, shuffle=False, rank=0, world_size=1)
+
+
+def supervised_batch(bank: RoiBank, recipe: RoiRecipe, positions: Tensor) -> dict[str, Tensor]:
+    """A batch of supervised ``DiscROIDataset`` items gathered from a bank on its device.
+
+    The image is :meth:`RoiRecipe.network_input <lumbarssl.data.recipes.RoiRecipe.
+    network_input>` of the stored ROIs, the input the dataset (and a served model) sees.
+
+    Args:
+        bank: The ROIs on the device.
+        recipe: The ROI recipe.
+        positions: int64 (B,) positions in the bank, on its device.
+
+    Returns:
+        ``"image"`` float32 (B, 1, S, S), ``"label"``, ``"level"``, ``"index"`` int64 (B,).
+    """
+    batch = bank.gather(positions)
+    batch["image"] = recipe.network_input(batch.pop("roi"))
+    return batch
+
+
+def supervised_loaders(
+    cache: PreparedCache,
+    config: StageConfig,
+    recipe: RoiRecipe,
+    train_rows: Any,
+    val_rows: Any,
+    *,
+    batch_size: int,
+    val_batch_size: int,
+) -> tuple[Any, Any]:
+    """Training and validation batches of graded discs, deterministic inputs (fine-tuning).
+
+    With ``runtime.device_data`` on (:func:`use_device_data`) the ROIs live on the device
+    and batches are gathers there (:func:`supervised_batch`); otherwise DataLoaders over
+    ``DiscROIDataset(..., "supervised")`` with persistent workers. Both give the same inputs
+    (the recipe's) in the same kind of seeded order.
+
+    Args:
+        cache: The prepared cache.
+        config: The stage config.
+        recipe: The ROI recipe.
+        train_rows: Cache rows of the training split.
+        val_rows: Cache rows of the validation split.
+        batch_size: Discs per training step (the last incomplete batch is dropped).
+        val_batch_size: Discs per validation batch.
+
+    Returns:
+        ``(train, val)`` iterables of batches for :meth:`~lumbarssl.training.Trainer.fit`.
+    """
+    train_sel = RoiBank.select_rows(cache, train_rows, labeled_only=True)
+    val_sel = RoiBank.select_rows(cache, val_rows, labeled_only=True)
+    if use_device_data(config, RoiBank.nbytes_for(cache, len(train_sel) + len(val_sel))):
+        device = select_device(config.runtime.device)
+        train_bank = RoiBank.from_cache(cache, device, rows=train_sel)
+        val_bank = RoiBank.from_cache(cache, device, rows=val_sel)
+
+        def gather(bank: RoiBank) -> Callable[[Tensor, int], dict[str, Tensor]]:
+            return lambda positions, epoch: supervised_batch(bank, recipe, positions)
+
+        train = DeviceBatches(
+            device_sampler(len(train_bank), config, shuffle=True, drop_last=True),
+            batch_size,
+            gather(train_bank),
+            device=device,
+            drop_last=True,
+        )
+        val = DeviceBatches(
+            device_sampler(len(val_bank), config, shuffle=False),
+            val_batch_size,
+            gather(val_bank),
+            device=device,
+            epoch=0,
+        )
+        return train, val
+
+    def dataset(rows: Any) -> DiscROIDataset:
+        return DiscROIDataset(cache, "supervised", recipe=recipe, indices=rows)
+
+    train_loader = make_loader(
+        dataset(train_rows),
+        config,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        deterministic=True,
+    )
+    val_loader = make_loader(
+        dataset(val_rows), config, batch_size=val_batch_size, shuffle=False, deterministic=True
+    )
+    return train_loader, val_loader
 
 
 def adamw(params: Any, config: StageConfig, *, lr: float | None = None, weight_decay: float) -> Any:

@@ -25,9 +25,9 @@ from lumbarssl.pipeline._common import (
     adamw,
     base_metadata,
     export_best,
-    make_loader,
     make_splits,
     start_stage,
+    supervised_loaders,
     trainer_config,
     write_json,
 )
@@ -162,10 +162,15 @@ def run_finetuning(config: FinetuneConfig) -> StageResult:
     def dataset(rows: Any) -> DiscROIDataset:
         return DiscROIDataset(cache, "supervised", recipe=recipe, indices=rows)
 
-    train_loader = make_loader(
-        dataset(splits.train), config, batch_size=config.batch_size, shuffle=True, drop_last=True
+    train_loader, val_loader = supervised_loaders(
+        cache,
+        config,
+        recipe,
+        splits.train,
+        splits.val,
+        batch_size=config.batch_size,
+        val_batch_size=64,
     )
-    val_loader = make_loader(dataset(splits.val), config, batch_size=64, shuffle=False)
 
     torch.manual_seed(config.seed)
     if config.mode == "scratch":

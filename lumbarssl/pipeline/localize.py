@@ -17,19 +17,24 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.utils.data import DataLoader
 
 from lumbarssl import paper
+from lumbarssl.data.cache import PreparedCache
 from lumbarssl.data.constants import LEVELS
 from lumbarssl.data.datasets import SeriesLocalizerDataset
+from lumbarssl.data.device_data import StackBank
 from lumbarssl.data.recipes import LocalizerRecipe, recipe_to_metadata
 from lumbarssl.data.splits import localizer_splits
 from lumbarssl.metrics import localization_rmse
 from lumbarssl.models import Localizer2p5D
 from lumbarssl.pipeline._common import (
+    DeviceBatches,
     adamw,
     base_metadata,
+    device_sampler,
     export_best,
     make_loader,
     start_stage,
     trainer_config,
+    use_device_data,
     write_json,
 )
 from lumbarssl.pipeline.config import StageConfig, param
@@ -177,6 +182,68 @@ def _write_predictions(path: Path, outputs: Mapping[str, Tensor]) -> None:
             )
 
 
+#: Stacks per validation and test batch.
+_VAL_STACKS = 16
+
+
+def stack_batch(bank: StackBank, recipe: LocalizerRecipe, positions: Tensor) -> dict[str, Tensor]:
+    """A batch of ``SeriesLocalizerDataset`` items gathered from a bank on its device.
+
+    The image is the stored stack made a network input by
+    :meth:`LocalizerRecipe.network_input <lumbarssl.data.recipes.LocalizerRecipe.network_input>`,
+    as the dataset makes it; the batch equals the DataLoader's on the same device.
+
+    Args:
+        bank: The stacks on the device.
+        recipe: The localizer recipe.
+        positions: int64 (B,) positions in the bank, on its device.
+
+    Returns:
+        The batch, with the keys of ``SeriesLocalizerDataset``.
+    """
+    batch = bank.gather(positions)
+    if batch["image"].shape[-1] != recipe.input_size:
+        batch["image"] = recipe.network_input(bank.images[positions])
+    return batch
+
+
+def _device_batches(
+    cache: PreparedCache,
+    config: LocalizerConfig,
+    recipe: LocalizerRecipe,
+    train: np.ndarray,
+    val: np.ndarray,
+    stacks: int,
+) -> tuple[DeviceBatches, DeviceBatches]:
+    """Training and validation batches gathered from stacks held on the device."""
+    device = select_device(config.runtime.device)
+    train_bank = StackBank.from_cache(cache, device, rows=train)
+    val_bank = StackBank.from_cache(cache, device, rows=val)
+
+    def gather(bank: StackBank) -> Any:
+        def make(positions: Tensor, epoch: int) -> dict[str, Tensor]:
+            return stack_batch(bank, recipe, positions)
+
+        return make
+
+    drop_last = len(train_bank) > stacks
+    train_batches = DeviceBatches(
+        device_sampler(len(train_bank), config, shuffle=True, drop_last=drop_last),
+        stacks,
+        gather(train_bank),
+        device=device,
+        drop_last=drop_last,
+    )
+    val_batches = DeviceBatches(
+        device_sampler(len(val_bank), config, shuffle=False),
+        _VAL_STACKS,
+        gather(val_bank),
+        device=device,
+        epoch=0,
+    )
+    return train_batches, val_batches
+
+
 def run_localizer_training(config: LocalizerConfig) -> StageResult:
     """Train :class:`~lumbarssl.models.Localizer2p5D` to regress disc centres.
 
@@ -201,13 +268,28 @@ def run_localizer_training(config: LocalizerConfig) -> StageResult:
     )
     stacks = _stacks_per_step(config.batch_size)
     recipe = LocalizerRecipe.from_cache(cache, input_size=config.input_size)
-    train_set = SeriesLocalizerDataset(cache, train, recipe=recipe)
-    train_loader = make_loader(
-        train_set, config, batch_size=stacks, shuffle=True, drop_last=len(train_set) > stacks
-    )
-    val_loader = make_loader(
-        SeriesLocalizerDataset(cache, val, recipe=recipe), config, batch_size=16, shuffle=False
-    )
+    train_loader: Iterable[dict[str, Tensor]]
+    val_loader: Iterable[dict[str, Tensor]]
+    n_stacks = len(np.unique(cache.table.localizer_index[np.concatenate([train, val])]))
+    if use_device_data(config, StackBank.nbytes_for(cache, n_stacks)):
+        train_loader, val_loader = _device_batches(cache, config, recipe, train, val, stacks)
+    else:
+        train_set = SeriesLocalizerDataset(cache, train, recipe=recipe)
+        train_loader = make_loader(
+            train_set,
+            config,
+            batch_size=stacks,
+            shuffle=True,
+            drop_last=len(train_set) > stacks,
+            deterministic=True,
+        )
+        val_loader = make_loader(
+            SeriesLocalizerDataset(cache, val, recipe=recipe),
+            config,
+            batch_size=_VAL_STACKS,
+            shuffle=False,
+            deterministic=True,
+        )
     torch.manual_seed(config.seed)
     model = Localizer2p5D(weights=config.weights)
     optimizer = adamw(model.parameters(), config, lr=config.lr, weight_decay=config.weight_decay)
@@ -235,7 +317,9 @@ def run_localizer_training(config: LocalizerConfig) -> StageResult:
     if info.rank == 0:
         device = select_device(config.runtime.device)
         model.to(device).eval()
-        loader = DataLoader(SeriesLocalizerDataset(cache, test, recipe=recipe), batch_size=16)
+        loader = DataLoader(
+            SeriesLocalizerDataset(cache, test, recipe=recipe), batch_size=_VAL_STACKS
+        )
         outputs = _predict(model, (move_to_device(b, device) for b in loader))
         _write_predictions(out / "predictions_test.csv", outputs)
         write_json(

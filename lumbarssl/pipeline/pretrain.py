@@ -12,24 +12,32 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from lumbarssl import paper
+from lumbarssl.data.batch_augment import BatchAugment
 from lumbarssl.data.cache import PreparedCache
 from lumbarssl.data.datasets import DiscDatasetConfig, DiscROIDataset
+from lumbarssl.data.device_data import RoiBank
 from lumbarssl.data.recipes import RoiRecipe
 from lumbarssl.losses import MultiPositiveNTXent
 from lumbarssl.models import ContrastiveModel
 from lumbarssl.pipeline._common import (
+    DeviceBatches,
     adamw,
     base_metadata,
+    device_sampler,
     export_best,
     make_loader,
     make_splits,
     start_stage,
     trainer_config,
+    use_device_data,
     write_json,
 )
 from lumbarssl.pipeline.config import StageConfig, param
 from lumbarssl.pipeline.result import StageResult
-from lumbarssl.training import Trainer, is_distributed
+from lumbarssl.training import Trainer, is_distributed, select_device
+
+#: Augmentation stream of the validation views (training draws stream 0).
+_VAL_STREAM = 1
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -128,6 +136,57 @@ def pretraining_rows(cache: PreparedCache, config: PretrainConfig) -> tuple[np.n
     return train.astype(np.int64), splits.val
 
 
+def _device_batches(
+    cache: PreparedCache,
+    config: PretrainConfig,
+    recipe: RoiRecipe,
+    data_config: DiscDatasetConfig,
+    train_rows: np.ndarray,
+    val_rows: np.ndarray,
+) -> tuple[DeviceBatches, DeviceBatches]:
+    """Training and validation batches made on the device (``runtime.device_data``).
+
+    The ROIs are held on the device (:class:`~lumbarssl.data.device_data.RoiBank`) and
+    augmented a batch at a time by :class:`~lumbarssl.data.batch_augment.BatchAugment` with
+    the recipe's intensity statistics, views keyed by ``(seed, epoch, cache row, view)``;
+    validation views use their own stream and a fixed epoch, so they never change.
+    """
+    device = select_device(config.runtime.device)
+    mean, std = recipe.mean, recipe.std
+    if mean is None or std is None:  # RoiRecipe.from_cache always sets them
+        raise ValueError("the ROI recipe has no intensity statistics")
+    train_bank = RoiBank.from_cache(cache, device, rows=train_rows)
+    val_bank = RoiBank.from_cache(cache, device, rows=val_rows)
+
+    def views(bank: RoiBank, augment: BatchAugment) -> Any:
+        def make(positions: Tensor, epoch: int) -> dict[str, Tensor]:
+            batch = bank.gather(positions)
+            batch["image"] = augment(batch.pop("roi"), batch["index"], epoch)
+            return batch
+
+        return make
+
+    train_augment = BatchAugment(data_config, mean=mean, std=std, seed=config.seed)
+    val_augment = BatchAugment(
+        data_config, mean=mean, std=std, seed=config.seed, stream=_VAL_STREAM
+    )
+    train = DeviceBatches(
+        device_sampler(len(train_bank), config, shuffle=True, drop_last=True),
+        config.batch_size,
+        views(train_bank, train_augment),
+        device=device,
+        drop_last=True,
+    )
+    val = DeviceBatches(
+        device_sampler(len(val_bank), config, shuffle=False),
+        config.batch_size,
+        views(val_bank, val_augment),
+        device=device,
+        epoch=0,
+    )
+    return train, val
+
+
 def run_pretraining(config: PretrainConfig) -> StageResult:
     """Pretrain a 1-channel ResNet-18 + projection head with multi-positive NT-Xent.
 
@@ -136,6 +195,12 @@ def run_pretraining(config: PretrainConfig) -> StageResult:
     gathers embeddings from every process, so negatives span the global batch. The best
     epoch by validation loss is exported as ``model.pt``
     (a :class:`~lumbarssl.models.ContrastiveModel`).
+
+    With ``runtime.device_data`` on (by default on CUDA when the ROIs fit), the ROIs live on
+    the device and the views are made a batch at a time there
+    (:class:`~lumbarssl.data.batch_augment.BatchAugment`, the same parameter distributions as
+    the per-sample transforms, keyed by seed, epoch and cache row); otherwise DataLoader
+    workers apply the recipe's per-sample transforms.
 
     Args:
         config: The stage config.
@@ -147,26 +212,36 @@ def run_pretraining(config: PretrainConfig) -> StageResult:
     train_rows, val_rows = pretraining_rows(cache, config)
     recipe = RoiRecipe.from_cache(cache, input_size=config.input_size)
     data_config = DiscDatasetConfig(input_size=config.input_size, n_views=config.views)
-    train_set = DiscROIDataset(
-        cache,
-        "contrastive",
-        config=data_config,
-        recipe=recipe,
-        indices=train_rows,
-        labeled_only=False,
-    )
-    val_set = DiscROIDataset(
-        cache,
-        "contrastive",
-        config=data_config,
-        recipe=recipe,
-        indices=val_rows,
-        labeled_only=False,
-    )
-    train_loader = make_loader(
-        train_set, config, batch_size=config.batch_size, shuffle=True, drop_last=True
-    )
-    val_loader = make_loader(val_set, config, batch_size=config.batch_size, shuffle=False)
+    nbytes = RoiBank.nbytes_for(cache, len(train_rows) + len(val_rows))
+    train_loader: Iterable[dict[str, Tensor]]
+    val_loader: Iterable[dict[str, Tensor]]
+    # BatchAugment resamples bilinearly; a recipe asking for another interpolation keeps the
+    # per-sample transforms.
+    if recipe.interpolation == "bilinear" and use_device_data(config, nbytes):
+        train_loader, val_loader = _device_batches(
+            cache, config, recipe, data_config, train_rows, val_rows
+        )
+    else:
+        train_set = DiscROIDataset(
+            cache,
+            "contrastive",
+            config=data_config,
+            recipe=recipe,
+            indices=train_rows,
+            labeled_only=False,
+        )
+        val_set = DiscROIDataset(
+            cache,
+            "contrastive",
+            config=data_config,
+            recipe=recipe,
+            indices=val_rows,
+            labeled_only=False,
+        )
+        train_loader = make_loader(
+            train_set, config, batch_size=config.batch_size, shuffle=True, drop_last=True
+        )
+        val_loader = make_loader(val_set, config, batch_size=config.batch_size, shuffle=False)
 
     torch.manual_seed(config.seed)  # identical initial weights on every process
     model = ContrastiveModel()

@@ -190,19 +190,23 @@ def configure_backends(device: torch.device, *, cudnn_benchmark: bool = True) ->
         torch.backends.cudnn.benchmark = cudnn_benchmark
 
 
-def maybe_compile(model: nn.Module, enabled: bool) -> nn.Module:
+def maybe_compile(model: nn.Module, enabled: bool, mode: str = "default") -> nn.Module:
     """Compile a model with :func:`torch.compile` when asked.
 
     Args:
         model: The model (possibly wrapped in DistributedDataParallel).
         enabled: Whether to compile.
+        mode: :func:`torch.compile`'s mode: ``"default"``, ``"reduce-overhead"`` (CUDA
+            graphs) or ``"max-autotune"``.
 
     Returns:
         The compiled module, or ``model`` itself when ``enabled`` is false.
     """
     if not enabled:
         return model
-    return cast(nn.Module, torch.compile(model))
+    if mode == "default":
+        return cast(nn.Module, torch.compile(model))
+    return cast(nn.Module, torch.compile(model, mode=mode))
 
 
 def move_to_device(

@@ -297,13 +297,17 @@ class Trainer(Generic[BatchT]):
         configure_backends(self.device, cudnn_benchmark=config.cudnn_benchmark)
         self.autocast = autocast_settings(self.device, config.runtime.amp)
         self.scaler = self.autocast.grad_scaler()
-        self._memory_format = torch.channels_last if config.runtime.channels_last else None
+        self._memory_format = (
+            torch.channels_last if config.runtime.use_channels_last(self.device) else None
+        )
         model.to(self.device)
         if self._memory_format is not None:
             model.to(memory_format=self._memory_format)
         self.model = model
         train_model: nn.Module = wrap_ddp(model, self.device) if is_distributed() else model
-        self._train_model = maybe_compile(train_model, config.runtime.compile)
+        self._train_model = maybe_compile(
+            train_model, config.runtime.compile, config.runtime.compile_mode
+        )
         self._history: list[EpochRecord] = []
         self._progress = TrainerProgress(
             best_value=None, best_epoch=None, bad_epochs=0, stopped_early=False
@@ -659,7 +663,10 @@ def _set_sampler_epoch(loader: object, epoch: int) -> None:
 
 
 def _has_distributed_sampler(loader: object) -> bool:
-    return any(isinstance(sampler, DistributedSampler) for sampler in _samplers(loader))
+    return any(
+        isinstance(sampler, DistributedSampler) or getattr(sampler, "shards_by_rank", False)
+        for sampler in _samplers(loader)
+    )
 
 
 def _loader_generators(loader: object) -> list[torch.Generator]:
