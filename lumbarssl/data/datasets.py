@@ -35,13 +35,13 @@ from lumbarssl.data.recipes import LocalizerRecipe, RoiRecipe
 from lumbarssl.errors import ConfigError, DataError
 
 __all__ = [
+    "TRAIN_STREAM",
+    "VALIDATION_STREAM",
     "DiscDatasetConfig",
     "DiscROIDataset",
     "LocalizerDataset",
     "Mode",
     "SeriesLocalizerDataset",
-    "TRAIN_STREAM",
-    "VALIDATION_STREAM",
 ]
 
 #: Key stream of training views (:func:`~lumbarssl.data.keyed_random.keyed_uniforms`).
