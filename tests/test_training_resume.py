@@ -128,8 +128,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
 
     resumed = make_run(seed=0)
     step, _ = _counting(mse_step, poison_at=3, poison=poison)  # epoch 2, step 3
+    more = config(tmp_path, epochs=3, allow_change=["epochs"])
     with pytest.raises(TrainingDivergedError, match=r"epoch 2, step 3") as info:
-        more = config(tmp_path, epochs=3, allow_change=["epochs"])
         trainer(resumed, more, step).fit(resumed.loader, resume=True)
     assert str(poison) in str(info.value)
     assert str(last) in str(info.value)
@@ -167,8 +167,8 @@ def test_crash_while_saving_keeps_previous_checkpoint(
 
     monkeypatch.setattr(torch, "save", failing_save)
     resumed = make_run(seed=0)
+    more = config(tmp_path, epochs=2, allow_change=["epochs"])
     with pytest.raises(OSError, match="disk full"):
-        more = config(tmp_path, epochs=2, allow_change=["epochs"])
         trainer(resumed, more).fit(resumed.loader, resume=True)
     monkeypatch.undo()
     assert _sha256(tmp_path / "last.pt") == digest

@@ -13,7 +13,12 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from lumbarssl import paper
 from lumbarssl.data.cache import PreparedCache
-from lumbarssl.data.datasets import DiscDatasetConfig, DiscROIDataset
+from lumbarssl.data.datasets import (
+    TRAIN_STREAM,
+    VALIDATION_STREAM,
+    DiscDatasetConfig,
+    DiscROIDataset,
+)
 from lumbarssl.data.recipes import RoiRecipe
 from lumbarssl.losses import MultiPositiveNTXent
 from lumbarssl.models import ContrastiveModel
@@ -154,6 +159,8 @@ def run_pretraining(config: PretrainConfig) -> StageResult:
         recipe=recipe,
         indices=train_rows,
         labeled_only=False,
+        seed=config.seed,
+        stream=TRAIN_STREAM,
     )
     val_set = DiscROIDataset(
         cache,
@@ -162,6 +169,8 @@ def run_pretraining(config: PretrainConfig) -> StageResult:
         recipe=recipe,
         indices=val_rows,
         labeled_only=False,
+        seed=config.seed,
+        stream=VALIDATION_STREAM,  # fixed views: the trainer sets no epoch on validation
     )
     train_loader = make_loader(
         train_set, config, batch_size=config.batch_size, shuffle=True, drop_last=True

@@ -477,6 +477,7 @@ class Trainer(Generic[BatchT]):
         """Train, validate, schedule and checkpoint one epoch; return whether to stop."""
         for generator, seed in zip(generators, self._loader_seeds, strict=True):
             generator.manual_seed(_epoch_seed(seed, epoch))
+        _skip_worker_seed_draw(train_loader)
         _set_epoch(train_loader, epoch - 1)
         lrs = tuple(float(group["lr"]) for group in self.optimizer.param_groups)
         started = time.perf_counter()
@@ -819,6 +820,23 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     """A generator seed for ``epoch`` of a loader whose generator started from ``seed``."""
     digest = hashlib.blake2b(f"{seed}:{epoch}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
+
+
+def _skip_worker_seed_draw(loader: object) -> None:
+    """Draw, from the loader's generator, the worker base seed a new iterator would draw.
+
+    A DataLoader draws its workers' base seed from its generator when it starts workers, then
+    the shuffle: every epoch without persistent workers, only the first with them. Drawing it
+    here on the epochs a persistent loader reuses its workers makes each epoch's shuffle
+    follow the same draws whether the workers were started in this epoch (as after a resume)
+    or before.
+    """
+    generator = getattr(loader, "generator", None)
+    reuses = getattr(loader, "persistent_workers", False) and (
+        getattr(loader, "_iterator", None) is not None
+    )
+    if reuses and isinstance(generator, torch.Generator):
+        torch.empty((), dtype=torch.int64).random_(generator=generator)
 
 
 def _set_epoch(loader: object, epoch: int) -> None:
