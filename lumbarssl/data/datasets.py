@@ -258,7 +258,7 @@ class DiscROIDataset(Dataset[dict[str, Tensor]]):
         self.seed = int(seed)
         self.stream = int(stream)
         # One int64 in shared memory: worker processes read the epoch the trainer sets.
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # type: ignore[no-untyped-call]
 
     @property
     def epoch(self) -> int:
