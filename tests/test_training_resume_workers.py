@@ -229,3 +229,10 @@ def test_pretrain_killed_after_an_epoch_resumes_to_the_same_bytes(
         read_history(reference / "history.jsonl")
     )
     assert (killed / "splits.json").read_bytes() == (reference / "splits.json").read_bytes()
+    # Every output, model.pt included, is created with the umask's permissions (0644 under
+    # the usual 022), none with mkstemp's 0600.
+    umask = os.umask(0)
+    os.umask(umask)
+    for run in (reference, killed):
+        modes = {path.name: path.stat().st_mode & 0o777 for path in run.iterdir()}
+        assert modes == dict.fromkeys(modes, 0o666 & ~umask), modes
