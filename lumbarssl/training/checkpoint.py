@@ -3,8 +3,9 @@
 A checkpoint holds everything needed to continue a run as if it had never stopped: model,
 optimizer, scheduler and gradient-scaler states, every random number generator (torch CPU and
 CUDA, NumPy's global generator, Python's ``random``, and the generators of the training
-DataLoader, which decide the next epoch's shuffle), the epoch counter, the history and the
-trainer configuration. Everything is stored as tensors, numbers, strings, lists and dicts, so
+DataLoader; the trainer re-seeds those from their initial seed and the epoch, so that the
+shuffle does not depend on how many workers drew from them), the epoch counter, the history
+and the trainer configuration. Everything is stored as tensors, numbers, strings, lists and dicts, so
 checkpoints load with ``torch.load(weights_only=True)``, which never runs pickled code.
 """
 
