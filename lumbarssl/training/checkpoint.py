@@ -5,8 +5,9 @@ optimizer, scheduler and gradient-scaler states, every random number generator (
 CUDA, NumPy's global generator, Python's ``random``, and the generators of the training
 DataLoader; the trainer re-seeds those from their initial seed and the epoch, so that the
 shuffle does not depend on how many workers drew from them), the epoch counter, the history
-and the trainer configuration. Everything is stored as tensors, numbers, strings, lists and dicts, so
-checkpoints load with ``torch.load(weights_only=True)``, which never runs pickled code.
+and the trainer configuration. Everything is stored as tensors, numbers, strings, lists and
+dicts, so checkpoints load with ``torch.load(weights_only=True)``, which never runs pickled
+code.
 """
 
 from __future__ import annotations
