@@ -94,31 +94,75 @@ class MissingDependencyError(EnvironmentProblem):
 
 
 class TrainingDivergedError(LumbarsslError, RuntimeError):
-    """The training loss became NaN or infinite; the last good checkpoint was kept.
+    """The training loss became NaN, infinite or absurd; the last good checkpoint was kept.
 
     Attributes:
-        epoch: 1-based epoch of the bad step.
+        epoch: 1-based epoch of the bad step (or epoch).
         step: 1-based step within that epoch.
-        loss: The non-finite loss value.
+        loss: The bad loss value.
         checkpoint: The last good ``last.pt``, left untouched, or ``None`` if the run had not
             completed an epoch yet.
+        detail: What was wrong, when not a non-finite loss (e.g. the loss guard's finding).
+        resume_command: The command line that continues the run with a lower learning rate,
+            when the command line knows it (:meth:`with_resume_command`).
     """
 
     exit_code = EXIT_DIVERGED
 
-    def __init__(self, *, epoch: int, step: int, loss: float, checkpoint: Path | None) -> None:
+    def __init__(
+        self,
+        *,
+        epoch: int,
+        step: int,
+        loss: float,
+        checkpoint: Path | None,
+        detail: str | None = None,
+        resume_command: str | None = None,
+    ) -> None:
         self.epoch = epoch
         self.step = step
         self.loss = loss
         self.checkpoint = checkpoint
-        kept = (
-            f"the last good checkpoint {checkpoint} (after epoch {epoch - 1}) was left untouched"
-            if checkpoint is not None
-            else "no checkpoint had been written yet"
-        )
-        super().__init__(
-            f"training diverged: loss is {loss} at epoch {epoch}, step {step}; {kept}. "
-            "Lower the learning rate or set max_grad_norm to clip gradients, then resume."
+        self.detail = detail
+        self.resume_command = resume_command
+        what = detail if detail is not None else f"loss is {loss} at epoch {epoch}, step {step}"
+        if checkpoint is not None:
+            kept = (
+                f"the last good checkpoint {checkpoint} (after epoch {epoch - 1}) was left "
+                "untouched"
+            )
+            advice = (
+                f"to continue from it with a lower learning rate run: {resume_command}"
+                if resume_command
+                else "lower the learning rate (or set max_grad_norm to clip gradients) and "
+                "resume, allowing the change (Trainer: TrainerConfig(allow_change=('lr',)) "
+                "with fit(resume=True); command line: --resume --allow-change lr)"
+            )
+        else:
+            kept = "no checkpoint had been written yet"
+            advice = (
+                f"start again with a lower learning rate: {resume_command}"
+                if resume_command
+                else "start again with a lower learning rate or with max_grad_norm set"
+            )
+        super().__init__(f"training diverged: {what}; {kept}; {advice}")
+
+    def with_resume_command(self, command: str) -> TrainingDivergedError:
+        """The same error, its advice naming the exact command line to continue.
+
+        Args:
+            command: The command line.
+
+        Returns:
+            A new error with the same facts.
+        """
+        return TrainingDivergedError(
+            epoch=self.epoch,
+            step=self.step,
+            loss=self.loss,
+            checkpoint=self.checkpoint,
+            detail=self.detail,
+            resume_command=command,
         )
 
 

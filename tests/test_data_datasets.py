@@ -79,15 +79,79 @@ def test_default_normalisation_uses_the_cache_statistics(cache_dir: Path) -> Non
     assert float(images.mean()) == pytest.approx(float(expected.mean()), abs=1e-4)
 
 
-def test_contrastive_views_differ_and_follow_the_seed(cache_dir: Path) -> None:
-    dataset = DiscROIDataset(cache_dir, "contrastive", config=SMALL)
-    torch.manual_seed(0)
+def test_contrastive_views_differ_and_are_keyed_by_seed_epoch_and_stream(cache_dir: Path) -> None:
+    dataset = DiscROIDataset(cache_dir, "contrastive", config=SMALL, seed=3)
     views = dataset[0]["image"]
     assert views.shape == (3, 1, 48, 48)  # V = 3 views
     assert not torch.equal(views[0], views[1])
     assert not torch.equal(views[1], views[2])
-    torch.manual_seed(0)
+    torch.manual_seed(123)  # the global generator plays no part
     torch.testing.assert_close(dataset[0]["image"], views, rtol=0, atol=0)
+    dataset.set_epoch(1)
+    assert not torch.equal(dataset[0]["image"], views)
+    dataset.set_epoch(0)
+    torch.testing.assert_close(dataset[0]["image"], views, rtol=0, atol=0)
+    for other in (
+        DiscROIDataset(cache_dir, "contrastive", config=SMALL, seed=4),
+        DiscROIDataset(cache_dir, "contrastive", config=SMALL, seed=3, stream=1),
+    ):
+        assert not torch.equal(other[0]["image"], views)
+
+
+def _fixed(transform: object, params: dict[str, object], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transform, "make_params", lambda flat_inputs: params)
+
+
+@pytest.mark.parametrize("contrast_first", [False, True])
+@pytest.mark.parametrize("flip", [False, True])
+def test_keyed_view_applies_the_train_transform_kernels_exactly(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch, contrast_first: bool, flip: bool
+) -> None:
+    # Independent reference: torchvision's own RandomRotation, ColorJitter, flip and
+    # RandomResizedCrop (train_transform) with their parameter draws pinned to ours.
+    dataset = DiscROIDataset(cache_dir, "contrastive", config=SMALL, seed=1)
+    roi = dataset.recipe.to_tensor(np.array(dataset.cache.rois[int(dataset.rows[2])]))
+    compose = dataset.recipe.train_transform(SMALL)
+    rotation, jitter, hflip, crop, _ = compose.transforms
+    order = [1, 0, 2, 3] if contrast_first else [0, 1, 2, 3]
+    _fixed(rotation, {"angle": -7.25}, monkeypatch)
+    _fixed(
+        jitter,
+        {
+            "fn_idx": torch.tensor(order),
+            "brightness_factor": 1.13,
+            "contrast_factor": 0.87,
+            "saturation_factor": None,
+            "hue_factor": None,
+        },
+        monkeypatch,
+    )
+    monkeypatch.setattr(hflip, "p", 1.0 if flip else 0.0)
+    _fixed(crop, {"top": 3, "left": 2, "height": 27, "width": 29}, monkeypatch)
+    expected = compose(roi)
+    got = dataset.recipe.augmented_view(
+        roi,
+        angle=-7.25,
+        flip=flip,
+        box=(3, 2, 27, 29),
+        brightness=1.13,
+        contrast=0.87,
+        contrast_first=contrast_first,
+    )
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_keyed_views_do_not_depend_on_loader_workers(cache_dir: Path, persistent: bool) -> None:
+    dataset = DiscROIDataset(cache_dir, "contrastive", config=SMALL, seed=2)
+    loader = DataLoader(
+        dataset, batch_size=4, num_workers=2, persistent_workers=persistent, shuffle=False
+    )
+    for epoch in (0, 1, 2):
+        dataset.set_epoch(epoch)  # before iterating, as the trainer does
+        got = torch.cat([batch["image"] for batch in loader])
+        direct = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+        torch.testing.assert_close(got, direct, rtol=0, atol=0)
 
 
 def test_multislice_items_have_a_mask(cache_dir: Path) -> None:

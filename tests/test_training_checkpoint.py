@@ -153,7 +153,7 @@ def test_resume_with_a_different_scheduler_setup_fails(tmp_path: Path) -> None:
         again.model,
         again.optimizer,
         train_step=lambda model, batch: model(batch[0]).mean(),
-        config=config(tmp_path, epochs=2),
+        config=config(tmp_path, epochs=2, allow_change=["epochs"]),
     )
     with pytest.raises(ValueError, match="written with a scheduler"):
         fit.fit(again.loader, resume=True)

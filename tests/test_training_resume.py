@@ -11,6 +11,7 @@ import torch
 from _training_toys import STEPS_PER_EPOCH, Batch, config, make_run, mse_step, trainer
 from torch import Tensor, nn
 
+from lumbarssl.errors import ConfigError
 from lumbarssl.training import TrainingDivergedError, load_training_state, read_history
 
 
@@ -87,8 +88,13 @@ def test_resume_with_more_epochs_equals_longer_run(tmp_path: Path) -> None:
     first = make_run(seed=0)
     trainer(first, config(tmp_path / "run", epochs=1)).fit(first.loader)
     second = make_run(seed=5)
-    trainer(second, config(tmp_path / "run", epochs=3)).fit(second.loader, resume=True)
+    with pytest.raises(ConfigError, match=r"epochs 1 -> 3; .*--allow-change epochs"):
+        trainer(second, config(tmp_path / "run", epochs=3)).fit(second.loader, resume=True)
+    more = config(tmp_path / "run", epochs=3, allow_change=["epochs"])
+    trainer(second, more).fit(second.loader, resume=True)
     _assert_state_dicts_equal(second.model.state_dict(), reference.model.state_dict())
+    records = read_history(tmp_path / "run" / "history.jsonl")
+    assert [dict(r.changes) for r in records] == [{}, {"epochs": {"old": 1, "new": 3}}, {}]
 
 
 def test_resume_restores_loader_shuffle_order(tmp_path: Path) -> None:
@@ -106,7 +112,8 @@ def test_resume_restores_loader_shuffle_order(tmp_path: Path) -> None:
     first = make_run(seed=0)
     trainer(first, config(tmp_path / "run", epochs=1)).fit(first.loader)
     second = make_run(seed=0)
-    trainer(second, config(tmp_path / "run", epochs=2), recording).fit(second.loader, resume=True)
+    more = config(tmp_path / "run", epochs=2, allow_change=["epochs"])
+    trainer(second, more, recording).fit(second.loader, resume=True)
     assert seen == expected
 
 
@@ -121,8 +128,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
 
     resumed = make_run(seed=0)
     step, _ = _counting(mse_step, poison_at=3, poison=poison)  # epoch 2, step 3
+    more = config(tmp_path, epochs=3, allow_change=["epochs"])
     with pytest.raises(TrainingDivergedError, match=r"epoch 2, step 3") as info:
-        trainer(resumed, config(tmp_path, epochs=3), step).fit(resumed.loader, resume=True)
+        trainer(resumed, more, step).fit(resumed.loader, resume=True)
     assert str(poison) in str(info.value)
     assert str(last) in str(info.value)
     assert (info.value.epoch, info.value.step, info.value.checkpoint) == (2, 3, last)
@@ -159,8 +167,9 @@ def test_crash_while_saving_keeps_previous_checkpoint(
 
     monkeypatch.setattr(torch, "save", failing_save)
     resumed = make_run(seed=0)
+    more = config(tmp_path, epochs=2, allow_change=["epochs"])
     with pytest.raises(OSError, match="disk full"):
-        trainer(resumed, config(tmp_path, epochs=2)).fit(resumed.loader, resume=True)
+        trainer(resumed, more).fit(resumed.loader, resume=True)
     monkeypatch.undo()
     assert _sha256(tmp_path / "last.pt") == digest
     assert load_training_state(tmp_path / "last.pt")["epoch"] == 1

@@ -44,6 +44,7 @@ __all__ = [
     "DiscTable",
     "IncompleteCacheError",
     "PreparedCache",
+    "check_roi_stats",
     "compute_roi_stats",
     "read_disc_table",
     "stats_from_histogram",
@@ -261,6 +262,10 @@ class PreparedCache:
         Raises:
             IncompleteCacheError: If ``prepare_meta.json`` is absent, i.e. the run did not
                 finish.
+            DataError: If ``prepare_meta.json`` is not a JSON object or its intensity
+                statistics ``roi_stats`` are impossible for ROIs scaled to [0, 1] (a mean
+                outside [0, 1], a standard deviation not in (1e-6, 0.5], NaN); the message
+                names the file and the key.
         """
         root = Path(out_dir)
         meta_path = root / META_JSON
@@ -269,7 +274,14 @@ class PreparedCache:
                 f"{root}: not a completed prepare output (no {META_JSON}); "
                 "run `lumbarssl prepare DATA_DIR OUT_DIR` (again) to finish it"
             )
-        meta = json.loads(meta_path.read_text())
+        remedy = f"re-run `lumbarssl prepare DATA_DIR {root}` to rebuild the cache"
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataError(f"{meta_path}: not readable JSON ({exc}); {remedy}") from exc
+        if not isinstance(meta, dict):
+            raise DataError(f"{meta_path}: expected a JSON object; {remedy}")
+        check_roi_stats(meta.get("roi_stats"), f"{meta_path}", remedy)
         return cls(read_disc_table(root / INDEX_CSV), root=root, meta=meta)
 
     def __len__(self) -> int:
@@ -330,6 +342,42 @@ class PreparedCache:
         if isinstance(stats, dict):
             return float(stats["mean"]), float(stats["std"])
         return compute_roi_stats(self.rois)
+
+
+#: Smallest standard deviation :func:`stats_from_histogram` reports (below it: 1, constant ROIs).
+_MIN_STD = 1e-6
+
+
+def check_roi_stats(stats: object, source: str, remedy: str) -> None:
+    """Raise unless ``stats`` are possible intensity statistics of ROIs scaled to [0, 1].
+
+    ``None`` (no statistics stored: they are computed from the ROIs) passes.
+
+    Args:
+        stats: The ``roi_stats`` entry of ``prepare_meta.json``: ``{"mean": m, "std": s}``.
+        source: The file, for the message.
+        remedy: What to do, for the message.
+
+    Raises:
+        DataError: Naming the file, the key and the value.
+    """
+    if stats is None:
+        return
+    if not isinstance(stats, Mapping):
+        raise DataError(f"{source}: roi_stats is {stats!r}, not an object; {remedy}")
+    for key, shown in (("mean", "[0, 1]"), ("std", f"({_MIN_STD:g}, 0.5]")):
+        value = stats.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            ok = False
+        elif key == "mean":
+            ok = 0.0 <= value <= 1.0  # False for NaN
+        else:
+            ok = _MIN_STD < value <= 0.5
+        if not ok:
+            raise DataError(
+                f"{source}: roi_stats.{key} is {value!r}, outside {shown} for pixels scaled "
+                f"to [0, 1]; {remedy}"
+            )
 
 
 #: Rows of ROIs counted at a time by :func:`_roi_histogram`.

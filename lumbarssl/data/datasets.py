@@ -4,8 +4,11 @@ Both read the arrays that ``lumbarssl prepare`` wrote (:class:`~lumbarssl.data.c
 PreparedCache`, memory-mapped lazily in each process), so no DICOM is decoded while training.
 Inputs are built only by a recipe (:class:`~lumbarssl.data.recipes.RoiRecipe`,
 :class:`~lumbarssl.data.recipes.LocalizerRecipe`), the same one ``predict`` uses.
-Random augmentations draw from torch's global generator, which ``DataLoader`` seeds differently
-in each worker process; call :func:`torch.manual_seed` for reproducible views.
+Random views are keyed: each view's parameters are a pure function of ``(seed, stream, epoch,
+cache row, view)`` (:func:`~lumbarssl.data.batch_augment.draw_augment_params`), never of a
+generator's state, so they do not depend on loader workers, batch composition or a resume. The
+trainer calls :meth:`DiscROIDataset.set_epoch` before each epoch (as it does for a
+``DistributedSampler``); a validation set keeps its epoch, so its views never change.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from lumbarssl.data._config import known_fields
+from lumbarssl.data.batch_augment import draw_augment_params
 from lumbarssl.data.cache import PreparedCache
 from lumbarssl.data.constants import LEVELS, MISSING_LABEL
 from lumbarssl.data.prepare.config import PrepareConfig
@@ -31,12 +35,19 @@ from lumbarssl.data.recipes import LocalizerRecipe, RoiRecipe
 from lumbarssl.errors import ConfigError, DataError
 
 __all__ = [
+    "TRAIN_STREAM",
+    "VALIDATION_STREAM",
     "DiscDatasetConfig",
     "DiscROIDataset",
     "LocalizerDataset",
     "Mode",
     "SeriesLocalizerDataset",
 ]
+
+#: Key stream of training views (:func:`~lumbarssl.data.keyed_random.keyed_uniforms`).
+TRAIN_STREAM = 0
+#: Key stream of validation views: independent of the training views of the same disc.
+VALIDATION_STREAM = 1
 
 #: ``supervised``: one deterministic view; ``contrastive``: V random views;
 #: ``multislice``: the S neighbouring-slice ROIs of a disc.
@@ -183,6 +194,16 @@ class DiscROIDataset(Dataset[dict[str, Tensor]]):
         recipe: How ROIs become inputs; when ``None``, :meth:`RoiRecipe.from_cache
             <lumbarssl.data.recipes.RoiRecipe.from_cache>` with ``config``'s input size and
             statistics.
+        seed: Run seed of the random views (``contrastive`` mode).
+        stream: Key stream of the random views: :data:`TRAIN_STREAM` for training,
+            :data:`VALIDATION_STREAM` for validation, so the two never share views.
+
+    Random views (``contrastive`` mode) are drawn from the distributions of
+    :meth:`RoiRecipe.train_transform <lumbarssl.data.recipes.RoiRecipe.train_transform>`, with
+    parameters keyed by ``(seed, stream, epoch, cache row, view)``: the same item gives the
+    same views until :meth:`set_epoch` changes the epoch, in any process. The epoch lives in
+    shared memory, so loader workers (persistent or not) see a ``set_epoch`` made before the
+    loader is iterated.
 
     Raises:
         ValueError: If ``mode`` is unknown, ``labeled_only=False`` in supervised mode, or
@@ -201,6 +222,8 @@ class DiscROIDataset(Dataset[dict[str, Tensor]]):
         indices: ArrayLike | None = None,
         labeled_only: bool | None = None,
         recipe: RoiRecipe | None = None,
+        seed: int = 0,
+        stream: int = TRAIN_STREAM,
     ) -> None:
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {', '.join(_MODES)}, got {mode!r}")
@@ -232,6 +255,61 @@ class DiscROIDataset(Dataset[dict[str, Tensor]]):
         self.recipe = recipe
         self.deterministic = recipe.eval_transform()
         self.augment = recipe.train_transform(self.config)
+        self.seed = int(seed)
+        self.stream = int(stream)
+        # One int64 in shared memory: worker processes read the epoch the trainer sets.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # type: ignore[no-untyped-call]
+
+    @property
+    def epoch(self) -> int:
+        """The epoch that keys the random views (0 until :meth:`set_epoch`)."""
+        return int(self._epoch.item())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Key the random views of the coming epoch (call before iterating the loader).
+
+        Args:
+            epoch: 0-based epoch number.
+        """
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self._epoch.fill_(epoch)
+
+    def views(self, row: int, roi: Tensor) -> Tensor:
+        """The ``n_views`` random views of cache row ``row`` in the current epoch.
+
+        Args:
+            row: The cache row (the randomness key).
+            roi: float32 (1, H, W) in [0, 1], that row's ROI.
+
+        Returns:
+            float32 (V, 1, S, S).
+        """
+        params = draw_augment_params(
+            self.seed,
+            self.epoch,
+            torch.tensor([row], dtype=torch.int64),
+            self.config,
+            roi_size=(int(roi.shape[-2]), int(roi.shape[-1])),
+            stream=self.stream,
+        )
+        angle, flip = params.angle[0].tolist(), params.flip[0].tolist()
+        box, contrast_first = params.box[0].tolist(), params.contrast_first[0].tolist()
+        brightness, contrast = params.brightness[0].tolist(), params.contrast[0].tolist()
+        return torch.stack(
+            [
+                self.recipe.augmented_view(
+                    roi,
+                    angle=angle[v],
+                    flip=flip[v],
+                    box=(box[v][0], box[v][1], box[v][2], box[v][3]),
+                    brightness=brightness[v],
+                    contrast=contrast[v],
+                    contrast_first=contrast_first[v],
+                )
+                for v in range(self.config.n_views)
+            ]
+        )
 
     @classmethod
     def from_rsna(
@@ -300,7 +378,7 @@ class DiscROIDataset(Dataset[dict[str, Tensor]]):
         if self.mode == "supervised":
             sample["image"] = self.deterministic(roi)
         else:
-            sample["image"] = torch.stack([self.augment(roi) for _ in range(self.config.n_views)])
+            sample["image"] = self.views(row, roi)
         return sample
 
 

@@ -297,6 +297,60 @@ class RoiRecipe(ConfigBase):
             ]
         )
 
+    def augmented_view(
+        self,
+        roi: Tensor,
+        *,
+        angle: float,
+        flip: bool,
+        box: tuple[int, int, int, int],
+        brightness: float,
+        contrast: float,
+        contrast_first: bool,
+    ) -> Tensor:
+        """One random view with given parameters: :meth:`train_transform`'s steps, as drawn.
+
+        The same torchvision kernels, in the same order, as :meth:`train_transform` applies
+        after drawing its parameters; here the caller draws them (e.g. keyed by sample and
+        epoch, :func:`~lumbarssl.data.batch_augment.draw_augment_params`).
+
+        Args:
+            roi: float32 (1, H, W) in [0, 1].
+            angle: Rotation in degrees, counter-clockwise, about the ROI centre.
+            flip: Whether to flip horizontally (after the rotation and the jitter).
+            box: Crop ``(top, left, height, width)`` in ROI pixels.
+            brightness: Brightness factor (1 = unchanged).
+            contrast: Contrast factor (1 = unchanged).
+            contrast_first: Apply the contrast jitter before the brightness jitter.
+
+        Returns:
+            float32 (1, S, S), normalised.
+        """
+        view = v2.functional.rotate(
+            roi, angle, interpolation=v2.InterpolationMode.BILINEAR, expand=False, fill=0
+        )
+        if contrast_first:
+            view = v2.functional.adjust_contrast(view, contrast)
+            view = v2.functional.adjust_brightness(view, brightness)
+        else:
+            view = v2.functional.adjust_brightness(view, brightness)
+            view = v2.functional.adjust_contrast(view, contrast)
+        if flip:
+            view = v2.functional.horizontal_flip(view)
+        top, left, height, width = box
+        view = v2.functional.resized_crop(
+            view,
+            top,
+            left,
+            height,
+            width,
+            size=[self.input_size, self.input_size],
+            interpolation=_V2_MODES[self.interpolation],
+            antialias=self.antialias,
+        )
+        out: Tensor = self._normalize()(view)
+        return out
+
     def network_input(self, rois: np.ndarray | Tensor) -> Tensor:
         """uint8 ROIs (..., roi_size, roi_size) as the classifier's input (..., 1, S, S)."""
         out: Tensor = self.eval_transform()(self.to_tensor(rois))

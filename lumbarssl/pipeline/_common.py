@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from lumbarssl.errors import ConfigError
 from lumbarssl.models import save_checkpoint
 from lumbarssl.pipeline.config import StageConfig
 from lumbarssl.training import (
+    RESUME_CHANGEABLE,
     DistributedInfo,
     TrainerConfig,
     init_distributed,
@@ -341,7 +343,15 @@ def trainer_config(config: StageConfig, **stage: Any) -> TrainerConfig:
     Returns:
         The trainer config writing into ``config.out_dir``.
     """
-    return TrainerConfig(out_dir=config.out_dir, runtime=config.runtime, **stage)
+    allowed = {"lr" if name.endswith("lr") else name for name in config.allow_change}
+    return TrainerConfig(
+        out_dir=config.out_dir,
+        runtime=config.runtime,
+        loss_guard=config.loss_guard,
+        loss_guard_factor=config.loss_guard_factor,
+        allow_change=tuple(sorted(allowed & set(RESUME_CHANGEABLE))),
+        **stage,
+    )
 
 
 def prepare_out_dir(config: StageConfig) -> Path:
@@ -355,7 +365,8 @@ def prepare_out_dir(config: StageConfig) -> Path:
 
     Raises:
         ValueError: If ``config.resume`` is set and the directory holds a run whose saved
-            config differs (the message names the differing fields).
+            config differs in a setting ``config.allow_change`` does not name (the message
+            names the differing fields and how to allow the changeable ones).
     """
     out = Path(config.out_dir)
     saved_path = out / STAGE_CONFIG_FILE
@@ -364,22 +375,50 @@ def prepare_out_dir(config: StageConfig) -> Path:
         # (written by an earlier release) holds them flat.
         saved = type(config).flatten_dict(json.loads(saved_path.read_text()))
         current = type(config).flatten_dict(json.loads(json.dumps(config.to_dict())))
-        ignored = {"resume", "progress", "num_workers", "device"}
+        ignored = {"resume", "progress", "num_workers", "device", "allow_change"}
         changed = sorted(
             k
             for k in set(saved) | set(current)
-            if k not in ignored and saved.get(k) != current.get(k)
+            # A setting newer than the saved file counts as unchanged at its default.
+            if k not in ignored
+            and saved.get(k) != current.get(k)
+            and (k in saved or current.get(k) != _default(type(config), k))
         )
-        if changed:
-            details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+        refused = [k for k in changed if k not in config.allow_change]
+        if refused:
+            details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in refused)
+            changeable = config.changeable_on_resume()
+            fixed = [k for k in refused if k not in changeable]
+            remedy = (
+                f"{', '.join(fixed)} cannot change on resume: use a new out_dir or the saved "
+                "settings"
+                if fixed
+                else "to apply and record the change in history.jsonl, add "
+                f"--allow-change {','.join(refused)}"
+            )
             raise ConfigError(
-                f"cannot resume {out}: it holds a run with other settings ({details}); "
-                "use a new out_dir or the saved settings"
+                f"cannot resume {out}: it holds a run with other settings ({details}); {remedy}"
             )
     if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
         config.save(saved_path)
     return out
+
+
+def _default(cls: type[StageConfig], name: str) -> object:
+    """The default of a (possibly nested, flattened) setting, ``None`` if it has none."""
+    flat = cls.flatten_dict(json.loads(json.dumps(_defaults_of(cls))))
+    return flat.get(name)
+
+
+def _defaults_of(cls: type[StageConfig]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        if field.default is not dataclasses.MISSING:
+            values[field.name] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            values[field.name] = field.default_factory()
+    return {k: v.to_dict() if hasattr(v, "to_dict") else v for k, v in values.items()}
 
 
 def export_best(

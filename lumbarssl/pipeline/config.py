@@ -17,6 +17,7 @@ from lumbarssl import paper
 from lumbarssl._core.config import ConfigBase, param
 from lumbarssl._core.data_source import DATA_SOURCES, DataSource, check_data_source
 from lumbarssl.data.splits import VAL_SIZE
+from lumbarssl.training import LOSS_GUARD_FACTOR, LossGuard
 from lumbarssl.training.runtime import RuntimeConfig
 
 __all__ = ["DataSourceName", "SplitLevel", "StageConfig", "param"]
@@ -45,6 +46,14 @@ class StageConfig(ConfigBase):
             trainer as it is. The command line offers its fields as ``--device``, ``--amp``,
             ...; :meth:`from_dict` also reads them flat, as files of earlier releases hold them.
         resume: Continue from ``out_dir/last.pt`` instead of starting over.
+        allow_change: Settings a resumed run may change from the saved run (learning rates,
+            ``epochs``, ``max_grad_norm``, ``early_stopping_patience``, ``loss_guard``,
+            ``loss_guard_factor``); the change is recorded in ``history.jsonl``. On the
+            command line: ``--allow-change lr,epochs``.
+        loss_guard: ``warn``, ``stop`` or ``off``: what to do when an epoch's training loss is
+            finite but ``loss_guard_factor`` times the first epoch's
+            (:class:`~lumbarssl.training.TrainerConfig`).
+        loss_guard_factor: The loss guard's factor.
         data_source: ``"synthetic"`` or ``"real"``, recorded in every output.
         profile: Name of the run profile, recorded in every output.
     """
@@ -60,6 +69,13 @@ class StageConfig(ConfigBase):
     seed: int = param(0, "seed for split, initialisation, order and augmentation")
     runtime: RuntimeConfig = param(RuntimeConfig(), "device, precision, workers, progress")
     resume: bool = param(False, "continue from OUT_DIR/last.pt")
+    allow_change: tuple[str, ...] = param(
+        (), "settings --resume may change, recorded in the history: e.g. lr,epochs"
+    )
+    loss_guard: LossGuard = param("warn", "warn, stop or off when the loss is absurd")
+    loss_guard_factor: float = param(
+        LOSS_GUARD_FACTOR, "loss guard: factor over the first epoch's loss (our choice)"
+    )
     data_source: DataSourceName = param("real", f"{' or '.join(DATA_SOURCES)}, recorded in outputs")
     profile: str = param("custom", "profile name recorded in outputs")
 
@@ -79,8 +95,33 @@ class StageConfig(ConfigBase):
                 f"val_size + test_size must be < 1, got {self.val_size} + {self.test_size}"
             )
         check_data_source(self.data_source)
+        names = tuple(
+            part.strip().replace("-", "_")
+            for item in self.allow_change
+            for part in str(item).split(",")
+            if part.strip()
+        )
+        object.__setattr__(self, "allow_change", names)
+        changeable = self.changeable_on_resume()
+        refused = [name for name in names if name not in changeable]
+        if refused:
+            raise ValueError(
+                f"allow_change names {refused}; a resumed {type(self).__name__} may change "
+                f"only {list(changeable)}"
+            )
         if not isinstance(self.runtime, RuntimeConfig):
             raise ValueError(f"runtime must be a RuntimeConfig, got {self.runtime!r}")
+
+    def changeable_on_resume(self) -> tuple[str, ...]:
+        """The settings ``allow_change`` may name: learning rates and the trainer's own."""
+        trainer_side = ("epochs", "max_grad_norm", "early_stopping_patience")
+        return tuple(
+            field.name
+            for field in dataclasses.fields(self)
+            if field.name in (*trainer_side, "loss_guard", "loss_guard_factor")
+            or field.name == "lr"
+            or field.name.endswith("_lr")
+        )
 
     def _require_positive(self, *names: str) -> None:
         """Raise if any of the named integer fields is below 1."""

@@ -14,7 +14,12 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 from lumbarssl import paper
 from lumbarssl.data.batch_augment import BatchAugment
 from lumbarssl.data.cache import PreparedCache
-from lumbarssl.data.datasets import DiscDatasetConfig, DiscROIDataset
+from lumbarssl.data.datasets import (
+    TRAIN_STREAM,
+    VALIDATION_STREAM,
+    DiscDatasetConfig,
+    DiscROIDataset,
+)
 from lumbarssl.data.device_data import RoiBank
 from lumbarssl.data.recipes import RoiRecipe
 from lumbarssl.losses import MultiPositiveNTXent
@@ -35,9 +40,6 @@ from lumbarssl.pipeline._common import (
 from lumbarssl.pipeline.config import StageConfig, param
 from lumbarssl.pipeline.result import StageResult
 from lumbarssl.training import Trainer, is_distributed, select_device
-
-#: Augmentation stream of the validation views (training draws stream 0).
-_VAL_STREAM = 1
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -166,9 +168,11 @@ def _device_batches(
 
         return make
 
-    train_augment = BatchAugment(data_config, mean=mean, std=std, seed=config.seed)
+    train_augment = BatchAugment(
+        data_config, mean=mean, std=std, seed=config.seed, stream=TRAIN_STREAM
+    )
     val_augment = BatchAugment(
-        data_config, mean=mean, std=std, seed=config.seed, stream=_VAL_STREAM
+        data_config, mean=mean, std=std, seed=config.seed, stream=VALIDATION_STREAM
     )
     train = DeviceBatches(
         device_sampler(len(train_bank), config, shuffle=True, drop_last=True),
@@ -229,6 +233,8 @@ def run_pretraining(config: PretrainConfig) -> StageResult:
             recipe=recipe,
             indices=train_rows,
             labeled_only=False,
+            seed=config.seed,
+            stream=TRAIN_STREAM,
         )
         val_set = DiscROIDataset(
             cache,
@@ -237,6 +243,8 @@ def run_pretraining(config: PretrainConfig) -> StageResult:
             recipe=recipe,
             indices=val_rows,
             labeled_only=False,
+            seed=config.seed,
+            stream=VALIDATION_STREAM,  # fixed views: the trainer sets no epoch on validation
         )
         train_loader = make_loader(
             train_set, config, batch_size=config.batch_size, shuffle=True, drop_last=True

@@ -3,14 +3,17 @@
 A checkpoint holds everything needed to continue a run as if it had never stopped: model,
 optimizer, scheduler and gradient-scaler states, every random number generator (torch CPU and
 CUDA, NumPy's global generator, Python's ``random``, and the generators of the training
-DataLoader, which decide the next epoch's shuffle), the epoch counter, the history and the
-trainer configuration. Everything is stored as tensors, numbers, strings, lists and dicts, so
-checkpoints load with ``torch.load(weights_only=True)``, which never runs pickled code.
+DataLoader; the trainer re-seeds those from their initial seed and the epoch, so that the
+shuffle does not depend on how many workers drew from them), the epoch counter, the history
+and the trainer configuration. Everything is stored as tensors, numbers, strings, lists and
+dicts, so checkpoints load with ``torch.load(weights_only=True)``, which never runs pickled
+code.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO, TypedDict, cast
@@ -216,7 +219,8 @@ def load_training_state(
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
-        ValueError: If the file is not a readable checkpoint of this format.
+        ValueError: If the file is not a readable checkpoint of this format (one line naming
+            the file and what torch refused).
     """
     path = Path(path)
     if not path.is_file():
@@ -224,7 +228,11 @@ def load_training_state(
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise InputError(f"{path} is not a readable training checkpoint: {err}") from err
+        raise InputError(
+            f"{path} is not a readable training checkpoint ({_load_failure(err)}): only "
+            "tensors and plain containers are loaded, never code; continue from a last.pt "
+            "that lumbarssl wrote, or start again in a new out_dir"
+        ) from err
     if not isinstance(data, Mapping):
         raise InputError(f"{path} holds a {type(data).__name__}, not a training checkpoint")
     missing = [key for key in _REQUIRED_KEYS if key not in data]
@@ -236,3 +244,32 @@ def load_training_state(
             f"lumbarssl reads version {CHECKPOINT_FORMAT_VERSION}"
         )
     return cast(TrainingState, dict(data))
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# Lines of torch's weights-only message that explain the option rather than the file.
+_BOILERPLATE = (
+    "weights only load failed",
+    "in pytorch 2.6",
+    "re-running `torch.load`",
+    "please file an issue",
+    "check the documentation",
+    "do it only if",
+    "you can use",
+    "or use",
+    "weights_only",
+)
+
+
+def _load_failure(err: BaseException) -> str:
+    """The first meaningful line of a ``torch.load`` error, without ANSI codes or advice.
+
+    torch's weights-only refusal spans several lines, may carry terminal colour codes and
+    suggests ``weights_only=False``, which would run the file's code: that advice is dropped.
+    """
+    text = _ANSI.sub("", str(err))
+    for raw in text.splitlines():
+        line = raw.split("WeightsUnpickler error:", 1)[-1].strip()
+        if line and not any(marker in line.lower() for marker in _BOILERPLATE):
+            return line.split(". ", 1)[0].rstrip(".")
+    return type(err).__name__

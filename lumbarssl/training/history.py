@@ -14,12 +14,14 @@ from lumbarssl.errors import InputError
 
 __all__ = ["EpochRecord", "append_history", "read_history", "write_history"]
 
-JSONValue = float | int | bool | str | None | list[float | None]
+JSONValue = float | int | bool | str | None | list[float | None] | dict[str, object]
 
 # Prefix of validation metrics in records and in ``monitor`` names.
 VAL_PREFIX = "val_"
 TRAIN_LOSS = "train_loss"
 _FIXED_KEYS = ("epoch", TRAIN_LOSS, "lr", "seconds", "images_per_s", "is_best")
+# Written only when not empty, so older readers of the file see the same keys as before.
+_CHANGES = "changes"
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ class EpochRecord:
             shape (B, V, C, H, W), count ``B * V`` to get images).
         val: Validation metrics by name (without the ``val_`` prefix); empty without validation.
         is_best: Whether this epoch improved the monitored metric (and wrote ``best.pt``).
+        changes: Settings changed when the run was resumed before this epoch, by name:
+            ``{"old": ..., "new": ...}`` (``--allow-change``); empty for other epochs.
     """
 
     epoch: int
@@ -50,6 +54,7 @@ class EpochRecord:
     images_per_s: float
     val: Mapping[str, float] = field(default_factory=dict)
     is_best: bool = False
+    changes: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
         """Return the metrics that ``monitor`` and ``scheduler_metric`` may name.
@@ -94,6 +99,8 @@ class EpochRecord:
         out["seconds"] = self.seconds
         out["images_per_s"] = self.images_per_s
         out["is_best"] = self.is_best
+        if self.changes:
+            out[_CHANGES] = {name: dict(change) for name, change in self.changes.items()}
         return out
 
     @classmethod
@@ -112,12 +119,19 @@ class EpochRecord:
         missing = [key for key in _FIXED_KEYS if key not in data]
         if missing:
             raise ValueError(f"history record {dict(data)} lacks the keys {missing}")
-        unknown = [k for k in data if k not in _FIXED_KEYS and not k.startswith(VAL_PREFIX)]
+        unknown = [
+            k for k in data if k not in (*_FIXED_KEYS, _CHANGES) and not k.startswith(VAL_PREFIX)
+        ]
         if unknown:
             raise ValueError(f"history record has unknown keys {unknown}")
         lr = data["lr"]
         if not isinstance(lr, Sequence):
             raise ValueError(f"history record 'lr' must be a list, got {lr!r}")
+        changes = data.get(_CHANGES, {})
+        if not isinstance(changes, Mapping) or not all(
+            isinstance(change, Mapping) for change in changes.values()
+        ):
+            raise ValueError(f"history record 'changes' must map names to objects: {changes!r}")
         return cls(
             epoch=_as_int(data["epoch"]),
             train_loss=_as_float(data[TRAIN_LOSS]),
@@ -130,6 +144,7 @@ class EpochRecord:
                 if key.startswith(VAL_PREFIX)
             },
             is_best=bool(data["is_best"]),
+            changes={str(name): dict(change) for name, change in changes.items()},
         )
 
 

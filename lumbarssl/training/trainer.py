@@ -10,6 +10,7 @@ exact resume, the history file, progress display and ``torchrun`` multi-process 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import time
 import warnings
@@ -25,7 +26,7 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from torch.utils.data.distributed import DistributedSampler
 
 from lumbarssl._core.config import ConfigBase
-from lumbarssl.errors import OutputExistsError, TrainingDivergedError
+from lumbarssl.errors import ConfigError, OutputExistsError, TrainingDivergedError
 from lumbarssl.training._progress import ProgressReporter
 from lumbarssl.training.checkpoint import (
     CHECKPOINT_FORMAT_VERSION,
@@ -69,7 +70,10 @@ __all__ = [
     "CONFIG_FILE",
     "HISTORY_FILE",
     "LAST_CHECKPOINT",
+    "LOSS_GUARD_FACTOR",
+    "RESUME_CHANGEABLE",
     "EvaluateFn",
+    "LossGuard",
     "MonitorMode",
     "TrainStep",
     "Trainer",
@@ -87,6 +91,27 @@ EvaluateFn: TypeAlias = Callable[[nn.Module, Iterable[BatchT]], Mapping[str, flo
 
 MonitorMode = Literal["min", "max"]
 """Whether a smaller (``"min"``) or larger (``"max"``) monitored value is better."""
+
+LossGuard = Literal["warn", "stop", "off"]
+"""What the loss guard does when an epoch's loss is absurd: warn, stop the run, nothing."""
+
+LOSS_GUARD_FACTOR = 1e3
+"""Default factor over the first epoch's training loss that the loss guard calls absurd."""
+
+RESUME_CHANGEABLE: tuple[str, ...] = (
+    "epochs",
+    "lr",
+    "max_grad_norm",
+    "early_stopping_patience",
+    "loss_guard",
+    "loss_guard_factor",
+)
+"""Settings a resumed run may change when ``allow_change`` names them (``"lr"``: the
+optimizer's learning rates, every parameter group); every change is recorded in the history."""
+
+# Settings that do not shape the training (or name the run's place), never compared on resume.
+_NOT_COMPARED = frozenset({"out_dir", "runtime", "log_every", "allow_change", "cudnn_benchmark"})
+_LOSS_GUARDS: tuple[str, ...] = get_args(LossGuard)
 
 LAST_CHECKPOINT = "last.pt"
 """Training state after the latest completed epoch, inside ``out_dir``."""
@@ -128,6 +153,14 @@ class TrainerConfig(ConfigBase):
         early_stopping_patience: Stop after this many epochs without improvement of
             ``monitor``; ``None`` never stops early.
         log_every: Steps between plain progress lines (when not drawing a bar).
+        loss_guard: What to do when an epoch's training loss is finite but more than
+            ``loss_guard_factor`` times the first epoch's (in absolute value): ``"warn"``
+            (a :class:`RuntimeWarning`), ``"stop"`` (:class:`~lumbarssl.errors.
+            TrainingDivergedError` before that epoch's checkpoint is written) or ``"off"``.
+        loss_guard_factor: The factor, > 1 (default :data:`LOSS_GUARD_FACTOR`).
+        allow_change: Settings of :data:`RESUME_CHANGEABLE` that ``fit(resume=True)`` may
+            find changed from the checkpoint's run; the change is applied and recorded in
+            the next epoch's history record. Any other difference is refused.
     """
 
     epochs: int
@@ -140,6 +173,9 @@ class TrainerConfig(ConfigBase):
     scheduler_metric: str | None = None
     early_stopping_patience: int | None = None
     log_every: int = 50
+    loss_guard: LossGuard = "warn"
+    loss_guard_factor: float = LOSS_GUARD_FACTOR
+    allow_change: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("epochs", "log_every"):
@@ -176,6 +212,17 @@ class TrainerConfig(ConfigBase):
                 raise ValueError(f"{name} must be 'train_loss' or 'val_<metric>', got {value!r}")
         if not isinstance(self.cudnn_benchmark, bool):
             raise ValueError(f"cudnn_benchmark must be a bool, got {self.cudnn_benchmark!r}")
+        if self.loss_guard not in _LOSS_GUARDS:
+            raise ValueError(f"loss_guard must be one of {_LOSS_GUARDS}, got {self.loss_guard!r}")
+        factor = self.loss_guard_factor
+        if isinstance(factor, bool) or not isinstance(factor, int | float) or not factor > 1:
+            raise ValueError(f"loss_guard_factor must be a number > 1, got {factor!r}")
+        object.__setattr__(self, "allow_change", tuple(self.allow_change))
+        unknown = [name for name in self.allow_change if name not in RESUME_CHANGEABLE]
+        if unknown:
+            raise ValueError(
+                f"allow_change names {unknown}; only {list(RESUME_CHANGEABLE)} may change on resume"
+            )
 
     @overload
     def to_json(self) -> str: ...
@@ -309,6 +356,8 @@ class Trainer(Generic[BatchT]):
             train_model, config.runtime.compile, config.runtime.compile_mode
         )
         self._history: list[EpochRecord] = []
+        self._changes: dict[str, dict[str, object]] = {}
+        self._loader_seeds: list[int] = []
         self._progress = TrainerProgress(
             best_value=None, best_epoch=None, bad_epochs=0, stopped_early=False
         )
@@ -362,9 +411,14 @@ class Trainer(Generic[BatchT]):
             val_loader: Validation batches, or ``None`` to skip validation.
             resume: Continue from ``out_dir/last.pt``. Given the same data, model, optimizer
                 and scheduler construction, the result is bit-identical on CPU to a run that
-                was never interrupted (interruptions lose at most the unfinished epoch). With
-                ``persistent_workers=True`` in the loader, workers are re-seeded on resume, so
-                augmentations drawn in them differ from the uninterrupted run.
+                was never interrupted (interruptions lose at most the unfinished epoch), with
+                any number of loader workers, persistent or not, provided that the
+                randomness of the data is keyed rather than drawn from worker state (as
+                :class:`~lumbarssl.data.datasets.DiscROIDataset`'s views are): before each
+                epoch the loader's generator is seeded from its initial seed and the epoch,
+                and ``set_epoch(epoch - 1)`` is called on the loader, its sampler and its
+                dataset where they have one. Settings that differ from the checkpoint's run
+                are refused unless ``config.allow_change`` names them.
 
         Returns:
             The records of all completed epochs, resumed ones included.
@@ -374,10 +428,15 @@ class Trainer(Generic[BatchT]):
                 names a validation metric but ``val_loader`` is ``None``).
             FileExistsError: If ``resume`` is false but ``out_dir`` already holds ``last.pt``.
             FileNotFoundError: If ``resume`` is true but there is no ``last.pt``.
-            TrainingDivergedError: If the loss becomes NaN or infinite.
+            ConfigError: If ``resume`` finds settings changed that ``allow_change`` does not
+                allow (the message lists them, old and new).
+            TrainingDivergedError: If the loss becomes NaN or infinite, or absurd with
+                ``loss_guard="stop"``.
         """
         self._check_metrics_available(val_loader)
         generators = _loader_generators(train_loader)
+        # Seeds of the per-epoch shuffles: fixed by how the loader was built, before any restore.
+        self._loader_seeds = [generator.initial_seed() for generator in generators]
         if resume:
             start = self._restore(generators)
         else:
@@ -420,7 +479,10 @@ class Trainer(Generic[BatchT]):
         generators: list[torch.Generator],
     ) -> bool:
         """Train, validate, schedule and checkpoint one epoch; return whether to stop."""
-        _set_sampler_epoch(train_loader, epoch - 1)
+        for generator, seed in zip(generators, self._loader_seeds, strict=True):
+            generator.manual_seed(_epoch_seed(seed, epoch))
+        _skip_worker_seed_draw(train_loader)
+        _set_epoch(train_loader, epoch - 1)
         lrs = tuple(float(group["lr"]) for group in self.optimizer.param_groups)
         started = time.perf_counter()
         train_loss, samples = self._train_epoch(epoch, train_loader)
@@ -433,7 +495,10 @@ class Trainer(Generic[BatchT]):
             seconds=time.perf_counter() - started,
             images_per_s=samples / train_seconds if train_seconds > 0 else math.nan,
             val=val,
+            changes=self._changes,
         )
+        self._check_loss_guard(record, train_loader)
+        self._changes = {}
         metric_name = self.scheduler_metric
         if isinstance(self.scheduler, ReduceLROnPlateau) and metric_name is not None:
             self.scheduler.step(self._metric(record, metric_name, "scheduler_metric"))
@@ -470,6 +535,28 @@ class Trainer(Generic[BatchT]):
                 f"(best {self._progress['best_value']} at epoch {self._progress['best_epoch']})"
             )
         return stop
+
+    def _check_loss_guard(self, record: EpochRecord, loader: Iterable[BatchT]) -> None:
+        """Warn or stop when the epoch's loss is absurd next to the first epoch's."""
+        if self.config.loss_guard == "off" or not self._history:
+            return
+        first, loss = self._history[0].train_loss, record.train_loss
+        factor = self.config.loss_guard_factor
+        if not (math.isfinite(first) and first != 0 and abs(loss) > factor * abs(first)):
+            return
+        detail = (
+            f"the training loss {loss:.4g} at epoch {record.epoch} is more than {factor:g} "
+            f"times the first epoch's {first:.4g} (loss_guard={self.config.loss_guard})"
+        )
+        if self.config.loss_guard == "stop":
+            last = self.last_checkpoint if self.last_checkpoint.exists() else None
+            steps = len(loader) if isinstance(loader, Sized) else 0
+            raise TrainingDivergedError(
+                epoch=record.epoch, step=steps, loss=loss, checkpoint=last, detail=detail
+            )
+        message = f"{detail}: the run is probably diverging; set loss_guard=stop to stop it"
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+        self._reporter.message(f"warning: {message}")
 
     def _train_epoch(self, epoch: int, loader: Iterable[BatchT]) -> tuple[float, int]:
         """Run the optimisation steps of one epoch; return (mean loss, samples), all ranks."""
@@ -568,6 +655,8 @@ class Trainer(Generic[BatchT]):
     def _restore(self, generators: list[torch.Generator]) -> int:
         """Load ``last.pt`` into the model, optimizer, ...; return its epoch."""
         state = load_training_state(self.last_checkpoint, map_location=self.device)
+        new_lrs = _initial_lrs(self.optimizer.param_groups)
+        changes = self._check_changes(state["config"], state["optimizer"], new_lrs)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if (self.scheduler is None) != (state["scheduler"] is None):
@@ -580,6 +669,9 @@ class Trainer(Generic[BatchT]):
             self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler.is_enabled() and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
+        if "lr" in changes:
+            self._apply_new_lrs(new_lrs)
+        self._changes = changes
         self._history = [EpochRecord.from_dict(record) for record in state["history"]]
         self._progress = TrainerProgress(**state["progress"])
         rng = state["rng"]
@@ -591,7 +683,54 @@ class Trainer(Generic[BatchT]):
             )
         restore_rng_state(rng[get_rank() if len(rng) == get_world_size() else 0], generators)
         self._reporter.message(f"resumed from {self.last_checkpoint} after epoch {state['epoch']}")
+        if changes:
+            listed = ", ".join(f"{k}: {v['old']} -> {v['new']}" for k, v in changes.items())
+            self._reporter.message(f"resumed with changed settings ({listed})")
         return state["epoch"]
+
+    def _check_changes(
+        self, saved: Mapping[str, object], optimizer: Mapping[str, object], new_lrs: list[float]
+    ) -> dict[str, dict[str, object]]:
+        """The settings that differ from the checkpoint's run; raise unless all are allowed."""
+        current = self.config.to_dict()
+        changes: dict[str, dict[str, object]] = {
+            name: {"old": saved[name], "new": current[name]}
+            for name in sorted(current)
+            if name not in _NOT_COMPARED and name in saved and saved[name] != current[name]
+        }
+        groups = optimizer.get("param_groups")
+        if isinstance(groups, list):
+            old_lrs = _initial_lrs(groups)
+            if len(old_lrs) == len(new_lrs) and old_lrs != new_lrs:
+                changes["lr"] = {"old": old_lrs, "new": new_lrs}
+        refused = [name for name in changes if name not in self.config.allow_change]
+        if not refused:
+            return changes
+        listed = ", ".join(f"{k} {changes[k]['old']} -> {changes[k]['new']}" for k in refused)
+        fixed = [name for name in refused if name not in RESUME_CHANGEABLE]
+        remedy = (
+            f"{', '.join(fixed)} cannot change on resume: use the saved settings or a new out_dir"
+            if fixed
+            else f"to apply and record the change, allow it: allow_change={tuple(refused)!r} "
+            f"(command line: --allow-change {','.join(refused)})"
+        )
+        raise ConfigError(f"cannot resume from {self.last_checkpoint}: {listed}; {remedy}")
+
+    def _apply_new_lrs(self, new_lrs: list[float]) -> None:
+        """Scale the restored learning rates (and the schedule's bases) to the new initial ones."""
+        old_lrs = _initial_lrs(self.optimizer.param_groups)
+        ratios = [new / old if old else 1.0 for new, old in zip(new_lrs, old_lrs, strict=True)]
+        for group, ratio, new in zip(self.optimizer.param_groups, ratios, new_lrs, strict=True):
+            group["lr"] = float(group["lr"]) * ratio if group["lr"] else new
+            if "initial_lr" in group:
+                group["initial_lr"] = new
+        scheduler = self.scheduler
+        for name in ("base_lrs", "_last_lr"):
+            values = getattr(scheduler, name, None)
+            if isinstance(values, list) and len(values) == len(ratios):
+                setattr(
+                    scheduler, name, [float(v) * r for v, r in zip(values, ratios, strict=True)]
+                )
 
 
 class _DeviceBatches(Generic[BatchT]):
@@ -654,14 +793,6 @@ def _samplers(loader: object) -> list[object]:
     return list(unique.values())
 
 
-def _set_sampler_epoch(loader: object, epoch: int) -> None:
-    """Call ``set_epoch`` on the loader's samplers (DistributedSampler reshuffles with it)."""
-    for sampler in _samplers(loader):
-        set_epoch = getattr(sampler, "set_epoch", None)
-        if callable(set_epoch):
-            set_epoch(epoch)
-
-
 def _has_distributed_sampler(loader: object) -> bool:
     return any(
         isinstance(sampler, DistributedSampler) or getattr(sampler, "shards_by_rank", False)
@@ -677,3 +808,56 @@ def _loader_generators(loader: object) -> list[torch.Generator]:
         if isinstance(generator, torch.Generator):
             found.setdefault(id(generator), generator)
     return list(found.values())
+
+
+def _initial_lrs(groups: Iterable[Mapping[str, object]]) -> list[float]:
+    """Each parameter group's starting learning rate (a scheduler keeps it as initial_lr)."""
+    return [_number(group.get("initial_lr", group.get("lr"))) for group in groups]
+
+
+def _number(value: object) -> float:
+    if isinstance(value, Tensor):
+        return float(value.item())
+    if isinstance(value, int | float):
+        return float(value)
+    raise TypeError(f"expected a learning rate, got {value!r}")
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """A generator seed for ``epoch`` of a loader whose generator started from ``seed``."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def _skip_worker_seed_draw(loader: object) -> None:
+    """Draw, from the loader's generator, the worker base seed a new iterator would draw.
+
+    A DataLoader draws its workers' base seed from its generator when it starts workers, then
+    the shuffle: every epoch without persistent workers, only the first with them. Drawing it
+    here on the epochs a persistent loader reuses its workers makes each epoch's shuffle
+    follow the same draws whether the workers were started in this epoch (as after a resume)
+    or before.
+    """
+    generator = getattr(loader, "generator", None)
+    reuses = getattr(loader, "persistent_workers", False) and (
+        getattr(loader, "_iterator", None) is not None
+    )
+    if reuses and isinstance(generator, torch.Generator):
+        torch.empty((), dtype=torch.int64).random_(generator=generator)
+
+
+def _set_epoch(loader: object, epoch: int) -> None:
+    """Call ``set_epoch`` on the loader, its samplers and its dataset, where they have it.
+
+    A :class:`~torch.utils.data.DistributedSampler` reshuffles with it; a dataset with keyed
+    randomness (:class:`~lumbarssl.data.datasets.DiscROIDataset`) keys its views with it.
+    """
+    owners = [loader, *_samplers(loader), getattr(loader, "dataset", None)]
+    seen: set[int] = set()
+    for owner in owners:
+        if owner is None or id(owner) in seen:
+            continue
+        seen.add(id(owner))
+        set_epoch = getattr(owner, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
