@@ -55,6 +55,7 @@ from lumbarssl.pipeline.finetune import _classification_step
 from lumbarssl.pipeline.localize import _localizer_step, stack_batch
 from lumbarssl.pipeline.pretrain import _contrastive_step
 from lumbarssl.training.device import autocast_settings, maybe_compile, move_to_device
+from lumbarssl.training.trainer import ACCELERATOR_LOSS_CHECK_EVERY
 
 
 def synthetic_cache(n_studies: int, *, roi: int = 96, stack: int = 256) -> PreparedCache:
@@ -310,11 +311,18 @@ def _make_step(
     amp = autocast_settings(device, "auto")
     train_model.train()
 
+    check_every = 1 if device.type == "cpu" else ACCELERATOR_LOSS_CHECK_EVERY
+    pending: list[Tensor] = []
+
     def one_step() -> None:
         batch = move_to_device(next_batch(), device, memory_format=memory_format)
         with amp.autocast():
             loss = step(train_model, batch)
-        loss.item()  # the trainer reads every step's loss (divergence check)
+        # As the trainer: the host reads the losses (divergence check) every check_every steps.
+        pending.append(loss.detach())
+        if len(pending) >= check_every:
+            torch.stack(pending).tolist()
+            pending.clear()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if stage == "pretrain":

@@ -188,3 +188,30 @@ def test_resume_without_checkpoint_fails_clearly(tmp_path: Path) -> None:
     run = make_run(seed=0)
     with pytest.raises(FileNotFoundError, match="no training checkpoint"):
         trainer(run, config(tmp_path)).fit(run.loader, resume=True)
+
+
+def test_deferred_loss_checks_train_the_same_weights_and_history(tmp_path: Path) -> None:
+    # Reading the loss every 3 steps (as on an accelerator) changes nothing but when the host
+    # waits: same weights, same per-epoch losses as reading it every step.
+    every_step = make_run(seed=0)
+    trainer(every_step, config(tmp_path / "a", epochs=2, loss_check_every=1)).fit(every_step.loader)
+    deferred = make_run(seed=0)
+    trainer(deferred, config(tmp_path / "b", epochs=2, loss_check_every=3)).fit(deferred.loader)
+    _assert_state_dicts_equal(every_step.model.state_dict(), deferred.model.state_dict())
+    losses_a = [r.train_loss for r in read_history(tmp_path / "a" / "history.jsonl")]
+    losses_b = [r.train_loss for r in read_history(tmp_path / "b" / "history.jsonl")]
+    assert losses_a == losses_b
+
+
+def test_deferred_loss_check_reports_the_step_that_diverged(tmp_path: Path) -> None:
+    run = make_run(seed=0)
+    step, _ = _counting(mse_step, poison_at=2)  # found at the check after step 3
+    with pytest.raises(TrainingDivergedError, match=r"epoch 1, step 2") as info:
+        trainer(run, config(tmp_path, epochs=1, loss_check_every=3), step).fit(run.loader)
+    assert (info.value.epoch, info.value.step, info.value.checkpoint) == (1, 2, None)
+    assert not (tmp_path / "last.pt").exists()
+
+
+def test_loss_check_every_is_validated(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="loss_check_every"):
+        config(tmp_path, loss_check_every=0)

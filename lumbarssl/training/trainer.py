@@ -126,6 +126,11 @@ _MONITOR_MODES: tuple[str, ...] = get_args(MonitorMode)
 _TC = TypeVar("_TC", bound="TrainerConfig")
 
 
+#: Steps between host reads of the training loss on an accelerator (see
+#: :attr:`TrainerConfig.loss_check_every`): one wait for the device per this many steps.
+ACCELERATOR_LOSS_CHECK_EVERY = 25
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainerConfig(ConfigBase):
     """Settings of a training run, saved as ``trainer_config.json`` beside its outputs.
@@ -161,6 +166,13 @@ class TrainerConfig(ConfigBase):
         allow_change: Settings of :data:`RESUME_CHANGEABLE` that ``fit(resume=True)`` may
             find changed from the checkpoint's run; the change is applied and recorded in
             the next epoch's history record. Any other difference is refused.
+        loss_check_every: Steps between reads of the training loss on the host (the
+            divergence check and the progress display). Reading a loss waits for the
+            accelerator, so ``None`` reads every step on the CPU and every
+            :data:`ACCELERATOR_LOSS_CHECK_EVERY` steps elsewhere (the losses in between are
+            kept on the device and checked together: a non-finite loss is still reported
+            with its own step, but the optimizer has taken the steps up to the check; the
+            checkpoint on disk is the last good one either way).
     """
 
     epochs: int
@@ -176,8 +188,17 @@ class TrainerConfig(ConfigBase):
     loss_guard: LossGuard = "warn"
     loss_guard_factor: float = LOSS_GUARD_FACTOR
     allow_change: tuple[str, ...] = ()
+    loss_check_every: int | None = None
 
     def __post_init__(self) -> None:
+        if self.loss_check_every is not None and (
+            isinstance(self.loss_check_every, bool)
+            or not isinstance(self.loss_check_every, int)
+            or self.loss_check_every < 1
+        ):
+            raise ValueError(
+                f"loss_check_every must be an integer >= 1 or None, got {self.loss_check_every!r}"
+            )
         for name in ("epochs", "log_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -566,6 +587,30 @@ class Trainer(Generic[BatchT]):
         self._reporter.start_epoch(epoch, total)
         loss_sum = 0.0
         samples = 0
+        check_every = self.config.loss_check_every or (
+            1 if self.device.type == "cpu" else ACCELERATOR_LOSS_CHECK_EVERY
+        )
+        # Losses (and batch sizes) of the steps since the last host read, kept on the device.
+        pending: list[tuple[int, Tensor, int]] = []
+
+        def check_pending(loss_sum: float) -> float:
+            """Read the pending losses in one transfer; raise at the first non-finite one.
+
+            Returns ``loss_sum`` plus the pending losses times their batch sizes, added in step
+            order (the same float sum whatever ``check_every`` is).
+            """
+            values = torch.stack([loss for _, loss, _ in pending]).float().tolist()
+            for (at_step, _, size), value in zip(pending, values, strict=True):
+                if not math.isfinite(value):
+                    last = self.last_checkpoint if self.last_checkpoint.exists() else None
+                    raise TrainingDivergedError(
+                        epoch=epoch, step=at_step, loss=value, checkpoint=last
+                    )
+                loss_sum += value * size
+                self._reporter.step(at_step, value, float(self.optimizer.param_groups[0]["lr"]))
+            pending.clear()
+            return loss_sum
+
         for step, cpu_batch in enumerate(loader, start=1):
             size = self.batch_size_fn(cpu_batch)
             batch = move_to_device(cpu_batch, self.device, memory_format=self._memory_format)
@@ -575,10 +620,10 @@ class Trainer(Generic[BatchT]):
                 raise ValueError(
                     f"train_step must return a scalar loss, got shape {tuple(loss.shape)}"
                 )
-            value = loss.item()
-            if not math.isfinite(value):
-                last = self.last_checkpoint if self.last_checkpoint.exists() else None
-                raise TrainingDivergedError(epoch=epoch, step=step, loss=value, checkpoint=last)
+            pending.append((step, loss.detach(), size))
+            if check_every == 1:
+                # Checked before the update: a diverged step never reaches the weights.
+                loss_sum = check_pending(loss_sum)
             self.optimizer.zero_grad(set_to_none=True)
             torch.autograd.backward(self.scaler.scale(loss))
             if self.config.max_grad_norm is not None:
@@ -586,9 +631,11 @@ class Trainer(Generic[BatchT]):
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            loss_sum += value * size
             samples += size
-            self._reporter.step(step, value, float(self.optimizer.param_groups[0]["lr"]))
+            if len(pending) >= check_every:
+                loss_sum = check_pending(loss_sum)
+        if pending:
+            loss_sum = check_pending(loss_sum)
         if is_distributed():
             totals = torch.tensor([loss_sum, samples], dtype=torch.float64, device=self.device)
             loss_sum, global_samples = _all_reduce_sum(totals).tolist()
