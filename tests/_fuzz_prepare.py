@@ -463,23 +463,22 @@ def _structured(case: Case, base: Base, rng: random.Random, what: str) -> str:
             )  # fmt: skip
             detail = f"TransferSyntaxUID {str(syntax)!r} over explicit little endian data"
         elif what == "values":
-            keyword, value = rng.choice(
-                (
-                    ("SamplesPerPixel", 3), ("NumberOfFrames", 2), ("NumberOfFrames", "abc"),
-                    ("BitsAllocated", 8), ("BitsAllocated", 32), ("BitsAllocated", 1),
-                    ("BitsAllocated", 12), ("BitsStored", 40), ("HighBit", 99),
-                    ("RescaleSlope", "0"), ("RescaleSlope", "1e38"), ("RescaleSlope", "nan"),
-                    ("RescaleIntercept", "-inf"), ("PhotometricInterpretation", "RGB"),
-                    ("PhotometricInterpretation", "MONOCHROME1"), ("PixelRepresentation", 1),
-                    ("PixelSpacing", ["nan", "nan"]), ("PixelSpacing", ["0", "0"]),
-                    ("PixelSpacing", ["-1", "1"]), ("ImagePositionPatient", ["inf", "0", "0"]),
-                    ("ImagePositionPatient", ["10", "-80", "60"]), ("InstanceNumber", "-5"),
-                    ("InstanceNumber", str(2**40)), ("InstanceNumber", "1"),
-                    ("InstanceNumber", "2.5"), ("ImageOrientationPatient", ["0"] * 6),
-                )
+            choices: tuple[tuple[str, object], ...] = (
+                ("SamplesPerPixel", 3), ("NumberOfFrames", 2), ("NumberOfFrames", "abc"),
+                ("BitsAllocated", 8), ("BitsAllocated", 32), ("BitsAllocated", 1),
+                ("BitsAllocated", 12), ("BitsStored", 40), ("HighBit", 99),
+                ("RescaleSlope", "0"), ("RescaleSlope", "1e38"), ("RescaleSlope", "nan"),
+                ("RescaleIntercept", "-inf"), ("PhotometricInterpretation", "RGB"),
+                ("PhotometricInterpretation", "MONOCHROME1"), ("PixelRepresentation", 1),
+                ("PixelSpacing", ["nan", "nan"]), ("PixelSpacing", ["0", "0"]),
+                ("PixelSpacing", ["-1", "1"]), ("ImagePositionPatient", ["inf", "0", "0"]),
+                ("ImagePositionPatient", ["10", "-80", "60"]), ("InstanceNumber", "-5"),
+                ("InstanceNumber", str(2**40)), ("InstanceNumber", "1"),
+                ("InstanceNumber", "2.5"), ("ImageOrientationPatient", ["0"] * 6),
             )  # fmt: skip
-            setattr(ds, keyword, value)
-            detail = f"{keyword} = {value!r}"
+            keyword, setting = rng.choice(choices)
+            setattr(ds, keyword, setting)
+            detail = f"{keyword} = {setting!r}"
         else:  # pixel_length
             delta = rng.choice((-2, -1, 1, 2, 128, -128))
             pixels = bytes(ds.PixelData)
