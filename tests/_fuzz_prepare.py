@@ -169,14 +169,14 @@ def _encode(ds: Dataset, syntax: UID | None = None) -> bytes:
     """The file of ``ds``: its data set always explicit VR little endian, its file meta
     claiming ``syntax`` (a lie when it is another syntax)."""
     meta = ds.file_meta
-    if syntax is not None:
-        meta.TransferSyntaxUID = syntax
-    if "FileMetaInformationGroupLength" in meta:
-        del meta.FileMetaInformationGroupLength  # computed again
     head = DicomBytesIO()
     body = DicomBytesIO()
     body.is_little_endian, body.is_implicit_VR = True, False
     with _lenient_pydicom():
+        if syntax is not None:
+            meta.TransferSyntaxUID = syntax
+        if "FileMetaInformationGroupLength" in meta:
+            del meta.FileMetaInformationGroupLength  # computed again
         write_file_meta_info(head, meta, enforce_standard=False)
         ds.file_meta = FileMetaDataset()
         write_dataset(body, ds)

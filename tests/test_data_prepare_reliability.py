@@ -268,6 +268,7 @@ def test_a_fifo_as_a_neighbouring_slice_is_replaced_by_the_centre(
     assert result.n_discs == 10
 
 
+@pytest.mark.filterwarnings("ignore:The pixel data is .* bytes long:UserWarning")  # pydicom
 @pytest.mark.parametrize(
     ("change", "reason"),
     [

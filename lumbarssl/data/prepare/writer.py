@@ -407,10 +407,18 @@ def prepare_cache(
         Counts of what was written and skipped.
 
     Raises:
-        ValueError: If ``workers`` < 1, or ``out_dir`` holds a completed run of other data or
-            settings.
-        RSNADataError: If a CSV lacks a column, or on the first bad row or file with
-            ``on_error="raise"``; the message names the file (and the CSV line).
+        ValueError: If ``workers`` < 1.
+        lumbarssl.errors.OutputExistsError: If ``out_dir`` holds a completed run of other data
+            or settings.
+        RSNADataError: If a CSV lacks a column, repeats a column name or is not UTF-8, or on
+            the first bad row or file with ``on_error="raise"``; the message names the file
+            (and the CSV line).
+        lumbarssl.errors.LockHeldError: If another run holds the lock of ``out_dir``; nothing
+            there was read or changed.
+        lumbarssl.errors.DiskFullError: If the disk fills up; the message names the file and
+            the space needed, and nothing half-written is kept (running again resumes).
+        lumbarssl.errors.EnvironmentProblem: If ``out_dir`` cannot be written to, or a worker
+            process was killed by the system.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
