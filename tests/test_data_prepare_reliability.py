@@ -490,3 +490,12 @@ def test_impossible_values_in_index_csv_name_file_line_and_column(
         writer.writerows(rows)
     with pytest.raises(DataError, match=rf"{re.escape(str(path))}:5: .*{re.escape(expected)}"):
         read_disc_table(path)
+
+
+def test_zero_workers_is_a_usage_error_not_a_traceback(
+    two_studies: Fixture, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    argv = ["prepare", str(two_studies.root), str(tmp_path / "out"), "--workers", "0"]
+    code, err = _run_cli(argv, capsys)
+    assert code == 2
+    assert err == "lumbarssl prepare: error: workers must be >= 1, got 0\n"

@@ -82,6 +82,7 @@ from lumbarssl.data.prepare.journal import (
 from lumbarssl.data.prepare.lock import output_lock
 from lumbarssl.data.skips import Skip, SkipReason
 from lumbarssl.errors import (
+    ConfigError,
     DataError,
     DiskFullError,
     EnvironmentProblem,
@@ -407,7 +408,7 @@ def prepare_cache(
         Counts of what was written and skipped.
 
     Raises:
-        ValueError: If ``workers`` < 1.
+        lumbarssl.errors.ConfigError: If ``workers`` < 1 (a :class:`ValueError`).
         lumbarssl.errors.OutputExistsError: If ``out_dir`` holds a completed run of other data
             or settings.
         RSNADataError: If a CSV lacks a column, repeats a column name or is not UTF-8, or on
@@ -421,7 +422,7 @@ def prepare_cache(
             process was killed by the system.
     """
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise ConfigError(f"workers must be >= 1, got {workers}")
     config = config or PrepareConfig()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     index = read_index(data_dir, on_error=config.on_error)
