@@ -83,6 +83,7 @@ _PIXEL_SPACING = 0x00280030
 _ROWS = 0x00280010
 _COLUMNS = 0x00280011
 _PIXEL_DATA = 0x7FE00010
+_BITS_ALLOCATED = 0x00280100
 _GEOMETRY_TAGS = frozenset(
     {_INSTANCE_NUMBER, _POSITION, _ORIENTATION, _PIXEL_SPACING, _ROWS, _COLUMNS}
 )
@@ -96,7 +97,7 @@ _DECODE_TAGS = frozenset(
         0x00280008,
         _ROWS,
         _COLUMNS,
-        0x00280100,
+        _BITS_ALLOCATED,
         0x00280101,
         0x00280102,
         0x00280103,
@@ -452,6 +453,18 @@ def _number(path: Path, ds: Dataset, keyword: str, default: float) -> float:
         raise DicomReadError(path, f"{keyword} is not a number ({exc})") from exc
 
 
+def _raw_unsigned(ds: Dataset, tag: int, little_endian: bool) -> int | None:
+    """A US element's value without pydicom converting the element (``None`` if unusable)."""
+    # pydicom types get_item as returning a converted element; an unconverted one stays raw.
+    element: object = ds.get_item(tag, keep_deferred=True)
+    if element is None:
+        return None
+    value = getattr(element, "value", None)
+    if isinstance(element, RawDataElement):
+        return _unsigned(value, little_endian)
+    return value if isinstance(value, int) else None
+
+
 def _check_pixel_size(path: Path, ds: Dataset, compressed: bool) -> None:
     """Refuse pixel data whose size disagrees with the header, before anything decodes it.
 
@@ -460,9 +473,11 @@ def _check_pixel_size(path: Path, ds: Dataset, compressed: bool) -> None:
     are 1, checked before), plus one padding byte when that is odd. A file cut inside its
     pixel data keeps the declared length and is reported by the decoder as truncated.
     """
-    try:
-        rows, columns, bits = (int(ds.get(k)) for k in ("Rows", "Columns", "BitsAllocated"))
-    except (TypeError, ValueError):
+    # From the raw elements: pydicom's conversion costs more than the rest of the check.
+    little_endian = ds.original_encoding[1] is not False
+    values = [_raw_unsigned(ds, tag, little_endian) for tag in (_ROWS, _COLUMNS, _BITS_ALLOCATED)]
+    rows, columns, bits = values
+    if rows is None or columns is None or bits is None:
         return  # absent or garbled: the decoder reports it
     if rows * columns > _MAX_PIXELS:
         raise DicomReadError(
