@@ -35,9 +35,12 @@ import numpy as np
 import pydicom
 import pydicom.config
 from _rsna_factory import Study, build_dataset, plain_study, quirk_study, write_rsna_dir
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.tag import Tag
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -185,7 +188,24 @@ def _encode(ds: Dataset, syntax: UID | None = None) -> bytes:
 
 
 def _victim_dataset(base: Base, index: int) -> Dataset:
-    return build_dataset(base.victim, base.victim.series[0], index)
+    ds = build_dataset(base.victim, base.victim.series[0], index)
+    ds["PixelData"].VR = "OW"  # pydicom needs BitsAllocated to choose, which may be deleted
+    return ds
+
+
+def _set_raw(ds: Dataset, keyword: str, value: object) -> None:
+    """Store ``value`` in the element as written bytes: pydicom refuses some of them."""
+    tag = tag_for_keyword(keyword)
+    assert tag is not None
+    vr = dictionary_VR(tag)
+    if vr == "US":
+        assert isinstance(value, int)
+        raw = value.to_bytes(2, "little")
+    else:
+        items = value if isinstance(value, list) else [value]
+        raw = "\\".join(str(item) for item in items).encode()
+        raw += b" " * (len(raw) % 2)
+    ds[tag] = RawDataElement(Tag(tag), vr, len(raw), raw, 0, False, True)
 
 
 def _victim_file(rng: random.Random) -> tuple[int, str]:
@@ -477,7 +497,7 @@ def _structured(case: Case, base: Base, rng: random.Random, what: str) -> str:
                 ("InstanceNumber", "2.5"), ("ImageOrientationPatient", ["0"] * 6),
             )  # fmt: skip
             keyword, setting = rng.choice(choices)
-            setattr(ds, keyword, setting)
+            _set_raw(ds, keyword, setting)
             detail = f"{keyword} = {setting!r}"
         else:  # pixel_length
             delta = rng.choice((-2, -1, 1, 2, 128, -128))

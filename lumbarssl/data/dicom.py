@@ -445,10 +445,24 @@ def read_header(path: str | Path) -> SliceHeader:
     return _read_header(Path(path))[0]
 
 
+def _value(path: Path, ds: Dataset, keyword: str, default: object) -> object:
+    """An element's value as pydicom converts it; ``default`` when it is absent.
+
+    Raises:
+        DicomReadError: If the element cannot be converted (a garbled VR or value: pydicom
+            raises ``NotImplementedError``, ``ValueError`` ... on first access).
+    """
+    try:
+        return ds.get(keyword, default)
+    except Exception as exc:
+        raise DicomReadError(path, f"unreadable {keyword} ({type(exc).__name__}: {exc})") from exc
+
+
 def _number(path: Path, ds: Dataset, keyword: str, default: float) -> float:
     """A numeric element's value; ``default`` when it is absent, empty or zero."""
+    value = _value(path, ds, keyword, default)
     try:
-        return float(ds.get(keyword, default) or default)
+        return float(value or default)  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:  # e.g. "1A" in an IS element
         raise DicomReadError(path, f"{keyword} is not a number ({exc})") from exc
 
@@ -509,8 +523,9 @@ def _pixels(path: Path, ds: Dataset) -> np.ndarray:
         raise DicomReadError(path, f"{samples:g} samples per pixel; expected grayscale")
     if (frames := _number(path, ds, "NumberOfFrames", 1)) != 1:
         raise DicomReadError(path, f"{frames:g} frames; expected one slice per file")
-    syntax = ds.file_meta.get("TransferSyntaxUID")
-    if syntax is not None and not UID(syntax).is_transfer_syntax:
+    found = _value(path, ds.file_meta, "TransferSyntaxUID", None)
+    syntax = None if found is None else UID(str(found))
+    if syntax is not None and not syntax.is_transfer_syntax:
         raise UnsupportedTransferSyntaxError(
             path, f"TransferSyntaxUID {str(syntax)[:64]!r} is not a known transfer syntax"
         )
@@ -543,7 +558,7 @@ def _pixels(path: Path, ds: Dataset) -> np.ndarray:
         pixels *= np.float32(slope)
     if intercept != 0.0:
         pixels += np.float32(intercept)
-    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+    if str(_value(path, ds, "PhotometricInterpretation", "")).strip() == "MONOCHROME1":
         pixels = pixels.max() + pixels.min() - pixels
     return pixels
 

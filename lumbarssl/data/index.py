@@ -304,7 +304,7 @@ def _coordinate_problem(
     if description is None:
         return SkipReason.SERIES_NOT_LISTED, f"series {series} is not in {SERIES_CSV}"
     if description != SAGITTAL_T2:
-        detail = f"series {series} is {description!r}, not {SAGITTAL_T2!r}"
+        detail = f"series {series} is {_show(description)}, not {SAGITTAL_T2!r}"
         return SkipReason.NOT_SAGITTAL_T2, detail
     if (study, level) in seen_discs:
         kept = seen_discs[study, level].series_id
