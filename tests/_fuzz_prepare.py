@@ -418,7 +418,7 @@ def _current_bytes(case: Case, base: Base, name: str) -> bytes:
 def dcm_truncate(case: Case, base: Base, rng: random.Random) -> str:
     _, name = _victim_file(rng)
     data = _current_bytes(case, base, name)
-    cut = rng.randrange(len(data))
+    cut = rng.randrange(max(len(data), 1))
     case.dicom[name] = data[:cut]
     return f"{name}: cut at {cut} of {len(data)} bytes"
 
@@ -442,7 +442,7 @@ def dcm_flip(case: Case, base: Base, rng: random.Random) -> str:
     _, name = _victim_file(rng)
     data = bytearray(_current_bytes(case, base, name))
     end = len(data) if rng.random() < 0.3 else min(len(data), 800)
-    flips = rng.randint(1, 8)
+    flips = rng.randint(1, 8) if end else 0
     for _ in range(flips):
         data[rng.randrange(end)] = rng.randrange(256)
     case.dicom[name] = bytes(data)
