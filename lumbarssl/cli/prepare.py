@@ -36,6 +36,8 @@ def run(config: PrepareConfig, options: PrepareRunOptions) -> None:
 
     Raises:
         lumbarssl.errors.DataError: Bad data that stops the run (exit status 2).
+        lumbarssl.errors.EnvironmentProblem: A full disk, a lock held by another run into the
+            same directory, an unwritable directory (exit status 3).
     """
     result = prepare_cache(
         options.data_dir,

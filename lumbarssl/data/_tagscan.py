@@ -18,16 +18,19 @@ pydicom, so the result never depends on which reader handled a file.
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
-__all__ = ["TagScan", "scan_tags"]
+__all__ = ["NotRegularFile", "TagScan", "describe_mode", "open_regular", "scan_tags"]
 
 #: Bytes read first; enough for the whole header of most MR files. A header that does not
 #: fit is read again with the rest of the file.
@@ -54,6 +57,80 @@ _LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 _TAG = struct.Struct("<HH")
 _UINT16 = struct.Struct("<H")
 _UINT32 = struct.Struct("<I")
+
+
+#: Opening never blocks: a FIFO (named pipe) would wait for a writer forever.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def describe_mode(mode: int) -> str:
+    """What a file of this ``st_mode`` is, for a message: ``"a FIFO (named pipe)"`` ...
+
+    Args:
+        mode: ``st_mode`` of a ``stat`` result.
+
+    Returns:
+        A noun phrase.
+    """
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return next((name for test, name in _KINDS if test(mode)), "a special file")
+
+
+class NotRegularFile(Exception):
+    """The path names something other than a regular file, which is never read.
+
+    Deliberately not an :class:`OSError`, so that callers falling back to another reader on
+    an ``OSError`` do not open it again (and block on a FIFO).
+
+    Args:
+        path: The path.
+        kind: What it is, e.g. ``"a FIFO (named pipe)"``.
+
+    Attributes:
+        path: The ``path`` argument.
+        kind: The ``kind`` argument.
+    """
+
+    def __init__(self, path: Path, kind: str) -> None:
+        super().__init__(f"{path}: {kind}, not a regular file")
+        self.path = path
+        self.kind = kind
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """Open a file for reading if, and only if, it is a regular file; never block.
+
+    The file is opened without blocking and checked with ``fstat`` on the open descriptor, so
+    a FIFO, a device or a socket named like a slice is neither waited on nor read, and a file
+    swapped between a check and the open cannot slip through.
+
+    Args:
+        path: The file.
+
+    Returns:
+        The file opened for binary reading (buffered).
+
+    Raises:
+        NotRegularFile: If ``path`` is a FIFO, a directory, a device or a socket.
+        OSError: If it cannot be opened (absent, no permission).
+    """
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(path, describe_mode(mode))
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 @dataclass(frozen=True)
@@ -201,9 +278,13 @@ def scan_tags(path: Path, tags: Collection[int]) -> TagScan | None:
         What was found, or ``None`` if the file must be read by pydicom (see the module
         docstring); ``None`` also for an unreadable file, so that pydicom's error is the one
         reported.
+
+    Raises:
+        NotRegularFile: If ``path`` is not a regular file (a FIFO, a device ...); it is not
+            read, and must not be handed to pydicom either.
     """
     try:
-        with path.open("rb") as handle:
+        with open_regular(path) as handle:
             data = handle.read(_FIRST_READ)
             complete = len(data) < _FIRST_READ
             try:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,8 +157,11 @@ class DiscTable:
         """
 
         def column(name: str, dtype: type[np.generic]) -> np.ndarray:
-            values = [_number(row[name], dtype) for row in rows]
-            return np.asarray(values, dtype=dtype).reshape(len(rows))
+            try:
+                values = [_number(row[name], dtype) for row in rows]
+                return np.asarray(values, dtype=dtype).reshape(len(rows))
+            except (ValueError, OverflowError) as exc:  # e.g. an id beyond int64
+                raise DataError(f"column {name}: {exc}") from exc
 
         return cls(
             study_id=column("study_id", np.int64),
@@ -211,15 +214,47 @@ def read_disc_table(path: str | Path) -> DiscTable:
             raise DataError(f"{path}:1: missing column(s) {', '.join(missing)}")
         rows = list(reader)
     try:
-        return DiscTable.from_rows(rows)
-    except ValueError as exc:
+        table = DiscTable.from_rows(rows)
+    except (ValueError, OverflowError) as exc:
         # Find the offending line for the message (header is line 1).
         for line, row in enumerate(rows, start=2):
             try:
                 DiscTable.from_rows([row])
-            except ValueError as row_exc:
+            except (ValueError, OverflowError) as row_exc:
                 raise DataError(f"{path}:{line}: {row_exc}") from exc
         raise
+    _check_disc_table(path, table)
+    return table
+
+
+#: What every row of index.csv satisfies (prepare writes nothing else); checked on reading,
+#: so that a damaged file fails here, naming its line, not later (e.g. a division by width).
+_TABLE_RULES: tuple[tuple[str, str, Callable[[DiscTable], np.ndarray]], ...] = (
+    ("height", "height must be >= 1", lambda t: t.height >= 1),
+    ("width", "width must be >= 1", lambda t: t.width >= 1),
+    ("n_slices", "n_slices must be >= 1", lambda t: t.n_slices >= 1),
+    (
+        "slice_index",
+        "slice_index must be in [0, n_slices)",
+        lambda t: (t.slice_index >= 0) & (t.slice_index < t.n_slices),
+    ),
+    ("localizer_index", "localizer_index must be >= 0", lambda t: t.localizer_index >= 0),
+    ("label", "label must be -1, 0, 1 or 2", lambda t: (t.label >= -1) & (t.label <= 2)),
+    ("x", "x must be finite", lambda t: np.isfinite(t.x)),
+    ("y", "y must be finite", lambda t: np.isfinite(t.y)),
+)
+
+
+def _check_disc_table(path: Path, table: DiscTable) -> None:
+    for column, rule, holds in _TABLE_RULES:
+        bad = np.flatnonzero(~holds(table))
+        if bad.size:
+            row = int(bad[0])
+            value = getattr(table, column)[row]
+            raise DataError(
+                f"{path}:{row + 2}: {rule}, got {column}={value}; the file is damaged: "
+                "run lumbarssl prepare again into an empty directory"
+            )
 
 
 class PreparedCache:

@@ -19,6 +19,8 @@ need the ``dicom`` extra (``pip install "lumbarssl[dicom]"``).
 from __future__ import annotations
 
 import math
+import os
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -32,8 +34,15 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import pixel_array
+from pydicom.uid import UID
 
-from lumbarssl.data._tagscan import TagScan, scan_tags
+from lumbarssl.data._tagscan import (
+    NotRegularFile,
+    TagScan,
+    describe_mode,
+    open_regular,
+    scan_tags,
+)
 from lumbarssl.data.skips import OnError
 from lumbarssl.errors import DataError, MissingDependencyError
 
@@ -42,9 +51,12 @@ __all__ = [
     "DicomSeries",
     "LazySeries",
     "MissingDecoderError",
+    "NotRegularFileError",
+    "PixelSizeMismatchError",
     "SeriesGeometry",
     "SeriesGeometryError",
     "SliceHeader",
+    "UnsupportedTransferSyntaxError",
     "open_series",
     "read_header",
     "read_series",
@@ -56,6 +68,9 @@ __all__ = [
 _POSITION_TOLERANCE_MM = 1e-3
 #: Direction cosines of two slices this close count as the same orientation.
 _ORIENTATION_TOLERANCE = 1e-3
+#: More pixels than any MR slice has (16384 x 16384): a header claiming more is refused before
+#: a decoder allocates the image.
+_MAX_PIXELS = 2**28
 #: Elements longer than this many bytes are read from disk only when used. Only the pixel data
 #: of an image is that long, so a slice whose pixels are never needed is never read past its
 #: header, and one whose pixels are needed is not parsed a second time.
@@ -68,6 +83,7 @@ _PIXEL_SPACING = 0x00280030
 _ROWS = 0x00280010
 _COLUMNS = 0x00280011
 _PIXEL_DATA = 0x7FE00010
+_BITS_ALLOCATED = 0x00280100
 _GEOMETRY_TAGS = frozenset(
     {_INSTANCE_NUMBER, _POSITION, _ORIENTATION, _PIXEL_SPACING, _ROWS, _COLUMNS}
 )
@@ -81,7 +97,7 @@ _DECODE_TAGS = frozenset(
         0x00280008,
         _ROWS,
         _COLUMNS,
-        0x00280100,
+        _BITS_ALLOCATED,
         0x00280101,
         0x00280102,
         0x00280103,
@@ -113,7 +129,26 @@ class DicomReadError(DataError):
         return (type(self), (str(self.path), self.reason))
 
 
-class MissingDecoderError(MissingDependencyError, DicomReadError):
+class NotRegularFileError(DicomReadError):
+    """A ``*.dcm`` path that is a FIFO, a device, a socket or a directory.
+
+    It is never read: opening a FIFO for reading would block the run forever.
+    """
+
+
+class PixelSizeMismatchError(DicomReadError):
+    """Uncompressed pixel data whose length disagrees with Rows x Columns x BitsAllocated.
+
+    pydicom only warns when the data is longer than the header says, and decodes the image
+    sheared (one column too few) or cut; such a slice is refused instead.
+    """
+
+
+class UnsupportedTransferSyntaxError(DicomReadError):
+    """Pixel data in a transfer syntax lumbarssl cannot decode (unknown or private)."""
+
+
+class MissingDecoderError(MissingDependencyError, UnsupportedTransferSyntaxError):
     """Compressed pixel data whose transfer syntax no installed package can decode."""
 
 
@@ -230,7 +265,24 @@ class DicomSeries:
         return self.pixels[self.geometry.index_of(instance_number)]
 
 
+def _not_regular(path: Path, exc: NotRegularFile) -> NotRegularFileError:
+    return NotRegularFileError(
+        path, f"{exc.kind}, not a regular file; it was not read (replace it by the DICOM file)"
+    )
+
+
 def _dcmread(path: Path, *, stop_before_pixels: bool = False, defer: bool = False) -> Dataset:
+    # pydicom opens the path itself: check first that it is a regular file (a FIFO would
+    # block). The walk of _tagscan checks on the open descriptor; this only runs when pydicom
+    # must parse the file.
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise
+    except OSError as exc:  # a symbolic link loop, a path too long ...
+        raise DicomReadError(path, f"cannot be read ({exc.strerror})") from exc
+    if not stat.S_ISREG(mode):
+        raise _not_regular(path, NotRegularFile(path, describe_mode(mode)))
     try:
         return pydicom.dcmread(
             path,
@@ -324,7 +376,10 @@ def _read_header(path: Path) -> tuple[SliceHeader, TagScan | Dataset]:
     that walk does not cover is parsed by pydicom instead, its pixel data left on disk until
     used, and that dataset is returned so that it need not be parsed again.
     """
-    scan = scan_tags(path, _GEOMETRY_TAGS | _DECODE_TAGS)
+    try:
+        scan = scan_tags(path, _GEOMETRY_TAGS | _DECODE_TAGS)
+    except NotRegularFile as exc:
+        raise _not_regular(path, exc) from None
     if scan is not None:
         values = {
             tag: raw.value
@@ -341,7 +396,13 @@ def _scanned_dataset(path: Path, scan: TagScan) -> Dataset:
     """A dataset of the elements decoding needs, as pydicom would have read them."""
     pixel_data = scan.pixel_data
     assert pixel_data is not None  # checked by the caller
-    with path.open("rb") as handle:
+    try:
+        handle = open_regular(path)
+    except NotRegularFile as exc:
+        raise _not_regular(path, exc) from None
+    with handle:
+        if pixel_data.value_tell + pixel_data.length > os.fstat(handle.fileno()).st_size:
+            raise DicomReadError(path, "truncated inside its pixel data")  # pydicom says more
         handle.seek(pixel_data.value_tell)
         value = handle.read(pixel_data.length)
     ds = Dataset()
@@ -384,12 +445,75 @@ def read_header(path: str | Path) -> SliceHeader:
     return _read_header(Path(path))[0]
 
 
+def _value(path: Path, ds: Dataset, keyword: str, default: object) -> object:
+    """An element's value as pydicom converts it; ``default`` when it is absent.
+
+    Raises:
+        DicomReadError: If the element cannot be converted (a garbled VR or value: pydicom
+            raises ``NotImplementedError``, ``ValueError`` ... on first access).
+    """
+    try:
+        return ds.get(keyword, default)
+    except Exception as exc:
+        raise DicomReadError(path, f"unreadable {keyword} ({type(exc).__name__}: {exc})") from exc
+
+
 def _number(path: Path, ds: Dataset, keyword: str, default: float) -> float:
     """A numeric element's value; ``default`` when it is absent, empty or zero."""
+    value = _value(path, ds, keyword, default)
     try:
-        return float(ds.get(keyword, default) or default)
+        return float(value or default)  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:  # e.g. "1A" in an IS element
         raise DicomReadError(path, f"{keyword} is not a number ({exc})") from exc
+
+
+def _raw_unsigned(ds: Dataset, tag: int, little_endian: bool) -> int | None:
+    """A US element's value without pydicom converting the element (``None`` if unusable)."""
+    # pydicom types get_item as returning a converted element; an unconverted one stays raw.
+    element: object = ds.get_item(tag, keep_deferred=True)
+    if element is None:
+        return None
+    value = getattr(element, "value", None)
+    if isinstance(element, RawDataElement):
+        return _unsigned(value, little_endian)
+    return value if isinstance(value, int) else None
+
+
+def _check_pixel_size(path: Path, ds: Dataset, compressed: bool) -> None:
+    """Refuse pixel data whose size disagrees with the header, before anything decodes it.
+
+    Only the element's declared length is used (no pixel is read here): for uncompressed
+    data it must be Rows x Columns x BitsAllocated / 8 (SamplesPerPixel and NumberOfFrames
+    are 1, checked before), plus one padding byte when that is odd. A file cut inside its
+    pixel data keeps the declared length and is reported by the decoder as truncated.
+    """
+    # From the raw elements: pydicom's conversion costs more than the rest of the check.
+    little_endian = ds.original_encoding[1] is not False
+    values = [_raw_unsigned(ds, tag, little_endian) for tag in (_ROWS, _COLUMNS, _BITS_ALLOCATED)]
+    rows, columns, bits = values
+    if rows is None or columns is None or bits is None:
+        return  # absent or garbled: the decoder reports it
+    if rows * columns > _MAX_PIXELS:
+        raise DicomReadError(
+            path, f"Rows x Columns = {rows} x {columns} is more than {_MAX_PIXELS} pixels"
+        )
+    if compressed:
+        return
+    # pydicom types get_item as returning a converted element; an unconverted one stays raw.
+    element: object = ds.get_item(_PIXEL_DATA, keep_deferred=True)
+    if isinstance(element, RawDataElement):
+        declared = element.length
+    else:
+        declared = len(getattr(element, "value", None) or b"")
+    expected = (rows * columns * bits + 7) // 8
+    if declared in (expected, expected + expected % 2):
+        return
+    raise PixelSizeMismatchError(
+        path,
+        f"pixel data holds {declared} bytes but Rows x Columns x BitsAllocated / 8 = "
+        f"{rows} x {columns} x {bits} / 8 = {expected}: the header does not describe the "
+        "pixels (decoding would shear or cut the image)",
+    )
 
 
 def _pixels(path: Path, ds: Dataset) -> np.ndarray:
@@ -399,7 +523,13 @@ def _pixels(path: Path, ds: Dataset) -> np.ndarray:
         raise DicomReadError(path, f"{samples:g} samples per pixel; expected grayscale")
     if (frames := _number(path, ds, "NumberOfFrames", 1)) != 1:
         raise DicomReadError(path, f"{frames:g} frames; expected one slice per file")
-    syntax = ds.file_meta.get("TransferSyntaxUID")
+    found = _value(path, ds.file_meta, "TransferSyntaxUID", None)
+    syntax = None if found is None else UID(str(found))
+    if syntax is not None and not syntax.is_transfer_syntax:
+        raise UnsupportedTransferSyntaxError(
+            path, f"TransferSyntaxUID {str(syntax)[:64]!r} is not a known transfer syntax"
+        )
+    _check_pixel_size(path, ds, syntax is not None and syntax.is_compressed)
     if syntax is not None and syntax.is_compressed:
         try:
             available = get_decoder(syntax).is_available
@@ -428,7 +558,7 @@ def _pixels(path: Path, ds: Dataset) -> np.ndarray:
         pixels *= np.float32(slope)
     if intercept != 0.0:
         pixels += np.float32(intercept)
-    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+    if str(_value(path, ds, "PhotometricInterpretation", "")).strip() == "MONOCHROME1":
         pixels = pixels.max() + pixels.min() - pixels
     return pixels
 
@@ -537,6 +667,8 @@ class LazySeries:
             if source.pixel_data is not None:
                 try:
                     return _pixels(path, _scanned_dataset(path, source))
+                except (NotRegularFileError, PixelSizeMismatchError):
+                    raise  # pydicom would say the same (or block on a FIFO)
                 except (DicomReadError, OSError):
                     pass  # pydicom reading the whole file gives the reference error
             return _pixels(path, _dcmread(path))
@@ -579,7 +711,12 @@ def open_series(series_dir: str | Path, *, on_error: OnError = "raise") -> LazyS
     unreadable: list[DicomReadError] = []
     for path in sorted(series_dir.glob("*.dcm")):
         try:
-            header, source = _read_header(path)
+            try:
+                header, source = _read_header(path)
+            except FileNotFoundError as exc:  # a dangling symbolic link, a file just deleted
+                if on_error == "raise":
+                    raise
+                raise DicomReadError(path, "no such file (a dangling symbolic link?)") from exc
         except DicomReadError as exc:
             if on_error == "raise":
                 raise

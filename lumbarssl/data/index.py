@@ -9,9 +9,11 @@ the paper's input (Sec. 3.1). Every row it cannot use is returned as a
 
 from __future__ import annotations
 
+import codecs
 import csv
 import math
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,36 +105,113 @@ class _Recorder:
         self.skips.append(skip)
 
 
-def _rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[str, str] | None]]:
+#: Values quoted in a skip's detail are cut to this many characters.
+_SHOW = 40
+#: The range of a 64-bit signed integer, which ids and instance numbers must fit (they are
+#: stored as ``int64`` in the cache and in the journal of ``prepare``).
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+#: Plain decimal integers only: no ``_`` separators, no non-ASCII digits, at most 19 digits.
+_INTEGER = re.compile(r"[+-]?[0-9]{1,19}")
+_UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+_UTF32_BOMS = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)
+_REENCODE = "re-save it as UTF-8 (e.g. iconv -f LATIN1 -t UTF-8 or a spreadsheet's 'CSV UTF-8')"
+
+
+def _encoding_error(path: Path, exc: UnicodeDecodeError) -> RSNADataError:
+    """The one-line error for a CSV that is not UTF-8, naming the file and the first bad line."""
+    with path.open("rb") as handle:  # only on this error path: find the line for the message
+        head = handle.read(4)
+        if head.startswith(_UTF32_BOMS):
+            return RSNADataError(f"{path}: the file is UTF-32 encoded, not UTF-8; {_REENCODE}")
+        if head.startswith(_UTF16_BOMS):
+            return RSNADataError(f"{path}: the file is UTF-16 encoded, not UTF-8; {_REENCODE}")
+        handle.seek(0)
+        for number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as line_exc:
+                byte = raw[line_exc.start : line_exc.start + 1].hex()
+                return RSNADataError(
+                    f"{path}:{number}: not UTF-8 text (byte 0x{byte} at column "
+                    f"{line_exc.start + 1}; Latin-1 or another 8-bit encoding?); {_REENCODE}"
+                )
+    return RSNADataError(f"{path}: not UTF-8 text ({exc.reason}); {_REENCODE}")
+
+
+def _header(path: Path, reader: Iterator[list[str]], required: Sequence[str]) -> list[str]:
+    """The stripped column names of a CSV file, checked for required and repeated names."""
+    try:
+        header = [name.strip() for name in next(reader, [])]  # csv: <= 131,072 chars a field
+    except csv.Error as exc:
+        raise RSNADataError(f"{path}:1: unreadable header ({exc}); fix the first line") from exc
+    seen: dict[str, int] = {}
+    for position, name in enumerate(header, start=1):
+        if name in seen:
+            raise RSNADataError(
+                f"{path}:1: column {_show(name)} appears twice (columns {seen[name]} and "
+                f"{position}); remove or rename one of them"
+            )
+        seen[name] = position
+    for name in required:
+        if name not in seen:
+            raise RSNADataError(
+                f"{path}:1: missing column {name!r} (header has {', '.join(header) or 'none'})"
+            )
+    return header
+
+
+def _rows(
+    path: Path, required: Sequence[str], record: Callable[[Skip], None]
+) -> Iterator[tuple[int, dict[str, str] | None]]:
     """Yield ``(line, row)`` for each data row; ``row`` is ``None`` when its width is wrong.
 
+    A row the ``csv`` module cannot read (a field longer than 131,072 characters) is passed to
+    ``record`` as a ``malformed_row`` and reading goes on with the next line.
+
     Raises:
-        RSNADataError: If the file lacks a required column (always, whatever ``on_error``).
+        RSNADataError: If the file lacks a required column or repeats a column name (always,
+            whatever ``on_error``), or is not UTF-8 text.
+        MissingFileError: If the file does not exist.
     """
     if not path.is_file():
         raise MissingFileError(f"{path}: file not found (expected part of the RSNA layout)")
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
-        header = [name.strip() for name in next(reader, [])]
-        for name in required:
-            if name not in header:
-                raise RSNADataError(
-                    f"{path}:1: missing column {name!r} (header has {', '.join(header) or 'none'})"
-                )
-        for fields in reader:
-            if not fields or all(not f.strip() for f in fields):
-                continue
-            if len(fields) != len(header):
-                yield reader.line_num, None
-            else:
-                yield reader.line_num, dict(zip(header, fields, strict=True))
+        try:
+            header = _header(path, reader, required)
+            while True:
+                try:
+                    fields = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as exc:
+                    detail = f"unreadable row ({exc}); a field may be cut or miss a quote"
+                    record(Skip(SkipReason.MALFORMED_ROW, detail, str(path), reader.line_num))
+                    continue
+                if not fields or all(not f.strip() for f in fields):
+                    continue
+                if len(fields) != len(header):
+                    yield reader.line_num, None
+                else:
+                    yield reader.line_num, dict(zip(header, fields, strict=True))
+        except UnicodeDecodeError as exc:
+            raise _encoding_error(path, exc) from None
+
+
+def _show(text: str) -> str:
+    """``repr`` of a CSV value for a message, cut to a readable length."""
+    if len(text) <= _SHOW:
+        return repr(text)
+    return f"{text[:_SHOW]!r}... ({len(text)} characters)"
 
 
 def _parse_int(text: str) -> int | None:
-    try:
-        return int(text.strip())
-    except ValueError:
+    """A decimal integer that fits in 64 bits, or ``None``."""
+    text = text.strip()
+    if not _INTEGER.fullmatch(text):
         return None
+    value = int(text)
+    return value if _INT64_MIN <= value <= _INT64_MAX else None
 
 
 def _parse_float(text: str) -> float | None:
@@ -149,13 +228,13 @@ def _read_labels(
     """Map (study, level) to severity text ('' when not graded) and study to its line."""
     severities: dict[tuple[int, str], str] = {}
     lines: dict[int, int] = {}
-    for line, row in _rows(path, ("study_id", *_LABEL_COLUMNS)):
+    for line, row in _rows(path, ("study_id", *_LABEL_COLUMNS), record):
         if row is None:
             record(Skip(SkipReason.MALFORMED_ROW, "wrong number of fields", str(path), line))
             continue
         study = _parse_int(row["study_id"])
         if study is None:
-            detail = f"study_id {row['study_id']!r} is not an integer"
+            detail = f"study_id {_show(row['study_id'])} is not an integer in the 64-bit range"
             record(Skip(SkipReason.UNPARSABLE_NUMBER, detail, str(path), line))
             continue
         if study in lines:
@@ -167,7 +246,7 @@ def _read_labels(
             severity = row[column].strip()
             if severity and severity not in SEVERITY_TO_LABEL:
                 detail = (
-                    f"severity {severity!r} in column {column} is not one of "
+                    f"severity {_show(severity)} in column {column} is not one of "
                     f"{', '.join(SEVERITY_TO_LABEL)}; the disc is kept unlabeled"
                 )
                 reason = SkipReason.UNKNOWN_SEVERITY
@@ -181,13 +260,16 @@ def _read_series(path: Path, record: _Recorder) -> dict[tuple[int, int], str]:
     """Map (study, series) to its description."""
     descriptions: dict[tuple[int, int], str] = {}
     first_line: dict[tuple[int, int], int] = {}
-    for line, row in _rows(path, SERIES_COLUMNS):
+    for line, row in _rows(path, SERIES_COLUMNS, record):
         if row is None:
             record(Skip(SkipReason.MALFORMED_ROW, "wrong number of fields", str(path), line))
             continue
         study, series = _parse_int(row["study_id"]), _parse_int(row["series_id"])
         if study is None or series is None:
-            detail = f"study_id {row['study_id']!r} or series_id {row['series_id']!r} not integer"
+            detail = (
+                f"study_id {_show(row['study_id'])} or series_id {_show(row['series_id'])} "
+                "is not an integer in the 64-bit range"
+            )
             record(Skip(SkipReason.UNPARSABLE_NUMBER, detail, str(path), line))
             continue
         if (study, series) in descriptions:
@@ -196,9 +278,8 @@ def _read_series(path: Path, record: _Recorder) -> dict[tuple[int, int], str]:
             continue
         description = row["series_description"].strip()
         if description not in SERIES_DESCRIPTIONS:
-            detail = (
-                f"series description {description!r} is not one of {', '.join(SERIES_DESCRIPTIONS)}"
-            )
+            known = ", ".join(SERIES_DESCRIPTIONS)
+            detail = f"series description {_show(description)} is not one of {known}"
             reason = SkipReason.UNKNOWN_SERIES_DESCRIPTION
             record(Skip(reason, detail, str(path), line, study, series))
         descriptions[study, series] = description
@@ -216,14 +297,14 @@ def _coordinate_problem(
 ) -> tuple[SkipReason, str] | None:
     """Why a parsed spinal canal coordinate row cannot become a disc, or ``None``."""
     if level not in LEVELS:
-        return SkipReason.UNKNOWN_LEVEL, f"level {level!r} is not one of {', '.join(LEVELS)}"
+        return SkipReason.UNKNOWN_LEVEL, f"level {_show(level)} is not one of {', '.join(LEVELS)}"
     if (study, series, level) in seen_rows:
         first = seen_rows[study, series, level]
         return SkipReason.DUPLICATE_ROW, f"{level} of series {series} already given at line {first}"
     if description is None:
         return SkipReason.SERIES_NOT_LISTED, f"series {series} is not in {SERIES_CSV}"
     if description != SAGITTAL_T2:
-        detail = f"series {series} is {description!r}, not {SAGITTAL_T2!r}"
+        detail = f"series {series} is {_show(description)}, not {SAGITTAL_T2!r}"
         return SkipReason.NOT_SAGITTAL_T2, detail
     if (study, level) in seen_discs:
         kept = seen_discs[study, level].series_id
@@ -274,13 +355,13 @@ def read_index(data_dir: str | Path, *, on_error: OnError = "skip") -> DiscIndex
     seen_rows: dict[tuple[int, int, str], int] = {}
     seen_discs: dict[tuple[int, str], DiscRecord] = {}
     annotated: set[tuple[int, str]] = set()
-    for line, row in _rows(path, _COORDINATE_COLUMNS):
+    for line, row in _rows(path, _COORDINATE_COLUMNS, record):
         if row is None:
             record(Skip(SkipReason.MALFORMED_ROW, "wrong number of fields", str(path), line))
             continue
         condition, level = row["condition"].strip(), row["level"].strip()
         if condition not in CONDITIONS:
-            detail = f"condition {condition!r} is not one of {', '.join(CONDITIONS)}"
+            detail = f"condition {_show(condition)} is not one of {', '.join(CONDITIONS)}"
             record(Skip(SkipReason.UNKNOWN_CONDITION, detail, str(path), line))
             continue
         if condition != SPINAL_CANAL:
@@ -288,16 +369,18 @@ def read_index(data_dir: str | Path, *, on_error: OnError = "skip") -> DiscIndex
         study, series, instance = (_parse_int(row[c]) for c in _COORDINATE_COLUMNS[:3])
         x, y = _parse_float(row["x"]), _parse_float(row["y"])
         if study is None or series is None or instance is None or x is None or y is None:
+            kinds = ("a 64-bit integer",) * 3 + ("a finite number",) * 2
             bad = ", ".join(
-                f"{column}={row[column]!r}"
-                for column, value in zip(
+                f"{column}={_show(row[column])} is not {kind}"
+                for column, value, kind in zip(
                     ("study_id", "series_id", "instance_number", "x", "y"),
                     (study, series, instance, x, y),
+                    kinds,
                     strict=True,
                 )
                 if value is None
             )
-            detail = f"not a finite number: {bad}"
+            detail = f"unusable number: {bad}"
             record(Skip(SkipReason.UNPARSABLE_NUMBER, detail, str(path), line, study, series))
             continue
         if level in LEVELS:

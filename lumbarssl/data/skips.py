@@ -41,6 +41,8 @@ class SkipReason(str, Enum):
     # Errors in the image files.
     MISSING_FILE = "missing_file"
     CORRUPT_FILE = "corrupt_file"
+    NOT_REGULAR_FILE = "not_regular_file"
+    PIXEL_SIZE_MISMATCH = "pixel_size_mismatch"
     UNSUPPORTED_TRANSFER_SYNTAX = "unsupported_transfer_syntax"
     OUTSIDE_IMAGE = "outside_image"
     BAD_GEOMETRY = "bad_geometry"

@@ -30,8 +30,10 @@ from lumbarssl.data.constants import IMAGES_DIR, LEVEL_SLUGS
 from lumbarssl.data.dicom import (
     DicomReadError,
     LazySeries,
-    MissingDecoderError,
+    NotRegularFileError,
+    PixelSizeMismatchError,
     SeriesGeometryError,
+    UnsupportedTransferSyntaxError,
     open_series,
 )
 from lumbarssl.data.index import DiscRecord, read_index
@@ -110,6 +112,19 @@ def _slice_products(
     return _SliceProducts((header.rows, header.columns), crops, channel)
 
 
+def _read_error_reason(error: DicomReadError) -> SkipReason:
+    """The skip reason of a file that could not be read or decoded."""
+    if isinstance(error, NotRegularFileError):
+        return SkipReason.NOT_REGULAR_FILE
+    if isinstance(error, PixelSizeMismatchError):
+        return SkipReason.PIXEL_SIZE_MISMATCH
+    if isinstance(error, UnsupportedTransferSyntaxError):
+        return SkipReason.UNSUPPORTED_TRANSFER_SYNTAX
+    if isinstance(error.__cause__, FileNotFoundError):
+        return SkipReason.MISSING_FILE
+    return SkipReason.CORRUPT_FILE
+
+
 def _file_skip(disc: DiscRecord, reason: SkipReason, detail: str, file: Path) -> Skip:
     return Skip(
         reason,
@@ -174,7 +189,8 @@ def extract_series(
         if disc.instance_number not in geometry.instance_to_index:
             path = series_dir / f"{disc.instance_number}.dcm"
             if path.name in unreadable:
-                skip(disc, SkipReason.CORRUPT_FILE, unreadable[path.name].reason, path)
+                error = unreadable[path.name]
+                skip(disc, _read_error_reason(error), error.reason, path)
             else:
                 skip(disc, SkipReason.MISSING_FILE, "no file with this InstanceNumber", path)
             continue
@@ -205,11 +221,8 @@ def extract_series(
     for disc, center in placed:
         header = geometry.slices[center]
         decoded = products[center]
-        if isinstance(decoded, MissingDecoderError):
-            skip(disc, SkipReason.UNSUPPORTED_TRANSFER_SYNTAX, decoded.reason, header.path)
-            continue
         if isinstance(decoded, DicomReadError):
-            skip(disc, SkipReason.CORRUPT_FILE, decoded.reason, header.path)
+            skip(disc, _read_error_reason(decoded), decoded.reason, header.path)
             continue
         shape = decoded.shape
         if not is_inside(shape, disc.x, disc.y):

@@ -8,6 +8,7 @@ by an interruption is ignored, so a resumed run only redoes the studies without 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -105,11 +106,22 @@ def append_study(out_dir: Path, study_id: int, out: StudyOutput, config: Prepare
     )
     record = memoryview(_RECORD.pack(_MAGIC, study_id, len(payload)) + payload + _MAGIC)
     handle = _log_for(out_dir)
-    while record:  # one write() for a regular file; the loop only guards against short ones
-        written = handle.write(record)
-        if not written:
-            raise OSError(f"{handle.name}: could not append the record of study {study_id}")
-        record = record[written:]
+    start = handle.tell()
+    try:
+        while record:  # one write() for a regular file; the loop only guards against short ones
+            written = handle.write(record)
+            if not written:
+                raise OSError(f"{handle.name}: could not append the record of study {study_id}")
+            record = record[written:]
+    except OSError as exc:
+        # Cut the record off again (a disk that filled up mid-record): a later record of
+        # this process must not follow an incomplete one, which ends the readable log.
+        with contextlib.suppress(OSError):
+            handle.truncate(start)
+            handle.seek(start)
+        if exc.errno is not None and exc.filename is None:
+            raise OSError(exc.errno, exc.strerror, str(handle.name)) from None
+        raise
 
 
 @dataclass(frozen=True)

@@ -5,19 +5,43 @@ study (:mod:`~lumbarssl.data.prepare.extract`), writes the study's PNGs, appends
 process's log (:mod:`~lumbarssl.data.prepare.journal`) and sends back only a row count. The
 parent then concatenates the logs into the final files, each replaced atomically
 (:func:`lumbarssl._core.atomic.atomic_write`), and writes ``prepare_meta.json`` last.
+
+Safety of the run:
+
+* One run per ``OUT_DIR``: the run holds the directory's lock
+  (:func:`~lumbarssl.data.prepare.lock.output_lock`) before it reads or changes anything
+  there; a second run stops at once with :class:`~lumbarssl.errors.LockHeldError`.
+* Workers die with their parent: each asks the kernel for ``SIGKILL`` when its parent dies
+  (``prctl(PR_SET_PDEATHSIG)`` on Linux, which is tied to the *thread* that forked it) and
+  also watches its parent process id, so that a ``kill -9`` of ``lumbarssl prepare`` never
+  leaves workers blocked on a pipe.
+* A full disk stops the run with :class:`~lumbarssl.errors.DiskFullError` naming the file
+  and the space the run needs; nothing half-written is kept (a PNG cut short is removed, a
+  record cut short is cut off the journal, final files are replaced atomically), so running
+  the same command again after freeing space finishes the run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import ctypes
+import errno
 import hashlib
 import io
 import json
 import math
+import multiprocessing
+import os
 import shutil
+import signal
+import sys
+import threading
+import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
@@ -44,7 +68,7 @@ from lumbarssl.data.cache import (
     stats_from_histogram,
 )
 from lumbarssl.data.constants import COORDINATES_CSV, SERIES_CSV, TRAIN_CSV
-from lumbarssl.data.index import DiscRecord, read_index
+from lumbarssl.data.index import DiscIndex, DiscRecord, read_index
 from lumbarssl.data.prepare.config import CACHE_FORMAT_VERSION, PrepareConfig, PrepareResult
 from lumbarssl.data.prepare.extract import StudyOutput, extract_study, group_by_study, study_arrays
 from lumbarssl.data.prepare.journal import (
@@ -55,10 +79,27 @@ from lumbarssl.data.prepare.journal import (
     finished_studies,
     read_partial,
 )
+from lumbarssl.data.prepare.lock import output_lock
 from lumbarssl.data.skips import Skip, SkipReason
-from lumbarssl.errors import DataError, OutputExistsError
+from lumbarssl.errors import (
+    ConfigError,
+    DataError,
+    DiskFullError,
+    EnvironmentProblem,
+    LumbarsslError,
+    OutputExistsError,
+)
 
 __all__ = ["prepare_cache"]
+
+#: errno values of a full disk or an exhausted quota.
+_NO_SPACE = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+#: errno values of a directory the run may not write to.
+_NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+#: Seconds between two checks, in a worker, that its parent is still alive.
+_PARENT_CHECK_S = 0.5
+#: linux/prctl.h
+_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -83,9 +124,53 @@ def _run_study(task: _StudyTask) -> int:
         (task.out_dir / ROIS_DIR / str(task.study_id)).mkdir(parents=True, exist_ok=True)
     for row, roi in zip(out.rows, out.rois, strict=True):
         path = task.out_dir / str(row["roi_path"])
-        Image.fromarray(roi).save(path, format="PNG", compress_level=task.config.png_compress_level)
+        try:
+            Image.fromarray(roi).save(
+                path, format="PNG", compress_level=task.config.png_compress_level
+            )
+        except OSError as exc:
+            path.unlink(missing_ok=True)  # nothing half-written is left behind
+            raise _with_path(exc, path) from None
     append_study(task.out_dir, task.study_id, out, task.config)
     return len(out.rows)
+
+
+def _with_path(exc: OSError, path: Path) -> OSError:
+    """``exc`` naming ``path`` (Pillow's write errors name no file); it crosses processes."""
+    if exc.errno is None or exc.filename is not None:
+        return exc
+    return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path))
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def _worker_init(parent: int, method: str) -> None:
+    """Make this worker die with the process that started the pool.
+
+    ``PR_SET_PDEATHSIG`` delivers ``SIGKILL`` when the *thread* that forked the worker exits
+    (Linux only); a thread also checks every half second that the parent process id has not
+    changed (the worker was re-parented), which covers every start method and platform.
+    """
+    if sys.platform.startswith("linux") and method == "fork":
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    # Forked by ``parent``: if it is already gone the pid differs now. Under spawn or
+    # forkserver the parent is a helper process, watched the same way from here on.
+    watched = parent if method == "fork" else os.getppid()
+    if os.getppid() != watched:
+        os._exit(1)
+    threading.Thread(
+        target=_watch_parent, args=(watched,), name="lumbarssl-parent-watch", daemon=True
+    ).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while True:
+        time.sleep(_PARENT_CHECK_S)
+        if os.getppid() != parent:
+            os._exit(1)  # an orphan: the run is over, nothing here may be kept alive
 
 
 def _fingerprint(data_dir: Path, config: PrepareConfig) -> dict[str, object]:
@@ -111,7 +196,15 @@ def _write_bytes(path: Path, data: bytes) -> None:
     def write(handle: BinaryIO) -> None:
         handle.write(data)
 
-    atomic_write(path, write)
+    _atomic_write(path, write)
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """:func:`~lumbarssl._core.atomic.atomic_write`, its write errors naming ``path``."""
+    try:
+        atomic_write(path, write)
+    except OSError as exc:
+        raise _with_path(exc, path) from None
 
 
 def _skip_row(skip: Skip) -> tuple[object, ...]:
@@ -131,12 +224,24 @@ def _skip_row(skip: Skip) -> tuple[object, ...]:
 
 
 def _run_pool(tasks: Sequence[_StudyTask], workers: int, bar: tqdm[Any]) -> None:
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    context = multiprocessing.get_context()
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=context,
+        initializer=_worker_init,
+        initargs=(os.getpid(), context.get_start_method()),
+    ) as pool:
         futures: list[Future[int]] = [pool.submit(_run_study, task) for task in tasks]
         try:
             for future in as_completed(futures):
                 future.result()
                 bar.update()
+        except BrokenProcessPool as exc:
+            raise EnvironmentProblem(
+                "a worker process of lumbarssl prepare died (killed by the system, e.g. out of "
+                "memory); run the same command again, with fewer --workers if it recurs "
+                "(finished studies are kept)"
+            ) from exc
         except BaseException:
             for future in futures:
                 future.cancel()
@@ -164,7 +269,11 @@ def _assemble(
     """
     missing = [study for study in study_ids if study not in records]
     if missing:
-        raise RuntimeError(f"{out_dir / PARTIAL_DIR}: no finished record of studies {missing}")
+        shown = ", ".join(str(study) for study in missing[:5]) + (" ..." if missing[5:] else "")
+        raise DataError(
+            f"{out_dir / PARTIAL_DIR}: no finished record of studies {shown} (changed by "
+            "another program during the run?); run the same command again"
+        )
     handles: dict[Path, BinaryIO] = {}
     with ExitStack() as stack:
         for record in records.values():
@@ -219,7 +328,7 @@ def _write_outputs(
                 histogram[:] += np.bincount(np.frombuffer(data, np.uint8), minlength=256)
 
     for name in empty:
-        atomic_write(out_dir / name, partial(concatenate, name))
+        _atomic_write(out_dir / name, partial(concatenate, name))
 
     rows_out: list[dict[str, object]] = []
     skips: list[Skip] = list(index_skips)
@@ -299,33 +408,63 @@ def prepare_cache(
         Counts of what was written and skipped.
 
     Raises:
-        ValueError: If ``workers`` < 1, or ``out_dir`` holds a completed run of other data or
-            settings.
-        RSNADataError: If a CSV lacks a column, or on the first bad row or file with
-            ``on_error="raise"``; the message names the file (and the CSV line).
+        lumbarssl.errors.ConfigError: If ``workers`` < 1 (a :class:`ValueError`).
+        lumbarssl.errors.OutputExistsError: If ``out_dir`` holds a completed run of other data
+            or settings.
+        RSNADataError: If a CSV lacks a column, repeats a column name or is not UTF-8, or on
+            the first bad row or file with ``on_error="raise"``; the message names the file
+            (and the CSV line).
+        lumbarssl.errors.LockHeldError: If another run holds the lock of ``out_dir``; nothing
+            there was read or changed.
+        lumbarssl.errors.DiskFullError: If the disk fills up; the message names the file and
+            the space needed, and nothing half-written is kept (running again resumes).
+        lumbarssl.errors.EnvironmentProblem: If ``out_dir`` cannot be written to, or a worker
+            process was killed by the system.
     """
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise ConfigError(f"workers must be >= 1, got {workers}")
     config = config or PrepareConfig()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     index = read_index(data_dir, on_error=config.on_error)
     fingerprint = _fingerprint(data_dir, config)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with _environment_errors(out_dir, _needed_bytes(len(index.discs), config)):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with output_lock(out_dir, "lumbarssl prepare"):
+            return _prepare_locked(data_dir, out_dir, index, fingerprint, config, workers, progress)
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file of ``OUT_DIR``, or ``None`` if it cannot be parsed."""
+    try:
+        return json.loads(path.read_bytes())
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        return None
+
+
+def _prepare_locked(
+    data_dir: Path,
+    out_dir: Path,
+    index: DiscIndex,
+    fingerprint: dict[str, object],
+    config: PrepareConfig,
+    workers: int,
+    progress: bool,
+) -> PrepareResult:
+    """The run of :func:`prepare_cache`, once the lock of ``out_dir`` is held."""
     meta_path = out_dir / META_JSON
     if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("fingerprint") == fingerprint:
-            return _result_from_meta(out_dir, meta, n_resumed=int(meta["n_studies"]))
+        meta = _read_json(meta_path)
+        if isinstance(meta, dict) and meta.get("fingerprint") == fingerprint:
+            with contextlib.suppress(KeyError, TypeError, ValueError, AttributeError):
+                return _result_from_meta(out_dir, meta, n_resumed=int(meta["n_studies"]))
         raise OutputExistsError(
-            f"{out_dir} already holds a completed prepare of other data or settings "
-            f"({META_JSON}); choose an empty OUT_DIR or delete this one"
+            f"{out_dir} already holds a completed prepare of other data or settings, or a "
+            f"damaged {META_JSON}; choose an empty OUT_DIR or delete this one"
         )
 
     partial = out_dir / PARTIAL_DIR
     run_file = partial / "run.json"
-    if partial.is_dir() and (
-        not run_file.is_file() or json.loads(run_file.read_text()) != fingerprint
-    ):
+    if partial.is_dir() and (not run_file.is_file() or _read_json(run_file) != fingerprint):
         # Left by a run of other data or settings: its studies cannot be reused.
         shutil.rmtree(partial)
         shutil.rmtree(out_dir / ROIS_DIR, ignore_errors=True)
@@ -365,3 +504,48 @@ def prepare_cache(
     result = _assemble(out_dir, list(studies), records, index.skips, config, meta, len(done))
     shutil.rmtree(partial)
     return result
+
+
+def _needed_bytes(n_discs: int, config: PrepareConfig) -> int:
+    """About the most disk space a run of ``n_discs`` discs uses at once.
+
+    Every array is held twice at the end (in the journal and in the final ``.npy`` files);
+    one localizer input per disc (at most); PNGs of level 0 are about the ROI's size.
+    """
+    roi = config.roi_size**2
+    arrays = roi + 3 * config.localizer_size**2
+    if config.slices > 1:
+        arrays += config.slices * (roi + 1)
+    png = roi + config.roi_size + 128
+    return n_discs * (2 * arrays + png + 512)
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+@contextlib.contextmanager
+def _environment_errors(out_dir: Path, needed: int) -> Iterator[None]:
+    """Turn a full disk or an unwritable ``out_dir`` into one-line typed errors."""
+    try:
+        yield
+    except LumbarsslError:
+        raise
+    except OSError as exc:
+        where = exc.filename if exc.filename is not None else out_dir
+        if exc.errno in _NO_SPACE:
+            try:
+                free = _megabytes(shutil.disk_usage(out_dir).free)
+            except OSError:
+                free = "unknown"
+            raise DiskFullError(
+                f"{where}: no space left on device; this run needs about "
+                f"{_megabytes(needed)} in {out_dir} ({free} free now); free some space or "
+                "choose another OUT_DIR, then run the same command again (finished studies "
+                "are kept, nothing half-written was left)"
+            ) from exc
+        if exc.errno in _NOT_WRITABLE and Path(where).resolve().is_relative_to(out_dir.resolve()):
+            raise EnvironmentProblem(
+                f"{where}: cannot write ({exc.strerror}); choose an OUT_DIR this user may write to"
+            ) from exc
+        raise
