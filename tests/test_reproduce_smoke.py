@@ -198,7 +198,7 @@ def test_predict_refuses_a_non_sagittal_series(
         ]
     )
     assert code == 2
-    assert "expected a sagittal series" in capsys.readouterr().err
+    assert "predict grades Sagittal T2/STIR series only" in capsys.readouterr().err
 
 
 def test_resuming_with_other_settings_is_refused(run_dir: Path) -> None:

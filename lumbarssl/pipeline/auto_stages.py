@@ -20,7 +20,7 @@ import torch
 from lumbarssl.data.cache import PreparedCache
 from lumbarssl.data.dicom import read_series
 from lumbarssl.data.recipes import LocalizerRecipe, recipe_to_metadata
-from lumbarssl.data.splits import localizer_splits
+from lumbarssl.data.splits import localizer_splits, make_splits
 from lumbarssl.errors import ConfigError, MissingFileError
 from lumbarssl.layout import IMAGES_DIR, LEVELS
 from lumbarssl.metrics.localization import localization_summary
@@ -64,6 +64,9 @@ class HeatmapConfig(StageConfig):
         decoder_dim: Channels of the feature-pyramid decoder.
         max_shift: Largest random translation of a training stack (input pixels).
         input_size: Side of the 3-slice input (a multiple of 32).
+        hold_out_grading_test: Also leave out of training the test studies of the
+            study-level grading split (same seed and fractions), so the automatic chain can be
+            scored on studies no model of it saw (the reproduction does).
     """
 
     epochs: int = param(20, "passes over the training stacks (our choice)")
@@ -73,6 +76,9 @@ class HeatmapConfig(StageConfig):
     decoder_dim: int = param(64, "decoder channels (our choice)")
     max_shift: int = param(16, "largest random translation in pixels (our choice)")
     input_size: int = param(256, "side of the 3-slice input, a multiple of 32")
+    hold_out_grading_test: bool = param(
+        False, "also keep the study-level grading split's test studies out of training"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -97,6 +103,9 @@ class SliceSelectorConfig(StageConfig):
         hidden: GRU size per direction.
         patch_mm: Side of the patch around each level's point (mm).
         patch_px: Side of the resampled patch (pixels).
+        hold_out_grading_test: Also leave out of training the test studies of the
+            study-level grading split (same seed and fractions), so the automatic chain can be
+            scored on studies no model of it saw (the reproduction does).
     """
 
     data_dir: str = param("", "RSNA-layout directory the cache was prepared from")
@@ -107,6 +116,9 @@ class SliceSelectorConfig(StageConfig):
     hidden: int = param(32, "GRU size per direction (our choice)")
     patch_mm: float = param(48.0, "patch side in mm (our choice)")
     patch_px: int = param(32, "patch side in pixels (our choice)")
+    hold_out_grading_test: bool = param(
+        False, "also keep the study-level grading split's test studies out of training"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -179,12 +191,13 @@ def run_heatmap_training(config: HeatmapConfig) -> StageResult:
         Paths of the run (no per-epoch history: a plain loop).
     """
     _, out, cache = start_stage(config)
-    train, _, test = localizer_splits(
+    _, _, test = localizer_splits(
         np.asarray(cache.table.study_id),
         val_size=config.val_size,
         test_size=config.test_size,
         seed=config.seed,
     )
+    train = _training_rows(cache, config, config.hold_out_grading_test)
     recipe = LocalizerRecipe.from_cache(cache, input_size=config.input_size)
     data = heatmap_arrays(cache, train, recipe)
     device = select_device(config.runtime.device)
@@ -215,7 +228,7 @@ def run_heatmap_training(config: HeatmapConfig) -> StageResult:
     summary = localization_summary(
         pred[has], xy[has], pixel_spacing=spacing[has], levels=list(levels[has])
     )
-    _write_points(out / "predictions_test.csv", cache, np.asarray(held_out["rows"]), pred)
+    _write_points(out / "predictions_test.csv", np.asarray(held_out["rows"]), xy, pred)
     write_json(
         out / "report_test.json",
         summary.to_dict() | {"provenance": metadata | {"recipe": recipe_to_metadata(recipe)}},
@@ -223,19 +236,31 @@ def run_heatmap_training(config: HeatmapConfig) -> StageResult:
     return StageResult(out_dir=out, model_path=model_path, history=())
 
 
-def _write_points(path: Path, cache: PreparedCache, rows: np.ndarray, pred: np.ndarray) -> None:
-    table = cache.table
-    lines = ["study_id,level,x,y,pred_x,pred_y"]
+def _write_points(path: Path, rows: np.ndarray, xy: np.ndarray, pred: np.ndarray) -> None:
+    """``predictions_test.csv`` in the columns of ``train-localizer``'s."""
+    lines = ["row,level,x_true,y_true,x_pred,y_pred,error_px"]
     for u in range(rows.shape[0]):
         for k in range(rows.shape[1]):
-            row = int(rows[u, k])
-            if row < 0:
+            if int(rows[u, k]) < 0:
                 continue
+            error = float(np.hypot(*(pred[u, k] - xy[u, k])))
             lines.append(
-                f"{int(table.study_id[row])},{LEVELS[k]},{float(table.x[row]):.3f},"
-                f"{float(table.y[row]):.3f},{pred[u, k, 0]:.3f},{pred[u, k, 1]:.3f}"
+                f"{int(rows[u, k])},{LEVELS[k]},{xy[u, k, 0]:.2f},{xy[u, k, 1]:.2f},"
+                f"{pred[u, k, 0]:.2f},{pred[u, k, 1]:.2f},{error:.2f}"
             )
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _training_rows(cache: PreparedCache, config: StageConfig, hold_out: bool) -> np.ndarray:
+    """The localizer split's training rows, less the grading test studies if asked."""
+    studies = np.asarray(cache.table.study_id)
+    train, _, _ = localizer_splits(
+        studies, val_size=config.val_size, test_size=config.test_size, seed=config.seed
+    )
+    if not hold_out:
+        return train
+    grading = make_splits(cache, dataclasses.replace(config, split="study"))
+    return train[~np.isin(studies[train], studies[grading.test])]
 
 
 def selector_arrays(
@@ -324,12 +349,13 @@ def run_slice_selector_training(config: SliceSelectorConfig) -> StageResult:
         ConfigError: If no training level could be read.
     """
     _, out, cache = start_stage(config)
-    train, _, test = localizer_splits(
+    _, _, test = localizer_splits(
         np.asarray(cache.table.study_id),
         val_size=config.val_size,
         test_size=config.test_size,
         seed=config.seed,
     )
+    train = _training_rows(cache, config, config.hold_out_grading_test)
     settings = {"patch_mm": config.patch_mm, "patch_px": config.patch_px}
     data = selector_arrays(cache, train, config.data_dir, **settings)  # type: ignore[arg-type]
     if not data["patches"]:
