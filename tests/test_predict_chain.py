@@ -190,7 +190,9 @@ def test_each_level_is_graded_on_its_own_midline_slice(
         )
         true_instance = [int(rows[lv]["true_instance"]) for lv in LEVELS]
         # The localizer is random; give the chain the true in-plane centres, on any slice.
-        monkeypatch.setattr(grader, "localize", lambda slices, centers, xy=true_xy: xy.copy())
+        monkeypatch.setattr(
+            grader, "localize", lambda slices, centers, memo=None, xy=true_xy: xy.copy()
+        )
         seen.clear()
         prediction, _ = grader.predict(data / IMAGES_DIR / study)
         series = read_series(data / IMAGES_DIR / study / series_of[(study, "Sagittal T2/STIR")])
@@ -271,3 +273,53 @@ def test_training_stages_write_checkpoints_predict_can_use(
     prediction, _ = grader.predict(data / IMAGES_DIR / _studies(data)[0])
     assert prediction.provenance["slice_selection"]["kind"] == "model"
     assert prediction.provenance["localizer"]["kind"] == "heatmap"
+
+
+def test_localize_maps_a_planted_heatmap_peak_to_original_pixels(
+    data: Path, series_of: dict[tuple[str, str], str], models: dict[str, Path]
+) -> None:
+    """A peak planted at known input pixels comes back at the hand-computed original pixels."""
+    grader = _grader(models, "heatmap")
+    study = _studies(data)[0]
+    slices = list(
+        read_series(data / IMAGES_DIR / study / series_of[(study, "Sagittal T2/STIR")]).pixels
+    )
+    height, width = slices[0].shape
+    size = grader.localizer_recipe.input_size  # 64: heatmap cells of 4 px, 16 x 16
+    planted = np.array([[10.0, 12.0], [20.5, 24.0], [30.0, 33.25], [40.0, 41.5], [50.0, 52.0]])
+    cells = (planted - 1.5) / 4.0  # input pixel -> heatmap cell (stride 4, cell centre 1.5)
+    rows, cols = np.mgrid[0:16, 0:16]
+    maps = np.stack(
+        [-((cols - cx) ** 2 + (rows - cy) ** 2) / (2 * 1.5**2) for cx, cy in cells]
+    )  # log-Gaussians: the quadratic decoding is exact on them
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(maps).float()[None].expand(x.shape[0], -1, -1, -1)
+
+    grader.localizer.forward = forward  # type: ignore[method-assign]
+    got = grader.localize(slices, [0, 1, 2, 3, 4])
+    expected = np.stack(
+        [(planted[:, 0] + 0.5) * width / size - 0.5, (planted[:, 1] + 0.5) * height / size - 0.5],
+        axis=1,
+    )
+    np.testing.assert_allclose(got, expected, atol=1e-3)
+
+
+def test_regression_localize_matches_the_per_level_forward(
+    data: Path, series_of: dict[tuple[str, str], str], models: dict[str, Path]
+) -> None:
+    """Batched over distinct slices, the regressor gives what one forward per level gives."""
+    grader = _grader(models)
+    study = _studies(data)[1]
+    slices = list(
+        read_series(data / IMAGES_DIR / study / series_of[(study, "Sagittal T2/STIR")]).pixels
+    )
+    centers = [3, 5, 5, 6, 3]
+    got = grader.localize(slices, centers)
+    for k, center in enumerate(centers):
+        height, width = slices[center].shape
+        with torch.no_grad():
+            one = grader.localizer(grader.localizer_input(slices, center)[None], torch.tensor([k]))[
+                0
+            ]
+        np.testing.assert_allclose(got[k], [one[0] * width, one[1] * height], rtol=1e-5, atol=1e-4)

@@ -454,35 +454,57 @@ class DiscGrader:
         return recipe.network_input(recipe.extract(image, x, y))
 
     @torch.no_grad()
-    def localize(self, slices: list[np.ndarray], centers: Sequence[int]) -> np.ndarray:
+    def localize(
+        self,
+        slices: list[np.ndarray],
+        centers: Sequence[int],
+        *,
+        memo: dict[int, np.ndarray] | None = None,
+    ) -> np.ndarray:
         """Disc centres, each level on the stack around its own slice.
+
+        The stacks of all distinct slices go through the network as one batch.
 
         Args:
             slices: The series in spatial order, each (H_i, W_i).
             centers: Per level (5), the index of its slice.
+            memo: Heatmap localizer only: slice index -> its (5, 2) centres, read and filled
+                (a second call on the same series reuses the stacks already run).
 
         Returns:
             float64 (5, 2): ``(x, y)`` in pixels of each level's slice.
         """
         out = np.zeros((len(LEVELS), 2))
         size = self.localizer_recipe.input_size
-        for center in sorted({int(c) for c in centers}):
-            wanted = [k for k, c in enumerate(centers) if int(c) == center]
-            height, width = slices[center].shape
-            inputs = self.localizer_input(slices, center).unsqueeze(0).to(self.device)
-            if isinstance(self.localizer, HeatmapLocalizer):
+        memo = {} if memo is None else memo
+        heatmap = isinstance(self.localizer, HeatmapLocalizer)
+        distinct = sorted({int(c) for c in centers} - (set(memo) if heatmap else set()))
+        if distinct:
+            inputs = torch.stack([self.localizer_input(slices, c) for c in distinct])
+            inputs = inputs.to(self.device)
+        if heatmap:
+            if distinct:
                 xy, _ = decode_heatmaps(self.localizer(inputs).float())
-                points = heatmap_to_input(xy, self.localizer.stride)[0].cpu().numpy()
-                xs = (points[:, 0] + 0.5) * width / size - 0.5
-                ys = (points[:, 1] + 0.5) * height / size - 0.5
-                for k in wanted:
-                    out[k] = (xs[k], ys[k])
-            else:
-                levels = torch.tensor(wanted, device=self.device)
-                batch = inputs.expand(len(wanted), -1, -1, -1)
-                centres = self.localizer(batch, levels).float().cpu().numpy()
-                for j, k in enumerate(wanted):
-                    out[k] = (centres[j, 0] * width, centres[j, 1] * height)
+                points = heatmap_to_input(xy, HeatmapLocalizer.stride).cpu().numpy()
+                for n, center in enumerate(distinct):
+                    height, width = slices[center].shape
+                    memo[center] = np.stack(
+                        [
+                            (points[n, :, 0] + 0.5) * width / size - 0.5,
+                            (points[n, :, 1] + 0.5) * height / size - 0.5,
+                        ],
+                        axis=1,
+                    )
+            for k, center in enumerate(centers):
+                out[k] = memo[int(center)][k]
+            return out
+        position = {c: n for n, c in enumerate(distinct)}
+        batch = inputs[[position[int(c)] for c in centers]]
+        levels = torch.arange(len(centers), device=self.device)
+        centres = self.localizer(batch, levels).float().cpu().numpy()
+        for k, center in enumerate(centers):
+            height, width = slices[int(center)].shape
+            out[k] = (centres[k, 0] * width, centres[k, 1] * height)
         return out
 
     @torch.no_grad()
@@ -536,11 +558,12 @@ class DiscGrader:
         _check_sagittal(series)
         slices = list(series.pixels)
         center = len(series) // 2
-        first = self.localize(slices, [center] * len(LEVELS))
+        memo: dict[int, np.ndarray] = {}
+        first = self.localize(slices, [center] * len(LEVELS), memo=memo)
         spacing_pair = series.geometry.slices[center].pixel_spacing
         spacing = float(spacing_pair[1]) if spacing_pair else _DEFAULT_SPACING_MM
         chosen = self.select(slices, first, spacing)
-        xy = self.localize(slices, chosen.tolist())
+        xy = self.localize(slices, chosen.tolist(), memo=memo)
         rois = torch.stack(
             [
                 self.classifier_input(slices[int(chosen[k])], float(xy[k, 0]), float(xy[k, 1]))
