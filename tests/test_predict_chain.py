@@ -296,7 +296,7 @@ def test_localize_maps_a_planted_heatmap_peak_to_original_pixels(
     def forward(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(maps).float()[None].expand(x.shape[0], -1, -1, -1)
 
-    grader.localizer.forward = forward  # type: ignore[method-assign]
+    grader.localizer.forward = forward
     got = grader.localize(slices, [0, 1, 2, 3, 4])
     expected = np.stack(
         [(planted[:, 0] + 0.5) * width / size - 0.5, (planted[:, 1] + 0.5) * height / size - 0.5],
