@@ -1,6 +1,8 @@
 # Two commands on a fresh machine with only Python 3.10+ and make:
 #   make test       lint, format check, import layers, mypy --strict, pytest, Sphinx (warnings are errors)
 #   make reproduce  the paper pipeline, quick profile, on synthetic data unless DATA_DIR is set
+#   make reproduce-seeds  the same over SEEDS (default 0 1 2), then mean ± sd of the comparative
+#                   claims (on demand only; about three quick runs' time)
 # Both create .venv on first use. `make check VENV=/path/to/venv` runs the checks in an
 # existing environment without installing anything.
 
@@ -12,8 +14,9 @@ PROFILE ?= quick
 OUT ?= outputs/reproduce-$(PROFILE)
 DATA_DIR ?=
 SEED ?= 0
+SEEDS ?= 0 1 2
 
-.PHONY: test check lint typecheck pytest docs reproduce install bench clean
+.PHONY: test check lint typecheck pytest docs reproduce reproduce-seeds install bench clean
 
 test: $(STAMP)
 	$(MAKE) check VENV=$(VENV)
@@ -64,6 +67,13 @@ install-check:
 reproduce: $(STAMP)
 	$(BIN)/python examples/reproduce_paper.py --profile $(PROFILE) --out $(OUT) --seed $(SEED) \
 		$(if $(DATA_DIR),--data-dir $(DATA_DIR),)
+
+reproduce-seeds: $(STAMP)
+	for s in $(SEEDS); do \
+		$(BIN)/python examples/reproduce_paper.py --profile $(PROFILE) --out $(OUT)-seed$$s \
+			--seed $$s $(if $(DATA_DIR),--data-dir $(DATA_DIR),) || exit 1; \
+	done
+	$(BIN)/python examples/aggregate_seeds.py $(foreach s,$(SEEDS),$(OUT)-seed$(s)) --out $(OUT)-seeds
 
 bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done

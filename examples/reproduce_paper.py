@@ -37,19 +37,25 @@ import lumbarssl
 from lumbarssl import paper
 from lumbarssl.data import prepare_cache
 from lumbarssl.data.cache import PreparedCache
-from lumbarssl.data.constants import IMAGES_DIR, LEVELS
+from lumbarssl.data.constants import IMAGES_DIR, LEVELS, SEVERITIES
 from lumbarssl.data.dicom import read_series
 from lumbarssl.data.prepare import PrepareConfig, format_summary
 from lumbarssl.data.roi import extract_roi
-from lumbarssl.metrics import bootstrap_ci
+from lumbarssl.metrics import bootstrap_ci, bootstrap_distribution, localization_summary
 from lumbarssl.pipeline import (
+    DiscGrader,
     FinetuneConfig,
+    HeatmapConfig,
     LocalizerConfig,
     PretrainConfig,
+    SliceSelectorConfig,
+    grade_directory,
     make_splits,
     run_finetuning,
+    run_heatmap_training,
     run_localizer_training,
     run_pretraining,
+    run_slice_selector_training,
 )
 from lumbarssl.reporting import PAPER_TABLE1, Provenance, format_table1, markdown_table
 from lumbarssl.reporting.figures import (
@@ -85,6 +91,11 @@ class Profile:
         localizer_epochs: Localizer epochs.
         localizer_input: Localizer input side.
         n_resamples: Bootstrap resamples for the CIs.
+        heatmap_epochs: Heatmap localizer epochs (automatic chain; beyond the paper).
+        heatmap_input: Heatmap localizer input side (a multiple of 32).
+        selector_epochs: Slice selector epochs (automatic chain).
+        study_split_rows: Table 1 rows also trained under the study-level split; must hold
+            ``"finetune"`` (the automatic chain grades with it).
     """
 
     name: str
@@ -99,6 +110,10 @@ class Profile:
     localizer_epochs: int
     localizer_input: int
     n_resamples: int
+    heatmap_epochs: int = 20
+    heatmap_input: int = 256
+    selector_epochs: int = 25
+    study_split_rows: tuple[str, ...] = ("scratch", "linear_probe", "finetune")
 
 
 PROFILES: dict[str, Profile] = {
@@ -132,6 +147,13 @@ PROFILES: dict[str, Profile] = {
         localizer_epochs=10,
         localizer_input=96,
         n_resamples=1000,
+        # The automatic chain, scaled down like the rest (about 3-4 more minutes): heatmap 8
+        # epochs at 96 px, selector 6 epochs, and only two Table 1 rows under the study split
+        # (scratch is the slowest row and the chain needs only the fine-tuned one).
+        heatmap_epochs=8,
+        heatmap_input=96,
+        selector_epochs=6,
+        study_split_rows=("linear_probe", "finetune"),
     ),
     # Plumbing only: every stage runs once on a tiny set.
     "smoke": Profile(
@@ -147,6 +169,10 @@ PROFILES: dict[str, Profile] = {
         localizer_epochs=1,
         localizer_input=64,
         n_resamples=50,
+        heatmap_epochs=1,
+        heatmap_input=64,
+        selector_epochs=1,
+        study_split_rows=("finetune",),
     ),
 }
 
@@ -291,6 +317,292 @@ def relative_to_ceiling(table1: Mapping[str, Any], ceiling: Mapping[str, Any] | 
     return "\n".join(lines) + "\n"
 
 
+# ---------------------------------------------------------------------------------------------
+# The automatic chain (issue 13): slice selection -> heatmap localizer -> classifier, graded on
+# studies held out from every model of the chain, beside grading on annotated coordinates.
+# ---------------------------------------------------------------------------------------------
+
+
+def study_split_table1(
+    shared: Mapping[str, Any], out: Path, profile: Profile, pretrain_model: Path
+) -> dict[str, Any]:
+    """Table 1 rows under the leakage-free study-level split (same seed as the disc split)."""
+    reports: dict[str, Any] = {}
+    for key in profile.study_split_rows:
+        banner(f"Table 1 row under the study-level split: {key}")
+        stage_dir = out / "study_split" / key
+        stage = run_finetuning(
+            FinetuneConfig(
+                **shared,
+                out_dir=str(stage_dir),
+                resume=resumable(stage_dir),
+                split="study",
+                mode=key,  # type: ignore[arg-type]
+                encoder=None if key == "scratch" else str(pretrain_model),
+                epochs=profile.finetune_epochs,
+                batch_size=profile.finetune_batch,
+                input_size=profile.input_size,
+                n_resamples=profile.n_resamples,
+            )
+        )
+        reports[key] = json.loads((stage.out_dir / "report_test.json").read_text())
+    return reports
+
+
+def train_chain_models(
+    shared: Mapping[str, Any], out: Path, profile: Profile, data_dir: Path
+) -> tuple[Path, Path]:
+    """The heatmap localizer and the slice selector, kept off the grading test studies."""
+    banner(
+        f"heatmap localizer: {profile.heatmap_epochs} epochs, {profile.heatmap_input} px "
+        f"(beyond the paper); slice selector: {profile.selector_epochs} epochs"
+    )
+    heatmap = run_heatmap_training(
+        HeatmapConfig(
+            **shared,
+            out_dir=str(out / "heatmap"),
+            epochs=profile.heatmap_epochs,
+            input_size=profile.heatmap_input,
+            hold_out_grading_test=True,
+        )
+    )
+    selector = run_slice_selector_training(
+        SliceSelectorConfig(
+            **shared,
+            out_dir=str(out / "slice_selector"),
+            data_dir=str(data_dir),
+            epochs=profile.selector_epochs,
+            hold_out_grading_test=True,
+        )
+    )
+    return heatmap.out_dir, selector.out_dir
+
+
+def _truth(data_dir: Path) -> dict[tuple[int, str], dict[str, str]]:
+    """(study, level) -> the synthetic truth row (generator 2.0), or empty for real data."""
+    path = data_dir / TRUTH_CSV
+    if not path.exists():
+        return {}
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or "true_x" not in rows[0]:
+        return {}
+    return {(int(r["study_id"]), r["level"]): r for r in rows}
+
+
+def _spacing(cache: PreparedCache, rows: np.ndarray) -> np.ndarray:
+    table = cache.table
+    return np.stack(
+        [np.asarray(table.row_spacing_mm)[rows], np.asarray(table.col_spacing_mm)[rows]], axis=1
+    )
+
+
+def localizer_comparison(
+    data_dir: Path, cache: PreparedCache, stage_dirs: Mapping[str, Path]
+) -> dict[str, Any]:
+    """RMSE px/mm and share within 5 px of each localizer, vs annotations and vs the truth."""
+    truth = _truth(data_dir)
+    table = cache.table
+    result: dict[str, Any] = {}
+    for name, stage_dir in stage_dirs.items():
+        with (stage_dir / "predictions_test.csv").open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        index = np.array([int(r["row"]) for r in rows])
+        pred = np.array([[float(r["x_pred"]), float(r["y_pred"])] for r in rows])
+        ann = np.array([[float(r["x_true"]), float(r["y_true"])] for r in rows])
+        spacing = _spacing(cache, index)
+        entry = {"vs_annotation": localization_summary(pred, ann, pixel_spacing=spacing).to_dict()}
+        if truth:
+            keys = [(int(table.study_id[i]), LEVELS[int(table.level_id[i])]) for i in index]
+            true = np.array([[float(truth[k]["true_x"]), float(truth[k]["true_y"])] for k in keys])
+            entry["vs_truth"] = localization_summary(pred, true, pixel_spacing=spacing).to_dict()
+            entry["annotation_noise_floor"] = localization_summary(
+                ann, true, pixel_spacing=spacing
+            ).to_dict()
+        result[name] = entry
+    return result
+
+
+def automatic_chain(
+    data_dir: Path,
+    cache: PreparedCache,
+    classifier_dir: Path,
+    heatmap_dir: Path,
+    selector_dir: Path,
+    *,
+    n_resamples: int,
+    seed: int,
+    device: str,
+    synthetic: bool,
+) -> dict[str, Any]:
+    """The fine-tuned row graded on annotated coordinates and fully automatically.
+
+    Both on the test discs of the study-level split, whose studies no model of the chain saw:
+    the classifier was trained on the study split, the heatmap localizer and the slice
+    selector with ``hold_out_grading_test``. The automatic path runs ``predict``'s public API
+    (:func:`~lumbarssl.pipeline.grade_directory`) on each test study's DICOM directory: series
+    choice, slice selection, localisation, grading. The paired difference resamples the same
+    studies for both (:func:`~lumbarssl.metrics.bootstrap_distribution` with one seed draws the
+    same clusters for any two prediction vectors over the same discs).
+    """
+    table = cache.table
+    with (classifier_dir / "predictions_test.csv").open(newline="") as handle:
+        annotated = list(csv.DictReader(handle))
+    rows = np.array([int(r["row"]) for r in annotated])
+    y_true = np.asarray(table.label)[rows]
+    y_annotated = np.array([int(r["pred"]) for r in annotated])
+    studies = sorted({int(table.study_id[i]) for i in rows})
+    grader = DiscGrader(
+        heatmap_dir / "model.pt",
+        classifier_dir / "model.pt",
+        slice_selector=selector_dir / "model.pt",
+        device=device,
+    )
+    batch = grade_directory(grader, data_dir, studies=[str(s) for s in studies], progress=False)
+    by_disc = {
+        (int(p.study_id), level.level): level for p in batch.predictions for level in p.levels
+    }
+    keys = [(int(table.study_id[i]), LEVELS[int(table.level_id[i])]) for i in rows]
+    graded = np.array([k in by_disc for k in keys])
+    rows, y_true, y_annotated = rows[graded], y_true[graded], y_annotated[graded]
+    keys = [k for k, g in zip(keys, graded, strict=True) if g]
+    y_auto = np.array([SEVERITIES.index(by_disc[k].grade) for k in keys])
+    groups = np.asarray(table.study_id)[rows]
+    result: dict[str, Any] = {
+        "n_discs": len(rows),
+        "n_studies": len(studies),
+        "n_studies_not_graded": len(batch.failures),
+    }
+    dists = {}
+    for name, y_pred in (("annotated", y_annotated), ("automatic", y_auto)):
+        intervals = bootstrap_ci(y_true, y_pred, groups=groups, n_resamples=n_resamples, seed=seed)
+        result[name] = {c: [v.point, v.low, v.high] for c, v in intervals.items()}
+        dists[name] = bootstrap_distribution(
+            y_true, y_pred, groups=groups, n_resamples=n_resamples, seed=seed
+        )["Bal Acc"]
+    difference = dists["automatic"] - dists["annotated"]
+    point = result["automatic"]["Bal Acc"][0] - result["annotated"]["Bal Acc"][0]
+    low, high = np.nanpercentile(difference, [2.5, 97.5])
+    result["difference_bal_acc"] = [float(point), float(low), float(high)]
+    if synthetic:
+        result["ceiling"] = ceiling_on_test(data_dir, cache, rows, n_resamples, seed)
+    # Slice selection and localisation inside the chain, on the graded discs.
+    instances = np.array([by_disc[k].instance_number for k in keys])
+    annotated_instance = np.asarray(table.instance_number)[rows]
+    chain: dict[str, Any] = {
+        "slice_vs_annotation": dict(
+            zip(
+                ("exact", "within_one"),
+                _within(instances, annotated_instance),
+                strict=True,
+            )
+        )
+    }
+    pred_xy = np.array([[by_disc[k].x, by_disc[k].y] for k in keys])
+    ann_xy = np.stack([np.asarray(table.x)[rows], np.asarray(table.y)[rows]], axis=1)
+    spacing = _spacing(cache, rows)
+    chain["xy_vs_annotation"] = localization_summary(
+        pred_xy, ann_xy, pixel_spacing=spacing
+    ).to_dict()
+    truth = _truth(data_dir)
+    if truth:
+        true_xy = np.array([[float(truth[k]["true_x"]), float(truth[k]["true_y"])] for k in keys])
+        chain["xy_vs_truth"] = localization_summary(
+            pred_xy, true_xy, pixel_spacing=spacing
+        ).to_dict()
+    result["chain"] = chain
+    return result
+
+
+def _within(chosen: np.ndarray, wanted: np.ndarray) -> tuple[float, float]:
+    diff = np.abs(chosen.astype(np.int64) - wanted.astype(np.int64))
+    return float(np.mean(diff == 0)), float(np.mean(diff <= 1))
+
+
+def _ci(values: list[float]) -> str:
+    return f"{values[0]:.3f} [{values[1]:.3f}, {values[2]:.3f}]"
+
+
+def chain_markdown(
+    chain: Mapping[str, Any],
+    selector: Mapping[str, Any],
+    localizers: Mapping[str, Any],
+    study_table1: Mapping[str, Any],
+    disc_table1: Mapping[str, Any],
+) -> list[str]:
+    """The report's sections on the automatic chain (not in the paper)."""
+    lines = [
+        "## Table 1 under the study-level split (leakage-free; same seed)",
+        "",
+        markdown_table(
+            ["Model", "Bal Acc, disc split", "Bal Acc, study split"],
+            [
+                [key, _ci(disc_table1[key]["Bal Acc"]), _ci(study_table1[key]["table1"]["Bal Acc"])]
+                for key in study_table1
+            ],
+        ),
+        "## Automatic grading (issue 13; beyond the paper)",
+        "",
+        f"Fine-tuned row (study split) on {chain['n_discs']} test discs of {chain['n_studies']} "
+        "studies that neither the classifier, the heatmap localizer nor the slice selector saw "
+        f"({chain['n_studies_not_graded']} studies could not be graded automatically).",
+        "",
+        markdown_table(
+            ["Grading", "Bal Acc [95% CI]"],
+            [
+                ["annotated coordinates", _ci(chain["annotated"]["Bal Acc"])],
+                ["fully automatic", _ci(chain["automatic"]["Bal Acc"])],
+                ["automatic - annotated (paired)", _ci(chain["difference_bal_acc"])],
+            ]
+            + ([["Bayes ceiling", _ci(chain["ceiling"]["Bal Acc"])]] if "ceiling" in chain else []),
+        ),
+        "Slice selection (share of levels on the annotated instance / within one slice):",
+        "",
+        markdown_table(
+            ["Method", "exact", "within 1"],
+            [
+                [name, f"{selector[key]['exact']:.3f}", f"{selector[key]['within_one']:.3f}"]
+                for name, key in (
+                    ("centre slice", "centre_slice"),
+                    ("CSF baseline (annotated points)", "csf_baseline"),
+                    ("CNN+GRU selector (annotated points)", "model"),
+                )
+            ]
+            + [
+                [
+                    "CNN+GRU selector in the chain",
+                    f"{chain['chain']['slice_vs_annotation']['exact']:.3f}",
+                    f"{chain['chain']['slice_vs_annotation']['within_one']:.3f}",
+                ]
+            ],
+        ),
+        "Localizers on their held-out discs (RMSE px / mm, share within 5 px):",
+        "",
+        markdown_table(
+            ["Localizer", "vs annotation", "vs truth", "annotation noise floor"],
+            [
+                [
+                    name,
+                    _loc(entry["vs_annotation"]),
+                    _loc(entry["vs_truth"]) if "vs_truth" in entry else "-",
+                    _loc(entry["annotation_noise_floor"])
+                    if "annotation_noise_floor" in entry
+                    else "-",
+                ]
+                for name, entry in localizers.items()
+            ],
+        ),
+    ]
+    return lines
+
+
+def _loc(summary: Mapping[str, Any]) -> str:
+    return (
+        f"{summary['rmse_px']:.2f} px / {summary['rmse_mm']:.2f} mm / "
+        f"{summary['within_5px'] * 100:.0f}%"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run every stage and write the report."""
     args = parse_args(argv)
@@ -377,6 +689,13 @@ def main(argv: list[str] | None = None) -> int:
     localizer_report = json.loads((localizer.out_dir / "report_test.json").read_text())
     timed("localizer", t)
 
+    t = time.perf_counter()
+    study_reports = study_split_table1(shared, out, profile, pretrain.model_path)
+    timed("study_split", t)
+    t = time.perf_counter()
+    heatmap_dir, selector_dir = train_chain_models(shared, out, profile, data_dir)
+    timed("heatmap_and_selector", t)
+
     banner("report")
     splits = make_splits(cache, FinetuneConfig(**shared, out_dir=str(out), mode="scratch"))
     ceiling = (
@@ -384,6 +703,24 @@ def main(argv: list[str] | None = None) -> int:
         if source == "synthetic"
         else None
     )
+    t = time.perf_counter()
+    chain = automatic_chain(
+        data_dir,
+        cache,
+        out / "study_split" / "finetune",
+        heatmap_dir,
+        selector_dir,
+        n_resamples=profile.n_resamples,
+        seed=args.seed,
+        device=device,
+        synthetic=source == "synthetic",
+    )
+    selector_report = json.loads((selector_dir / "report_test.json").read_text())
+    selector_report.pop("provenance", None)
+    localizers = localizer_comparison(
+        data_dir, cache, {"regression (paper)": localizer.out_dir, "heatmap": heatmap_dir}
+    )
+    timed("automatic_chain", t)
     figures = {
         "fig1_rois": figure1(data_dir, cache, out / "fig1_rois.png", provenance),
         "fig2_contrastive": plot_contrastive_history(
@@ -401,7 +738,7 @@ def main(argv: list[str] | None = None) -> int:
             title="Fine-tuned Disc-Aware ResNet (validation)",
         ),
         "fig4_localizer": figure4(
-            data_dir, cache, localizer.out_dir, out / "fig4_localizer.png", provenance
+            data_dir, cache, heatmap_dir, out / "fig4_localizer.png", provenance
         ),
     }
     total = round(time.perf_counter() - started, 1)
@@ -449,8 +786,9 @@ def main(argv: list[str] | None = None) -> int:
             "",
             f"RMSE on {localizer_report['n_discs']} held-out discs: "
             f"{localizer_report['rmse_px']:.2f} px ({localizer_report['rmse_mm']:.2f} mm); "
-            "paper: 10.18 px on real data.",
+            "paper: 10.18 px on real data. Fig. 4 shows the heatmap localizer (beyond the paper).",
             "",
+            *chain_markdown(chain, selector_report, localizers, study_reports, table1),
             "## Figures",
             "",
             *[f"![{name}]({p.name})" for name, p in figures.items()],
@@ -470,6 +808,10 @@ def main(argv: list[str] | None = None) -> int:
         "rsna": {key: reports[key]["rsna"] for key in ROWS},
         "localizer": {k: localizer_report[k] for k in ("rmse_px", "rmse_mm", "n_discs")},
         "n_test_discs": n_test,
+        "table1_study_split": {key: r["table1"] for key, r in study_reports.items()},
+        "automatic_chain": chain,
+        "slice_selection": selector_report,
+        "localizers": localizers,
         "figures": {name: p.name for name, p in figures.items()},
         "timings_s": timings,
     }

@@ -94,6 +94,39 @@ def test_ceiling_rsna_and_localizer_numbers_are_sane(run_dir: Path) -> None:
     assert localizer["n_discs"] > 0
 
 
+def test_report_carries_the_automatic_chain(run_dir: Path) -> None:
+    report = _report(run_dir)
+    chain = report["automatic_chain"]
+    assert isinstance(chain, dict)
+    assert chain["n_discs"] > 0
+    assert chain["n_studies_not_graded"] == 0
+    for name in ("annotated", "automatic", "ceiling"):
+        point, low, high = chain[name]["Bal Acc"]
+        assert 0.0 <= low <= point <= high <= 1.0, name
+    point, low, high = chain["difference_bal_acc"]
+    assert low <= point <= high
+    assert point == pytest.approx(
+        chain["automatic"]["Bal Acc"][0] - chain["annotated"]["Bal Acc"][0]
+    )
+    slices = report["slice_selection"]
+    assert isinstance(slices, dict)
+    for key in ("model", "csf_baseline", "centre_slice"):
+        assert 0.0 <= slices[key]["exact"] <= slices[key]["within_one"] <= 1.0
+    localizers = report["localizers"]
+    assert isinstance(localizers, dict)
+    assert set(localizers) == {"regression (paper)", "heatmap"}
+    for entry in localizers.values():
+        for key in ("vs_annotation", "vs_truth", "annotation_noise_floor"):
+            assert math.isfinite(entry[key]["rmse_px"])
+            assert 0.0 <= entry[key]["within_5px"] <= 1.0
+    study = report["table1_study_split"]
+    assert isinstance(study, dict)
+    assert "finetune" in study
+    markdown = (run_dir / "report.md").read_text()
+    assert "## Automatic grading" in markdown
+    assert "## Table 1 under the study-level split" in markdown
+
+
 def test_every_figure_is_a_valid_png(run_dir: Path) -> None:
     for name in FIGURES:
         path = run_dir / name
@@ -198,7 +231,7 @@ def test_predict_refuses_a_non_sagittal_series(
         ]
     )
     assert code == 2
-    assert "expected a sagittal series" in capsys.readouterr().err
+    assert "predict grades Sagittal T2/STIR series only" in capsys.readouterr().err
 
 
 def test_resuming_with_other_settings_is_refused(run_dir: Path) -> None:

@@ -28,6 +28,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "pretrain",
     "finetune",
     "train_localizer",
+    "train_auto",
     "evaluate",
     "predict",
 )

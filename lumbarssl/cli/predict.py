@@ -1,4 +1,4 @@
-"""``lumbarssl predict``: grade an unannotated sagittal T2 series end to end."""
+"""``lumbarssl predict``: grade an unannotated study end to end (one, or a whole directory)."""
 
 from __future__ import annotations
 
@@ -6,36 +6,67 @@ import argparse
 from pathlib import Path
 
 from lumbarssl.cli._command import register_command
-from lumbarssl.errors import MissingFileError
-from lumbarssl.pipeline.inference import DiscGrader, write_prediction
+from lumbarssl.errors import InputError, MissingFileError
+from lumbarssl.metrics.submission import write_submission
+from lumbarssl.pipeline.inference import (
+    DiscGrader,
+    grade_directory,
+    prediction_rows,
+    read_series_csv,
+    write_prediction,
+)
 from lumbarssl.pipeline.predict_config import PredictConfig
 
 
 def run_predict(config: PredictConfig) -> None:
-    """Grade ``config.series_dir``, write ``prediction.json`` and ``overlay.png``, print grades.
+    """Grade ``config.series_dir``; write ``prediction.json``, ``overlay.png`` and the rows.
 
     Args:
         config: The settings.
 
     Raises:
-        MissingFileError: If ``series_dir`` is not a directory.
-        lumbarssl.errors.InputError: For an unreadable series or checkpoint, or a series that
-            is not sagittal.
+        MissingFileError: If ``series_dir`` is not a directory, or a checkpoint is missing.
+        lumbarssl.errors.InputError: For an unreadable series or checkpoint, a series that
+            is not Sagittal T2/STIR (without ``--force``), or a study with none; in batch
+            mode only when no study at all could be graded.
     """
-    series_dir = Path(config.series_dir)
-    if not series_dir.is_dir():
-        raise MissingFileError(f"{series_dir} is not a directory of DICOM files")
-    grader = DiscGrader(config.localizer, config.classifier, device=config.device)
-    prediction, image = grader.predict_series(series_dir)
-    out = Path(config.out) if config.out else Path("predictions") / series_dir.name
+    root = Path(config.series_dir)
+    if not root.is_dir():
+        raise MissingFileError(f"{root} is not a directory of DICOM files")
+    grader = DiscGrader(
+        config.localizer,
+        config.classifier,
+        slice_selector=config.slice_selector,
+        device=config.device,
+    )
+    series_csv = read_series_csv(config.series_csv) if config.series_csv else None
+    out = Path(config.out) if config.out else Path("predictions") / root.name
+    if config.batch:
+        result = grade_directory(grader, root, out=out, series_csv=series_csv, force=config.force)
+        for study, message in result.failures:
+            print(f"study {study}: not graded: {message}")
+        print(f"graded {len(result.predictions)} studies, {len(result.failures)} not; wrote {out}")
+        if not result.predictions:
+            raise InputError(f"{root}: no study could be graded (see the lines above)")
+        if config.submission:
+            n = write_submission(config.submission, result.rows)
+            print(f"wrote {n} submission rows to {config.submission}")
+        return
+    prediction, image = grader.predict(
+        root, force=config.force, study_id=config.study_id, series_csv=series_csv
+    )
     json_path, png_path = write_prediction(prediction, image, out)
+    print(f"study {prediction.study_id}, series {prediction.series_id}: {prediction.series_type}")
     for level in prediction.levels:
         probability = level.probabilities[level.grade]
         print(
             f"{level.level}: {level.grade:<11} p={probability:.2f}  "
-            f"at (x={level.x:.1f}, y={level.y:.1f})"
+            f"at (x={level.x:.1f}, y={level.y:.1f}) on instance {level.instance_number}"
         )
     print(f"wrote {json_path} and {png_path}")
+    if config.submission:
+        n = write_submission(config.submission, prediction_rows(prediction))
+        print(f"wrote {n} submission rows to {config.submission}")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -46,10 +77,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         PredictConfig,
         run_predict,
         positional=("series_dir",),
-        help="localise and grade the five discs of a sagittal T2 series",
+        help="grade the five discs of a study's sagittal T2 series (or of a whole directory)",
         description=(
-            "Fully automated inference (paper Sec. 4.5): the localizer finds the L1/L2-L5/S1 "
-            "disc centres on the mid-sagittal slice, the classifier grades the 96x96 crops. "
-            "Writes prediction.json and overlay.png. Research use only."
+            "Fully automated inference (paper Sec. 4.5, extended): finds the Sagittal T2/STIR "
+            "series in a series directory, a study directory or a flat folder of mixed series "
+            "(refusing other series unless --force), picks each level's mid-sagittal slice "
+            "(slice selector or CSF baseline), localises the L1/L2-L5/S1 disc centres "
+            "(regression or heatmap localizer) and grades each crop. Writes prediction.json, "
+            "overlay.png and, with --submission, RSNA 2024 submission rows; --batch grades "
+            "every study of an RSNA-layout directory. Research use only."
         ),
     )

@@ -7,6 +7,12 @@ the ``lumbarssl`` command line and ``examples/reproduce_paper.py`` are thin laye
 from lumbarssl.data.datasets import SeriesLocalizerDataset
 from lumbarssl.data.splits import Splits, localizer_splits, make_splits
 from lumbarssl.pipeline._common import MODEL_FILE, STAGE_CONFIG_FILE
+from lumbarssl.pipeline.auto_stages import (
+    HeatmapConfig,
+    SliceSelectorConfig,
+    run_heatmap_training,
+    run_slice_selector_training,
+)
 from lumbarssl.pipeline.config import StageConfig, param
 from lumbarssl.pipeline.convert import convert_checkpoint, legacy_recipe, load_recipe
 from lumbarssl.pipeline.evaluate import (
@@ -20,10 +26,16 @@ from lumbarssl.pipeline.evaluate import (
 )
 from lumbarssl.pipeline.finetune import FinetuneConfig, load_pretrained_encoder, run_finetuning
 from lumbarssl.pipeline.inference import (
+    BatchResult,
     DiscGrader,
     LevelPrediction,
+    NoSagittalT2Error,
     NotSagittalError,
     SeriesPrediction,
+    WrongSeriesTypeError,
+    find_series,
+    grade_directory,
+    prediction_rows,
     write_prediction,
 )
 from lumbarssl.pipeline.localize import (
@@ -37,21 +49,28 @@ __all__ = [
     "EPOCH_METRICS",
     "MODEL_FILE",
     "STAGE_CONFIG_FILE",
+    "BatchResult",
     "ClassifierPredictions",
     "DiscGrader",
     "EvaluateConfig",
     "FinetuneConfig",
+    "HeatmapConfig",
     "LevelPrediction",
     "LocalizerConfig",
+    "NoSagittalT2Error",
     "NotSagittalError",
     "PretrainConfig",
     "SeriesLocalizerDataset",
     "SeriesPrediction",
+    "SliceSelectorConfig",
     "Splits",
     "StageConfig",
     "StageResult",
+    "WrongSeriesTypeError",
     "convert_checkpoint",
     "epoch_metrics",
+    "find_series",
+    "grade_directory",
     "legacy_recipe",
     "load_pretrained_encoder",
     "load_recipe",
@@ -59,11 +78,14 @@ __all__ = [
     "make_splits",
     "param",
     "predict_classifier",
+    "prediction_rows",
     "pretraining_rows",
     "run_evaluation",
     "run_finetuning",
+    "run_heatmap_training",
     "run_localizer_training",
     "run_pretraining",
+    "run_slice_selector_training",
     "summarize",
     "write_prediction",
 ]

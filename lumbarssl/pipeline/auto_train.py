@@ -90,7 +90,7 @@ def train_slice_selector(
 
     Raises:
         ValueError: If the sizes disagree or a target is out of range.
-        TrainingDivergedError: If the loss becomes non-finite.
+        lumbarssl.errors.TrainingDivergedError: If the loss becomes non-finite.
     """
     if len(patches) != targets.shape[0]:
         raise ValueError(f"{len(patches)} patch sequences but {targets.shape[0]} targets")
@@ -167,7 +167,7 @@ def train_heatmap_localizer(
 
     Raises:
         ValueError: On mismatched shapes.
-        TrainingDivergedError: If the loss becomes non-finite.
+        lumbarssl.errors.TrainingDivergedError: If the loss becomes non-finite.
     """
     n, c, h, w = images.shape
     k = points.shape[1]

@@ -1,17 +1,34 @@
-"""Fully automated grading of an unannotated sagittal T2 series (paper Sec. 4.5).
+"""Fully automated grading of an unannotated study (paper Sec. 4.5, extended by issue 13).
 
-The localizer finds the five disc centres on the mid-sagittal slice, the ROI extractor crops
-them exactly as in training, and the classifier grades each crop. Both inputs are built by
-the recipes stored in the two checkpoints (:mod:`lumbarssl.data.recipes`), through the same
-functions the training datasets use.
+The chain, per series:
+
+1. **which series**: every ``.dcm`` under the given path is grouped by SeriesInstanceUID (a
+   series directory, a study directory of series directories, or a flat folder of mixed
+   series as a PACS exports it), each group is typed by
+   :func:`~lumbarssl.data.series_type.classify_series`, and the Sagittal T2/STIR one is
+   graded; anything else is refused unless forced;
+2. **where in-plane**: the localizer (the paper's :class:`~lumbarssl.models.Localizer2p5D`, or
+   the :class:`~lumbarssl.models.HeatmapLocalizer`) finds the five disc centres on the stack
+   around the centre slice;
+3. **which slice**: per level, the slice through the canal midline, chosen by a trained
+   :class:`~lumbarssl.models.SliceSelector` or, without one, the CSF-brightness baseline
+   (:func:`~lumbarssl.models.slice_select.baseline_slice_scores`);
+4. the localizer runs again on each level's own slice stack, and the classifier grades the
+   crop of each level on its own slice.
+
+Both models' inputs are built by the recipes stored in their checkpoints
+(:mod:`lumbarssl.data.recipes`), through the same functions the training datasets use.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal
 
 import numpy as np
 import torch
@@ -21,18 +38,200 @@ from torchvision.transforms import v2
 from lumbarssl.data.constants import LEVELS, SEVERITIES
 from lumbarssl.data.dicom import DicomSeries, read_series
 from lumbarssl.data.recipes import LocalizerRecipe, RoiRecipe
-from lumbarssl.errors import InputError, WrongKindError
-from lumbarssl.models import DiscClassifier, Localizer2p5D, load_checkpoint
+from lumbarssl.data.series_type import (
+    SeriesHeader,
+    SeriesType,
+    classify_series,
+    read_series_header,
+)
+from lumbarssl.errors import InputError, MissingFileError, WrongKindError
+from lumbarssl.metrics.submission import SubmissionRow, study_rows
+from lumbarssl.models import (
+    DiscClassifier,
+    HeatmapLocalizer,
+    Localizer2p5D,
+    SliceSelector,
+    load_checkpoint,
+)
+from lumbarssl.models.heatmap import decode_heatmaps, heatmap_to_input
+from lumbarssl.models.slice_select import (
+    baseline_slice_scores,
+    extract_level_patches,
+    select_slices,
+)
 from lumbarssl.pipeline.convert import load_recipe
 from lumbarssl.reporting.figures import plot_prediction_overlay
 from lumbarssl.training import select_device
 
+__all__ = [
+    "SELECTOR_SETTINGS_KEY",
+    "BatchResult",
+    "DiscGrader",
+    "LevelPrediction",
+    "NoSagittalT2Error",
+    "NotSagittalError",
+    "SeriesCandidate",
+    "SeriesPrediction",
+    "WrongSeriesTypeError",
+    "choose_series",
+    "find_series",
+    "grade_directory",
+    "prediction_rows",
+    "read_candidate",
+    "read_series_csv",
+    "write_prediction",
+]
+
 #: Smallest |x component| of the slice normal accepted as sagittal (about 37 degrees of tilt).
 _SAGITTAL_MIN_COSINE = 0.8
+#: Checkpoint metadata key of a slice selector's patch settings (``patch_mm``, ``patch_px``).
+SELECTOR_SETTINGS_KEY: Final = "slice_selection"
+#: In-plane pixel size assumed when a series stores none (mm).
+_DEFAULT_SPACING_MM: Final = 1.0
 
 
 class NotSagittalError(InputError):
     """The series is not a sagittal acquisition, so disc centres cannot be localised."""
+
+
+class WrongSeriesTypeError(InputError):
+    """The series is not Sagittal T2/STIR (the paper grades only those); ``--force`` grades it."""
+
+
+class NoSagittalT2Error(InputError):
+    """A study directory or folder holds no Sagittal T2/STIR series."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesCandidate:
+    """One series found under a path given to ``predict``.
+
+    Attributes:
+        series_id: The series directory's name when the series fills a directory of its own
+            (the RSNA layout), else its SeriesInstanceUID.
+        files: Its ``.dcm`` files, sorted.
+        header: Series-level tags of its first file.
+        series_type: The decided plane and contrast.
+    """
+
+    series_id: str
+    files: tuple[Path, ...]
+    header: SeriesHeader
+    series_type: SeriesType
+
+    @property
+    def directory(self) -> Path | None:
+        """The directory holding exactly this series' files, or ``None`` (a mixed folder)."""
+        parents = {f.parent for f in self.files}
+        if len(parents) != 1:
+            return None
+        parent = parents.pop()
+        return parent if set(parent.glob("*.dcm")) == set(self.files) else None
+
+
+def find_series(
+    path: str | Path, *, series_csv: Mapping[str, str] | None = None
+) -> list[SeriesCandidate]:
+    """Group the ``.dcm`` files under ``path`` (recursively) by series and type each series.
+
+    Args:
+        path: A series directory, a study directory of series directories, or a flat folder
+            of mixed series.
+        series_csv: RSNA series id -> description (``train_series_descriptions.csv``) to use
+            when a file's own SeriesDescription does not decide (see
+            :func:`~lumbarssl.data.series_type.classify_series`).
+
+    Returns:
+        The series, ordered by id.
+
+    Raises:
+        MissingFileError: If ``path`` is not a directory or holds no ``.dcm`` file.
+        InputError: If a file is not readable DICOM (the message names it).
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise MissingFileError(f"{root} is not a directory of DICOM files")
+    files = sorted(p for p in root.rglob("*.dcm") if p.is_file())
+    if not files:
+        raise MissingFileError(f"{root}: no .dcm file in it or below it")
+    groups: dict[str, list[tuple[Path, SeriesHeader]]] = {}
+    for file in files:
+        header = read_series_header(file)
+        key = header.series_uid or f"dir:{file.parent}"
+        groups.setdefault(key, []).append((file, header))
+    candidates = []
+    for key, members in groups.items():
+        paths = tuple(p for p, _ in members)
+        header = members[0][1]
+        parents = {p.parent for p in paths}
+        own_dir = len(parents) == 1 and set(next(iter(parents)).glob("*.dcm")) == set(paths)
+        series_id = next(iter(parents)).name if own_dir else key.removeprefix("dir:")
+        series_type = classify_series(header, series_csv=series_csv, series_id=series_id)
+        candidates.append(SeriesCandidate(series_id, paths, header, series_type))
+    return sorted(candidates, key=lambda c: c.series_id)
+
+
+def choose_series(candidates: Sequence[SeriesCandidate], *, force: bool = False) -> SeriesCandidate:
+    """The Sagittal T2/STIR series to grade among ``candidates``.
+
+    With several Sagittal T2 series the one with the most slices is taken. With none,
+    ``force`` takes the only series there is, or else the only sagittal one.
+
+    Args:
+        candidates: Output of :func:`find_series`.
+        force: Grade a series that is not Sagittal T2/STIR rather than refuse.
+
+    Returns:
+        The chosen series.
+
+    Raises:
+        WrongSeriesTypeError: If the only series is not Sagittal T2/STIR and ``force`` is off.
+        NoSagittalT2Error: If several series are there and none is Sagittal T2/STIR (and
+            ``force`` cannot pick a single sagittal one).
+    """
+    if not candidates:
+        raise NoSagittalT2Error("no series given")
+    t2 = [c for c in candidates if c.series_type.is_sagittal_t2]
+    if t2:
+        return max(t2, key=lambda c: (len(c.files), c.series_id))
+    if force:
+        if len(candidates) == 1:
+            return candidates[0]
+        sagittal = [c for c in candidates if c.series_type.plane == "sagittal"]
+        if len(sagittal) == 1:
+            return sagittal[0]
+    found = "; ".join(f"series {c.series_id}: {c.series_type.describe()}" for c in candidates)
+    if len(candidates) == 1:
+        raise WrongSeriesTypeError(
+            f"{found}; predict grades Sagittal T2/STIR series only (paper Sec. 3.1): give the "
+            "study's T2 series, or pass --force to grade this one anyway"
+        )
+    raise NoSagittalT2Error(
+        f"no Sagittal T2/STIR series among {len(candidates)} ({found}); give the study's T2 "
+        "series, the RSNA series CSV (--series-csv) if the descriptions are missing, or --force "
+        "with a single series"
+    )
+
+
+def read_candidate(candidate: SeriesCandidate) -> DicomSeries:
+    """Read a found series, pixels included, in spatial order.
+
+    A series spread over a mixed folder is read through a temporary directory of links to
+    its files, so it is ordered and decoded exactly like a series directory.
+
+    Args:
+        candidate: One of :func:`find_series`.
+
+    Returns:
+        The series.
+    """
+    directory = candidate.directory
+    if directory is not None:
+        return read_series(directory)
+    with tempfile.TemporaryDirectory(prefix="lumbarssl-series-") as tmp:
+        for i, file in enumerate(candidate.files):
+            os.symlink(file.resolve(), Path(tmp) / f"{i:06d}_{file.name}")
+        return read_series(tmp)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,10 +240,13 @@ class LevelPrediction:
 
     Attributes:
         level: ``"L1/L2"`` ... ``"L5/S1"``.
-        x: Column of the predicted centre on the slice, in pixels.
-        y: Row of the predicted centre on the slice, in pixels.
+        x: Column of the predicted centre on the level's slice, in pixels.
+        y: Row of the predicted centre on the level's slice, in pixels.
         grade: Predicted severity (``"Normal/Mild"``, ``"Moderate"``, ``"Severe"``).
         probabilities: Severity -> probability.
+        instance_number: InstanceNumber of the slice the level was graded on (its chosen
+            mid-sagittal slice); ``-1`` in predictions written before slice selection.
+        slice_index: That slice's place in spatial order; ``-1`` likewise.
     """
 
     level: str
@@ -52,6 +254,8 @@ class LevelPrediction:
     y: float
     grade: str
     probabilities: dict[str, float]
+    instance_number: int = -1
+    slice_index: int = -1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,11 +263,15 @@ class SeriesPrediction:
     """Predictions for one series.
 
     Attributes:
-        series_dir: The series directory.
-        instance_number: InstanceNumber of the slice the centres refer to (the mid slice).
+        series_dir: Where the series was read (its directory, or the folder it was found in).
+        instance_number: InstanceNumber of the slice shown in the overlay (the one most levels
+            were graded on).
         slice_shape: ``(H, W)`` of that slice.
-        levels: One prediction per level, L1/L2 first.
-        provenance: Facts about the two checkpoints (data source, profile, seed).
+        levels: One prediction per level, L1/L2 first; each names its own slice.
+        provenance: Facts about the checkpoints (data source, profile, seed) and the chain.
+        study_id: The study's id (its directory name, or as given).
+        series_id: The series' id (directory name or SeriesInstanceUID).
+        series_type: What the series-type check decided (``"Sagittal T2/STIR (from ...)"``).
     """
 
     series_dir: str
@@ -71,10 +279,33 @@ class SeriesPrediction:
     slice_shape: tuple[int, int]
     levels: tuple[LevelPrediction, ...]
     provenance: dict[str, Any]
+    study_id: str = ""
+    series_id: str = ""
+    series_type: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dictionary."""
         return dataclasses.asdict(self)
+
+    def probabilities(self) -> np.ndarray:
+        """Normal/Mild, Moderate, Severe probabilities per level, shape (5, 3)."""
+        return np.array([[lv.probabilities[s] for s in SEVERITIES] for lv in self.levels])
+
+
+def prediction_rows(
+    prediction: SeriesPrediction, study_id: str | None = None
+) -> list[SubmissionRow]:
+    """The RSNA 2024 submission rows of one graded study (spinal canal stenosis, 5 levels).
+
+    Args:
+        prediction: Output of :meth:`DiscGrader.predict`.
+        study_id: The row ids' study; ``prediction.study_id`` when ``None``.
+
+    Returns:
+        Five rows, L1/L2 first (:func:`~lumbarssl.metrics.submission.study_rows`).
+    """
+    study = prediction.study_id if study_id is None else study_id
+    return study_rows(study, {"spinal_canal_stenosis": prediction.probabilities()})
 
 
 def _check_sagittal(series: DicomSeries) -> None:
@@ -88,12 +319,20 @@ def _check_sagittal(series: DicomSeries) -> None:
         )
 
 
+def _require(path: str | Path, what: str) -> None:
+    if not Path(path).is_file():
+        raise MissingFileError(f"{path}: no such {what} checkpoint (a model.pt file)")
+
+
 class DiscGrader:
-    """A localizer and a classifier, loaded from checkpoints, that grade whole series.
+    """A localizer, a classifier and optionally a slice selector that grade whole studies.
 
     Args:
-        localizer: The ``model.pt`` of ``lumbarssl train-localizer``.
+        localizer: The ``model.pt`` of ``lumbarssl train-localizer`` (the paper's regressor)
+            or of ``lumbarssl train-heatmap`` (the heatmap localizer).
         classifier: The ``model.pt`` of ``lumbarssl finetune``.
+        slice_selector: The ``model.pt`` of ``lumbarssl train-slice-selector``, or ``None``
+            for the CSF-brightness baseline.
         device: Device to run on.
 
     Attributes:
@@ -101,20 +340,29 @@ class DiscGrader:
         localizer_recipe: The localizer's :class:`~lumbarssl.data.recipes.LocalizerRecipe`.
 
     Raises:
-        TypeError: If a checkpoint holds the wrong kind of model.
+        MissingFileError: If a checkpoint does not exist.
+        WrongKindError: If a checkpoint holds the wrong kind of model.
         InputError: If a checkpoint has no recipe (older format; the message says how to
-            convert it).
+            convert it) or is unreadable.
     """
 
     def __init__(
-        self, localizer: str | Path, classifier: str | Path, *, device: str = "auto"
+        self,
+        localizer: str | Path,
+        classifier: str | Path,
+        *,
+        slice_selector: str | Path | None = None,
+        device: str = "auto",
     ) -> None:
         self.device = select_device(device)
+        _require(localizer, "localizer")
+        _require(classifier, "classifier")
         loc_model, self.localizer_meta = load_checkpoint(localizer)
         cls_model, self.classifier_meta = load_checkpoint(classifier)
-        if not isinstance(loc_model, Localizer2p5D):
+        if not isinstance(loc_model, Localizer2p5D | HeatmapLocalizer):
             raise WrongKindError(
-                f"{localizer} holds a {type(loc_model).__name__}, not a Localizer2p5D"
+                f"{localizer} holds a {type(loc_model).__name__}, not a Localizer2p5D or a "
+                "HeatmapLocalizer"
             )
         if not isinstance(cls_model, DiscClassifier):
             raise WrongKindError(
@@ -124,6 +372,34 @@ class DiscGrader:
         self.roi_recipe = load_recipe(self.classifier_meta, RoiRecipe, classifier)
         self.localizer: nn.Module = loc_model.to(self.device).eval()
         self.classifier: nn.Module = cls_model.to(self.device).eval()
+        self.selector: SliceSelector | None = None
+        self.selector_meta: dict[str, object] = {}
+        self.patch_mm, self.patch_px = 48.0, 32
+        if slice_selector is not None:
+            _require(slice_selector, "slice selector")
+            sel_model, self.selector_meta = load_checkpoint(slice_selector)
+            if not isinstance(sel_model, SliceSelector):
+                raise WrongKindError(
+                    f"{slice_selector} holds a {type(sel_model).__name__}, not a SliceSelector"
+                )
+            settings = self.selector_meta.get(SELECTOR_SETTINGS_KEY)
+            if not isinstance(settings, Mapping):
+                raise InputError(
+                    f"{slice_selector}: no {SELECTOR_SETTINGS_KEY!r} settings in its metadata; "
+                    "train it with lumbarssl train-slice-selector"
+                )
+            self.patch_mm = float(settings["patch_mm"])
+            self.patch_px = int(settings["patch_px"])
+            self.selector = sel_model.to(self.device).eval()
+
+    @property
+    def localizer_kind(self) -> Literal["regression", "heatmap"]:
+        """``"heatmap"`` for a :class:`~lumbarssl.models.HeatmapLocalizer`, else ``"regression"``.
+
+        Returns:
+            The kind.
+        """
+        return "heatmap" if isinstance(self.localizer, HeatmapLocalizer) else "regression"
 
     @property
     def roi_size(self) -> int:
@@ -178,63 +454,225 @@ class DiscGrader:
         return recipe.network_input(recipe.extract(image, x, y))
 
     @torch.no_grad()
-    def predict_series(self, series_dir: str | Path) -> tuple[SeriesPrediction, np.ndarray]:
-        """Localise and grade the five discs of one series.
+    def localize(
+        self,
+        slices: list[np.ndarray],
+        centers: Sequence[int],
+        *,
+        memo: dict[int, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """Disc centres, each level on the stack around its own slice.
+
+        The stacks of all distinct slices go through the network as one batch.
 
         Args:
-            series_dir: Directory of ``*.dcm`` files of one sagittal T2 series.
+            slices: The series in spatial order, each (H_i, W_i).
+            centers: Per level (5), the index of its slice.
+            memo: Heatmap localizer only: slice index -> its (5, 2) centres, read and filled
+                (a second call on the same series reuses the stacks already run).
 
         Returns:
-            The prediction and the mid slice it refers to, float32 (H, W).
+            float64 (5, 2): ``(x, y)`` in pixels of each level's slice.
+        """
+        out = np.zeros((len(LEVELS), 2))
+        size = self.localizer_recipe.input_size
+        memo = {} if memo is None else memo
+        heatmap = isinstance(self.localizer, HeatmapLocalizer)
+        distinct = sorted({int(c) for c in centers} - (set(memo) if heatmap else set()))
+        if distinct:
+            inputs = torch.stack([self.localizer_input(slices, c) for c in distinct])
+            inputs = inputs.to(self.device)
+        if heatmap:
+            if distinct:
+                xy, _ = decode_heatmaps(self.localizer(inputs).float())
+                points = heatmap_to_input(xy, HeatmapLocalizer.stride).cpu().numpy()
+                for n, center in enumerate(distinct):
+                    height, width = slices[center].shape
+                    memo[center] = np.stack(
+                        [
+                            (points[n, :, 0] + 0.5) * width / size - 0.5,
+                            (points[n, :, 1] + 0.5) * height / size - 0.5,
+                        ],
+                        axis=1,
+                    )
+            for k, center in enumerate(centers):
+                out[k] = memo[int(center)][k]
+            return out
+        position = {c: n for n, c in enumerate(distinct)}
+        batch = inputs[[position[int(c)] for c in centers]]
+        levels = torch.arange(len(centers), device=self.device)
+        centres = self.localizer(batch, levels).float().cpu().numpy()
+        for k, center in enumerate(centers):
+            height, width = slices[int(center)].shape
+            out[k] = (centres[k, 0] * width, centres[k, 1] * height)
+        return out
+
+    @torch.no_grad()
+    def select(self, slices: list[np.ndarray], xy: np.ndarray, spacing: float) -> np.ndarray:
+        """Per level, the index of the slice through the canal midline.
+
+        Args:
+            slices: The series in spatial order; all slices must share one shape (else the
+                centre slice is returned for every level).
+            xy: (5, 2) in-plane points (pixels).
+            spacing: In-plane pixel size (mm).
+
+        Returns:
+            int64 (5,) spatial indices.
+        """
+        if len({s.shape for s in slices}) != 1:
+            return np.full(len(LEVELS), len(slices) // 2, dtype=np.int64)
+        volume = np.stack(slices).astype(np.float32)
+        if self.selector is None:
+            scores = baseline_slice_scores(volume, xy, spacing)
+        else:
+            patches = extract_level_patches(
+                torch.from_numpy(volume),
+                torch.from_numpy(np.asarray(xy, dtype=np.float32)),
+                spacing,
+                patch_mm=self.patch_mm,
+                patch_px=self.patch_px,
+            )
+            scores = self.selector(patches.to(self.device)).float().cpu().numpy()
+        index, _ = select_slices(scores)
+        return index
+
+    @torch.no_grad()
+    def grade(
+        self, series: DicomSeries, *, study_id: str = "", series_id: str = "", series_type: str = ""
+    ) -> tuple[SeriesPrediction, np.ndarray]:
+        """Select slices, localise and grade the five discs of one read series.
+
+        Args:
+            series: The series (:func:`~lumbarssl.data.dicom.read_series`).
+            study_id: Recorded in the prediction (and its submission rows).
+            series_id: Recorded in the prediction.
+            series_type: Recorded in the prediction.
+
+        Returns:
+            The prediction and the slice its overlay shows, float32 (H, W).
 
         Raises:
             NotSagittalError: If the slices are not sagittal.
-            lumbarssl.data.dicom.DicomReadError: If a file is corrupt or not DICOM (the
-                message names it).
-            lumbarssl.data.dicom.SeriesGeometryError: If the directory holds no DICOM slice.
         """
-        series = read_series(series_dir)
         _check_sagittal(series)
+        slices = list(series.pixels)
         center = len(series) // 2
-        image = series.pixels[center]
-        height, width = image.shape
-        inputs = self.localizer_input(list(series.pixels), center).unsqueeze(0).to(self.device)
-        levels = torch.arange(len(LEVELS), device=self.device)
-        centres = self.localizer(inputs.expand(len(LEVELS), -1, -1, -1), levels).float().cpu()
-        xs = (centres[:, 0] * width).tolist()
-        ys = (centres[:, 1] * height).tolist()
+        memo: dict[int, np.ndarray] = {}
+        first = self.localize(slices, [center] * len(LEVELS), memo=memo)
+        spacing_pair = series.geometry.slices[center].pixel_spacing
+        spacing = float(spacing_pair[1]) if spacing_pair else _DEFAULT_SPACING_MM
+        chosen = self.select(slices, first, spacing)
+        xy = self.localize(slices, chosen.tolist(), memo=memo)
         rois = torch.stack(
-            [self.classifier_input(image, x, y) for x, y in zip(xs, ys, strict=True)]
+            [
+                self.classifier_input(slices[int(chosen[k])], float(xy[k, 0]), float(xy[k, 1]))
+                for k in range(len(LEVELS))
+            ]
         ).to(self.device)
         probabilities = torch.softmax(self.classifier(rois).float(), dim=1).cpu().numpy()
+        headers = series.geometry.slices
         predictions = tuple(
             LevelPrediction(
                 level=LEVELS[i],
-                x=float(xs[i]),
-                y=float(ys[i]),
+                x=float(xy[i, 0]),
+                y=float(xy[i, 1]),
                 grade=SEVERITIES[int(probabilities[i].argmax())],
                 probabilities={
                     s: float(p) for s, p in zip(SEVERITIES, probabilities[i], strict=True)
                 },
+                instance_number=int(headers[int(chosen[i])].instance_number),
+                slice_index=int(chosen[i]),
             )
             for i in range(len(LEVELS))
         )
+        values, counts = np.unique(chosen, return_counts=True)
+        shown = int(values[int(np.argmax(counts))])
+        image = slices[shown]
         provenance = {
             "classifier": {
                 k: self.classifier_meta.get(k) for k in ("data_source", "profile", "seed", "mode")
             },
-            "localizer": {
-                k: self.localizer_meta.get(k) for k in ("data_source", "profile", "seed")
-            },
+            "localizer": {k: self.localizer_meta.get(k) for k in ("data_source", "profile", "seed")}
+            | {"kind": self.localizer_kind},
+            "slice_selection": (
+                {k: self.selector_meta.get(k) for k in ("data_source", "profile", "seed")}
+                | {"kind": "model"}
+                if self.selector is not None
+                else {"kind": "csf_baseline"}
+            ),
         }
         result = SeriesPrediction(
-            series_dir=str(series_dir),
-            instance_number=series.geometry.slices[center].instance_number,
-            slice_shape=(int(height), int(width)),
+            series_dir=str(series.geometry.series_dir),
+            instance_number=int(headers[shown].instance_number),
+            slice_shape=(int(image.shape[0]), int(image.shape[1])),
             levels=predictions,
             provenance=provenance,
+            study_id=study_id,
+            series_id=series_id,
+            series_type=series_type,
         )
         return result, image
+
+    def predict(
+        self,
+        path: str | Path,
+        *,
+        force: bool = False,
+        study_id: str | None = None,
+        series_csv: Mapping[str, str] | None = None,
+    ) -> tuple[SeriesPrediction, np.ndarray]:
+        """Find the Sagittal T2 series under ``path`` and grade it.
+
+        Args:
+            path: A series directory, a study directory or a flat folder of mixed series.
+            force: Grade a series that is not Sagittal T2/STIR (see :func:`choose_series`).
+            study_id: The study's id; ``path``'s name for a study directory or folder, its
+                parent's name for a series directory, when ``None``.
+            series_csv: RSNA series id -> description, consulted when headers do not decide.
+
+        Returns:
+            The prediction and the slice its overlay shows.
+
+        Raises:
+            MissingFileError: If ``path`` holds no DICOM file.
+            WrongSeriesTypeError: If the series is not Sagittal T2/STIR (without ``force``).
+            NoSagittalT2Error: If no series is Sagittal T2/STIR.
+            NotSagittalError: If the chosen slices are not sagittal.
+        """
+        root = Path(path)
+        candidate = choose_series(find_series(root, series_csv=series_csv), force=force)
+        if study_id is None:
+            study_id = root.parent.name if candidate.directory == root else root.name
+        series = read_candidate(candidate)
+        prediction, image = self.grade(
+            series,
+            study_id=study_id,
+            series_id=candidate.series_id,
+            series_type=candidate.series_type.describe(),
+        )
+        if candidate.directory is None:
+            prediction = dataclasses.replace(prediction, series_dir=str(root))
+        return prediction, image
+
+    def predict_series(self, series_dir: str | Path) -> tuple[SeriesPrediction, np.ndarray]:
+        """Grade one series directory as it is (no series-type check; kept for callers).
+
+        Args:
+            series_dir: Directory of ``*.dcm`` files of one sagittal series.
+
+        Returns:
+            The prediction and the slice its overlay shows.
+
+        Raises:
+            NotSagittalError: If the slices are not sagittal.
+            lumbarssl.data.dicom.DicomReadError: If a file is corrupt or not DICOM.
+            lumbarssl.data.dicom.SeriesGeometryError: If the directory holds no DICOM slice.
+        """
+        directory = Path(series_dir)
+        return self.grade(
+            read_series(directory), study_id=directory.parent.name, series_id=directory.name
+        )
 
 
 def write_prediction(
@@ -257,3 +695,112 @@ def write_prediction(
     png_path = out / "overlay.png"
     plot_prediction_overlay(image, prediction, png_path)
     return json_path, png_path
+
+
+def read_series_csv(path: str | Path) -> dict[str, str]:
+    """``series_id -> series_description`` of an RSNA ``train_series_descriptions.csv``.
+
+    Args:
+        path: The CSV.
+
+    Returns:
+        The mapping.
+
+    Raises:
+        MissingFileError: If the file does not exist.
+        InputError: If it lacks the ``series_id``/``series_description`` columns.
+    """
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{path}: no such series CSV")
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        fields = set(reader.fieldnames or ())
+        if not {"series_id", "series_description"} <= fields:
+            raise InputError(
+                f"{path}: expected columns series_id and series_description, got "
+                f"{sorted(fields)}; give the RSNA train_series_descriptions.csv"
+            )
+        return {row["series_id"].strip(): row["series_description"] for row in reader}
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchResult:
+    """What :func:`grade_directory` did.
+
+    Attributes:
+        predictions: One prediction per graded study, in study order.
+        failures: ``(study_id, message)`` of each study that could not be graded.
+        rows: The submission rows of the graded studies.
+    """
+
+    predictions: tuple[SeriesPrediction, ...]
+    failures: tuple[tuple[str, str], ...]
+    rows: tuple[SubmissionRow, ...]
+
+
+def grade_directory(
+    grader: DiscGrader,
+    root: str | Path,
+    *,
+    out: str | Path | None = None,
+    series_csv: Mapping[str, str] | None = None,
+    force: bool = False,
+    progress: bool = True,
+    studies: Sequence[str] | None = None,
+) -> BatchResult:
+    """Grade every study of an RSNA-layout directory.
+
+    ``root`` is either the dataset directory (``train_images/STUDY/SERIES`` under it, and its
+    ``train_series_descriptions.csv`` consulted unless ``series_csv`` is given) or a
+    directory of study directories. A study that cannot be graded (no Sagittal T2 series,
+    unreadable files) is recorded in :attr:`BatchResult.failures` and the others go on.
+
+    Args:
+        grader: The models.
+        root: The directory.
+        out: Where each study's ``prediction.json`` and ``overlay.png`` go (``out/STUDY``);
+            nothing is written when ``None``.
+        series_csv: RSNA series id -> description.
+        force: As in :func:`choose_series`.
+        progress: Show a tqdm progress bar.
+        studies: Only these study ids (all when ``None``).
+
+    Returns:
+        The predictions, failures and submission rows.
+
+    Raises:
+        MissingFileError: If ``root`` holds no study directory.
+    """
+    from tqdm import tqdm
+
+    from lumbarssl.layout import IMAGES_DIR, SERIES_CSV
+
+    root = Path(root)
+    images = root / IMAGES_DIR if (root / IMAGES_DIR).is_dir() else root
+    if series_csv is None and (root / SERIES_CSV).is_file():
+        series_csv = read_series_csv(root / SERIES_CSV)
+    study_dirs = sorted((p for p in images.iterdir() if p.is_dir()), key=lambda p: p.name)
+    if studies is not None:
+        wanted = {str(s) for s in studies}
+        study_dirs = [p for p in study_dirs if p.name in wanted]
+    if not study_dirs:
+        raise MissingFileError(f"{images}: no study directory to grade")
+    predictions: list[SeriesPrediction] = []
+    failures: list[tuple[str, str]] = []
+    rows: list[SubmissionRow] = []
+    for study_dir in tqdm(study_dirs, disable=not progress, unit="study", desc="predict"):
+        try:
+            prediction, image = grader.predict(
+                study_dir, force=force, study_id=study_dir.name, series_csv=series_csv
+            )
+        except InputError as exc:
+            failures.append((study_dir.name, " ".join(str(exc).split())))
+            continue
+        predictions.append(prediction)
+        rows.extend(prediction_rows(prediction))
+        if out is not None:
+            write_prediction(prediction, image, Path(out) / study_dir.name)
+    return BatchResult(tuple(predictions), tuple(failures), tuple(rows))
