@@ -10,6 +10,7 @@ in each worker process; call :func:`torch.manual_seed` for reproducible views.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -169,6 +170,8 @@ class DiscROIDataset(Dataset[dict[str, Tensor]]):
     * ``"label"``: int64 scalar, 0/1/2, or -1 for an unlabeled disc.
     * ``"level"``: int64 scalar, 0-4 for L1/L2 ... L5/S1.
     * ``"index"``: int64 scalar, the row of the cache (of ``index.csv``).
+    * ``"condition"`` (caches prepared with ``conditions="all"`` only): int64 scalar, index
+      into :data:`~lumbarssl.data.constants.CONDITIONS`.
 
     Args:
         cache: A :class:`~lumbarssl.data.cache.PreparedCache` or the ``OUT_DIR`` of
@@ -283,6 +286,15 @@ class DiscROIDataset(Dataset[dict[str, Tensor]]):
         """Studies of the dataset's discs, int64 (len(self),)."""
         return np.asarray(self.cache.table.study_id[self.rows])
 
+    @property
+    def condition_ids(self) -> np.ndarray:
+        """Conditions of the dataset's rows (indices into ``CONDITIONS``), int64 (len(self),)."""
+        return np.asarray(self._condition_ids[self.rows])
+
+    @functools.cached_property
+    def _condition_ids(self) -> np.ndarray:
+        return self.cache.table.condition_id
+
     def __getitem__(self, item: int) -> dict[str, Tensor]:
         row = int(self.rows[item])
         table = self.cache.table
@@ -291,6 +303,9 @@ class DiscROIDataset(Dataset[dict[str, Tensor]]):
             "level": torch.tensor(int(table.level_id[row]), dtype=torch.int64),
             "index": torch.tensor(row, dtype=torch.int64),
         }
+        if table.has_conditions:
+            condition = int(self._condition_ids[row])
+            sample["condition"] = torch.tensor(condition, dtype=torch.int64)
         if self.mode == "multislice":
             stack = self.recipe.to_tensor(np.array(self.cache.multislice[row]))
             sample["image"] = self.deterministic(stack)
