@@ -111,7 +111,7 @@ def test_conditions_value_is_checked() -> None:
     with pytest.raises(ValueError, match="conditions must be one of"):
         SyntheticConfig(conditions="foraminal")
     with pytest.raises(ValueError, match="foraminal_prevalence"):
-        SyntheticConfig(foraminal_prevalence=(0.1, 0.2))
+        SyntheticConfig(foraminal_prevalence=(0.1, 0.2))  # type: ignore[arg-type]
 
 
 def test_label_model_frequencies_are_near_rsna() -> None:
