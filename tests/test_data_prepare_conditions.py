@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 from collections import Counter
@@ -14,7 +15,7 @@ import pytest
 from PIL import Image
 
 from lumbarssl.data.cache import CONDITION_INDEX_COLUMNS, INDEX_COLUMNS, PreparedCache
-from lumbarssl.data.datasets import DiscROIDataset
+from lumbarssl.data.datasets import DiscROIDataset, LocalizerDataset, SeriesLocalizerDataset
 from lumbarssl.data.prepare import PrepareConfig, prepare_cache, prepare_in_memory
 from lumbarssl.data.prepare.conditions import assign_axial_level, read_condition_index
 from lumbarssl.data.splits import make_splits
@@ -25,7 +26,7 @@ from lumbarssl.layout import (
     SERIES_CSV,
     SPINAL_CANAL,
 )
-from lumbarssl.synthetic import SyntheticConfig, generate_dataset
+from lumbarssl.synthetic import SyntheticConfig, generate_dataset, plot_figure1
 
 CONFIG = SyntheticConfig(
     n_studies=4,
@@ -137,6 +138,27 @@ def test_dataset_and_splits_carry_the_condition(cache_dir: Path) -> None:
             assert all(cache.table.condition[i] == condition for i in part)
     studies = cache.table.study_id
     assert set(studies[splits.train]).isdisjoint(studies[splits.test])
+
+
+def test_localizer_datasets_use_the_spinal_rows_only(cache_dir: Path) -> None:
+    cache = PreparedCache.open(cache_dir)
+    spinal = set(np.flatnonzero(cache.table.condition_id == 0).tolist())
+    series = SeriesLocalizerDataset(cache)
+    assert {row for _, members in series.groups for row in members} == spinal
+    assert set(LocalizerDataset(cache).rows.tolist()) == spinal
+
+
+def test_plot_figure1_draws_the_other_sequences(data: Path, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    config = dataclasses.replace(CONFIG, n_studies=1)
+    out = plot_figure1(tmp_path / "axial.png", config=config, condition=CONDITIONS[3], dpi=40)
+    assert Image.open(out).size[0] > 100
+    with pytest.raises(ValueError, match='conditions="all"'):
+        plot_figure1(
+            tmp_path / "x.png",
+            config=dataclasses.replace(config, conditions="spinal"),
+            condition=CONDITIONS[1],
+        )
 
 
 def test_assign_axial_level_by_hand() -> None:

@@ -155,6 +155,17 @@ def _rows(cache: PreparedCache, indices: ArrayLike | None) -> np.ndarray:
     return rows
 
 
+def _spinal(cache: PreparedCache, rows: np.ndarray) -> np.ndarray:
+    """The spinal canal rows among ``rows``.
+
+    The localizer finds the five canal points on the sagittal T2 stack, so the other conditions
+    of a ``conditions="all"`` cache stay out of its datasets.
+    """
+    if not cache.table.has_conditions:
+        return rows
+    return rows[cache.table.condition_id[rows] == 0]
+
+
 class DiscROIDataset(Dataset[dict[str, Tensor]]):
     """Disc ROIs of a prepared cache as network inputs (paper Sec. 4.2, 4.3).
 
@@ -381,7 +392,7 @@ class SeriesLocalizerDataset(Dataset[dict[str, Tensor]]):
         self.recipe = recipe
         table = self.cache.table
         groups: dict[int, list[int]] = {}
-        for row in _rows(self.cache, rows).tolist():
+        for row in _spinal(self.cache, _rows(self.cache, rows)).tolist():
             groups.setdefault(int(table.localizer_index[row]), []).append(int(row))
         for index, members in groups.items():
             levels = table.level_id[members]
@@ -457,7 +468,7 @@ class LocalizerDataset(Dataset[dict[str, Tensor]]):
     ) -> None:
         self.series = SeriesLocalizerDataset(cache, indices, recipe=recipe)
         self.cache = self.series.cache
-        self.rows = _rows(self.cache, indices)
+        self.rows = _spinal(self.cache, _rows(self.cache, indices))
         where = {
             row: (item, int(self.cache.table.level_id[row]))
             for item, (_, members) in enumerate(self.series.groups)
