@@ -163,7 +163,8 @@ def _spinal(cache: PreparedCache, rows: np.ndarray) -> np.ndarray:
     """
     if not cache.table.has_conditions:
         return rows
-    return rows[cache.table.condition_id[rows] == 0]
+    spinal: np.ndarray = rows[cache.table.condition_id[rows] == 0]
+    return spinal
 
 
 class DiscROIDataset(Dataset[dict[str, Tensor]]):
