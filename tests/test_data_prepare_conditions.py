@@ -228,8 +228,26 @@ def test_foraminal_row_on_the_t2_series_is_excluded(data: Path, tmp_path: Path) 
     wrong = [s for s in index.skips if s.reason.value == "wrong_sequence"]
     assert len(wrong) == 1
     assert "not on 'Sagittal T1'" in wrong[0].detail
+    # Excluded, not missing: the target has a coordinate, on the wrong series.
+    assert not [s for s in index.skips if s.reason.value == "missing_coordinate"]
     kept = [d for d in index.discs if getattr(d, "condition", SPINAL_CANAL) == CONDITIONS[1]]
     assert len(kept) == sum(r["condition"] == CONDITIONS[1] for r in coords) - 1
+
+
+def test_graded_target_without_coordinate_is_recorded(data: Path, tmp_path: Path) -> None:
+    root = _copy(data, tmp_path)
+    coords = _csv(root / COORDINATES_CSV)
+    k = next(i for i, r in enumerate(coords) if r["condition"] == CONDITIONS[2])
+    dropped = coords.pop(k)
+    with (root / COORDINATES_CSV).open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dropped), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(coords)
+    index = read_condition_index(root)
+    missing = [s for s in index.skips if s.reason.value == "missing_coordinate"]
+    mine = [s for s in missing if CONDITIONS[2] in s.detail]
+    assert len(mine) == 1
+    assert (mine[0].study_id, mine[0].level) == (int(dropped["study_id"]), dropped["level"])
 
 
 def test_study_without_sagittal_reference_is_ambiguous(data: Path, tmp_path: Path) -> None:

@@ -336,6 +336,14 @@ def test_foramen_is_brighter_when_open(all_dataset: tuple[Path, SyntheticSummary
     assert np.corrcoef(rs, values)[0, 1] < -0.3
 
 
+def test_output_does_not_depend_on_workers(
+    all_dataset: tuple[Path, SyntheticSummary], tmp_path: Path
+) -> None:
+    root, _ = all_dataset
+    generate_dataset(tmp_path, TINY_ALL, workers=2, progress=False)
+    assert _digest(tmp_path) == _digest(root)
+
+
 def test_spinal_plans_do_not_change_with_the_fields_of_other_conditions() -> None:
     base = SyntheticConfig(n_studies=1, seed=2)
     other = dataclasses.replace(base, foraminal_prevalence=(0.5,) * 5)

@@ -109,10 +109,11 @@ def read_condition_index(data_dir: str | Path, *, on_error: OnError = "skip") ->
         skips.append(skip)
 
     root = Path(data_dir)
-    grades = _read_grades(root / TRAIN_CSV)
+    grades, grade_lines = _read_grades(root / TRAIN_CSV)
     descriptions = _read_descriptions(root / SERIES_CSV)
     path = root / COORDINATES_CSV
     seen: dict[tuple[int, str, str], int] = {}
+    annotated: set[tuple[int, str, str]] = set()  # with any parsable coordinate row
     for line, row in _rows(path, ("study_id", "series_id", "instance_number", "condition")):
         # Malformed rows, unknown conditions and levels were recorded by read_index already.
         if row is None:
@@ -131,6 +132,7 @@ def read_condition_index(data_dir: str | Path, *, on_error: OnError = "skip") ->
             detail = "not a finite number in study_id, series_id, instance_number, x or y"
             record(Skip(SkipReason.UNPARSABLE_NUMBER, detail, str(path), line, study, series))
             continue
+        annotated.add((study, condition, level))
         description = descriptions.get((study, series))
         if description is None:
             detail = f"series {series} is not in {SERIES_CSV}"
@@ -166,28 +168,46 @@ def read_condition_index(data_dir: str | Path, *, on_error: OnError = "skip") ->
                 condition=condition,
             )
         )
+    for (study, condition, level), severity in grades.items():
+        if (study, condition, level) not in annotated:
+            detail = (
+                f"{condition} {level} of study {study} is graded {severity!r} but has no coordinate"
+            )
+            line = grade_lines[study]
+            record(
+                Skip(
+                    SkipReason.MISSING_COORDINATE,
+                    detail,
+                    str(root / TRAIN_CSV),
+                    line,
+                    study,
+                    level=level,
+                )
+            )
     return DiscIndex(discs=tuple(records), skips=tuple(skips))
 
 
-def _read_grades(path: Path) -> dict[tuple[int, str, str], str]:
-    """(study, condition, level) -> severity text of the four non-spinal conditions.
+def _read_grades(path: Path) -> tuple[dict[tuple[int, str, str], str], dict[int, int]]:
+    """Severity text of the four non-spinal conditions by (study, condition, level).
 
-    Bad cells were recorded by :func:`read_index` for the canal; here an unknown severity
-    leaves the target unlabeled.
+    Returns:
+        The grades (an unknown severity leaves the target unlabeled) and each study's line.
     """
     grades: dict[tuple[int, str, str], str] = {}
-    for _, row in _rows(path, ("study_id",)):
+    lines: dict[int, int] = {}
+    for line, row in _rows(path, ("study_id",)):
         if row is None:
             continue
         study = _parse_int(row["study_id"])
-        if study is None:
+        if study is None or study in lines:
             continue
+        lines[study] = line
         for condition, slug in zip(CONDITIONS[1:], CONDITION_SLUGS[1:], strict=True):
             for level, level_slug in zip(LEVELS, LEVEL_SLUGS, strict=True):
                 text = (row.get(f"{slug}_{level_slug}") or "").strip()
                 if text in SEVERITY_TO_LABEL:
-                    grades.setdefault((study, condition, level), text)
-    return grades
+                    grades[study, condition, level] = text
+    return grades, lines
 
 
 def _read_descriptions(path: Path) -> dict[tuple[int, int], str]:
