@@ -26,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lumbarssl.data.constants import LEVELS
+from lumbarssl.data.constants import CONDITIONS, LEVELS
 from lumbarssl.errors import DataError, InputError, MissingFileError
 
 __all__ = [
+    "CONDITION_INDEX_COLUMNS",
     "INDEX_COLUMNS",
     "INDEX_CSV",
     "LOCALIZER_NPY",
@@ -83,6 +84,10 @@ INDEX_COLUMNS: tuple[str, ...] = (
     "n_slices",
     "localizer_index",
 )
+#: Columns of ``index.csv`` of a ``PrepareConfig(conditions="all")`` run: the same plus the
+#: ``condition`` of each row, as in the coordinates CSV. A spinal-only run (the default) keeps
+#: :data:`INDEX_COLUMNS` unchanged.
+CONDITION_INDEX_COLUMNS: tuple[str, ...] = (*INDEX_COLUMNS, "condition")
 #: Columns of ``skipped.csv``: the disc (empty fields where unknown), the reason code, the
 #: file concerned, its CSV line (empty for image files) and a human-readable detail.
 SKIPPED_COLUMNS: tuple[str, ...] = (
@@ -122,6 +127,8 @@ class DiscTable:
         localizer_index: int64 (N,), row of ``localizer_images.npy``.
         severity: Severity text per disc (``""`` when not graded).
         roi_path: PNG path relative to the cache directory (``""`` for in-memory caches).
+        condition: Condition of each row (``PrepareConfig(conditions="all")`` caches); empty
+            for a spinal-only cache, whose rows are all spinal canal stenosis.
     """
 
     study_id: np.ndarray
@@ -140,9 +147,25 @@ class DiscTable:
     localizer_index: np.ndarray
     severity: tuple[str, ...]
     roi_path: tuple[str, ...]
+    condition: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.label)
+
+    @property
+    def has_conditions(self) -> bool:
+        """Whether the rows carry a condition (a ``conditions="all"`` cache)."""
+        return bool(self.condition)
+
+    @property
+    def condition_id(self) -> np.ndarray:
+        """Index of each row's condition into ``CONDITIONS``, int64 (N,).
+
+        All 0 (spinal canal stenosis) for a spinal-only cache.
+        """
+        if not self.condition:
+            return np.zeros(len(self.label), dtype=np.int64)
+        return np.asarray([CONDITIONS.index(c) for c in self.condition], dtype=np.int64)
 
     @classmethod
     def from_rows(cls, rows: Sequence[Mapping[str, object]]) -> DiscTable:
@@ -180,6 +203,9 @@ class DiscTable:
             localizer_index=column("localizer_index", np.int64),
             severity=tuple(str(r["severity"]) for r in rows),
             roi_path=tuple(str(r["roi_path"]) for r in rows),
+            condition=tuple(str(r["condition"]) for r in rows)
+            if rows and "condition" in rows[0]
+            else (),
         )
 
 

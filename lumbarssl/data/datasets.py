@@ -13,6 +13,7 @@ trainer calls :meth:`DiscROIDataset.set_epoch` before each epoch (as it does for
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -165,6 +166,18 @@ def _rows(cache: PreparedCache, indices: ArrayLike | None) -> np.ndarray:
     return rows
 
 
+def _spinal(cache: PreparedCache, rows: np.ndarray) -> np.ndarray:
+    """The spinal canal rows among ``rows``.
+
+    The localizer finds the five canal points on the sagittal T2 stack, so the other conditions
+    of a ``conditions="all"`` cache stay out of its datasets.
+    """
+    if not cache.table.has_conditions:
+        return rows
+    spinal: np.ndarray = rows[cache.table.condition_id[rows] == 0]
+    return spinal
+
+
 class DiscROIDataset(Dataset[dict[str, Tensor]]):
     """Disc ROIs of a prepared cache as network inputs (paper Sec. 4.2, 4.3).
 
@@ -180,6 +193,8 @@ class DiscROIDataset(Dataset[dict[str, Tensor]]):
     * ``"label"``: int64 scalar, 0/1/2, or -1 for an unlabeled disc.
     * ``"level"``: int64 scalar, 0-4 for L1/L2 ... L5/S1.
     * ``"index"``: int64 scalar, the row of the cache (of ``index.csv``).
+    * ``"condition"`` (caches prepared with ``conditions="all"`` only): int64 scalar, index
+      into :data:`~lumbarssl.data.constants.CONDITIONS`.
 
     Args:
         cache: A :class:`~lumbarssl.data.cache.PreparedCache` or the ``OUT_DIR`` of
@@ -361,6 +376,15 @@ class DiscROIDataset(Dataset[dict[str, Tensor]]):
         """Studies of the dataset's discs, int64 (len(self),)."""
         return np.asarray(self.cache.table.study_id[self.rows])
 
+    @property
+    def condition_ids(self) -> np.ndarray:
+        """Conditions of the dataset's rows (indices into ``CONDITIONS``), int64 (len(self),)."""
+        return np.asarray(self._condition_ids[self.rows])
+
+    @functools.cached_property
+    def _condition_ids(self) -> np.ndarray:
+        return self.cache.table.condition_id
+
     def __getitem__(self, item: int) -> dict[str, Tensor]:
         row = int(self.rows[item])
         table = self.cache.table
@@ -369,6 +393,9 @@ class DiscROIDataset(Dataset[dict[str, Tensor]]):
             "level": torch.tensor(int(table.level_id[row]), dtype=torch.int64),
             "index": torch.tensor(row, dtype=torch.int64),
         }
+        if table.has_conditions:
+            condition = int(self._condition_ids[row])
+            sample["condition"] = torch.tensor(condition, dtype=torch.int64)
         if self.mode == "multislice":
             stack = self.recipe.to_tensor(np.array(self.cache.multislice[row]))
             sample["image"] = self.deterministic(stack)
@@ -444,7 +471,7 @@ class SeriesLocalizerDataset(Dataset[dict[str, Tensor]]):
         self.recipe = recipe
         table = self.cache.table
         groups: dict[int, list[int]] = {}
-        for row in _rows(self.cache, rows).tolist():
+        for row in _spinal(self.cache, _rows(self.cache, rows)).tolist():
             groups.setdefault(int(table.localizer_index[row]), []).append(int(row))
         for index, members in groups.items():
             levels = table.level_id[members]
@@ -520,7 +547,7 @@ class LocalizerDataset(Dataset[dict[str, Tensor]]):
     ) -> None:
         self.series = SeriesLocalizerDataset(cache, indices, recipe=recipe)
         self.cache = self.series.cache
-        self.rows = _rows(self.cache, indices)
+        self.rows = _spinal(self.cache, _rows(self.cache, indices))
         where = {
             row: (item, int(self.cache.table.level_id[row]))
             for item, (_, members) in enumerate(self.series.groups)

@@ -38,6 +38,10 @@ class SkipReason(str, Enum):
     NOT_SAGITTAL_T2 = "not_sagittal_t2"
     DUPLICATE_DISC = "duplicate_disc"
     MISSING_COORDINATE = "missing_coordinate"
+    # (PrepareConfig(conditions="all")) Valid rows of the other conditions that are not used.
+    WRONG_SEQUENCE = "wrong_sequence"
+    AMBIGUOUS_AXIAL_LEVEL = "ambiguous_axial_level"
+    AXIAL_LEVEL_MISMATCH = "axial_level_mismatch"
     # Errors in the image files.
     MISSING_FILE = "missing_file"
     CORRUPT_FILE = "corrupt_file"
@@ -55,7 +59,14 @@ class SkipReason(str, Enum):
 
 
 _EXCLUSIONS = frozenset(
-    {SkipReason.NOT_SAGITTAL_T2, SkipReason.DUPLICATE_DISC, SkipReason.MISSING_COORDINATE}
+    {
+        SkipReason.NOT_SAGITTAL_T2,
+        SkipReason.DUPLICATE_DISC,
+        SkipReason.MISSING_COORDINATE,
+        SkipReason.WRONG_SEQUENCE,
+        SkipReason.AMBIGUOUS_AXIAL_LEVEL,
+        SkipReason.AXIAL_LEVEL_MISMATCH,
+    }
 )
 
 

@@ -27,7 +27,7 @@ from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, tra
 
 from lumbarssl import paper
 from lumbarssl.data.cache import PreparedCache
-from lumbarssl.data.constants import MISSING_LABEL
+from lumbarssl.data.constants import CONDITIONS, MISSING_LABEL
 from lumbarssl.errors import DataError
 
 __all__ = [
@@ -215,6 +215,23 @@ class Splits:
         """Return the index lists, JSON-serialisable."""
         return {f.name: getattr(self, f.name).tolist() for f in dataclasses.fields(self)}
 
+    def for_condition(self, cache: PreparedCache, condition: str) -> Splits:
+        """The rows of one condition (a name of ``CONDITIONS``) in each set.
+
+        Every condition of a study lands in the same set with a study-level split, so the
+        per-condition sets of one run never share a study across train and test.
+        """
+        if condition not in CONDITIONS:
+            raise ValueError(f"unknown condition {condition!r}; expected one of {CONDITIONS}")
+        ids = cache.table.condition_id
+        wanted = CONDITIONS.index(condition)
+        return Splits(
+            **{
+                f.name: getattr(self, f.name)[ids[getattr(self, f.name)] == wanted]
+                for f in dataclasses.fields(self)
+            }
+        )
+
 
 def make_splits(cache: PreparedCache, config: SplitSettings) -> Splits:
     """Split the cache's discs the same way for every stage of a run.
@@ -232,8 +249,11 @@ def make_splits(cache: PreparedCache, config: SplitSettings) -> Splits:
     table = cache.table
     labels = np.asarray(table.label)
     studies = np.asarray(table.study_id)
+    # A conditions="all" cache is stratified by (condition, grade); a spinal-only cache has
+    # condition 0 everywhere, so its strata (and splits) are the grades as before.
+    strata = np.where(labels == MISSING_LABEL, labels, labels + 3 * table.condition_id)
     train, val, test = train_val_test_split(
-        labels,
+        strata,
         studies if config.split == "study" else None,
         val_size=config.val_size,
         test_size=config.test_size,

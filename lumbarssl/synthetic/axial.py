@@ -8,7 +8,7 @@ cuts; the cross-sections are not graded and show no stenosis.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from numpy.typing import NDArray
@@ -74,8 +74,13 @@ class AxialPhantom:
         self._paint_spine(canvas, disc=True)
         self._disc = canvas.image * gain
 
-    def slice(self, row_mm: float) -> F32:
-        """Noise-free cross-section at the height of sagittal row ``row_mm``, shape ``(H, W)``."""
+    def slice(self, row_mm: float, overlay: Callable[[F32, float], F32] | None = None) -> F32:
+        """Noise-free cross-section at the height of sagittal row ``row_mm``, shape ``(H, W)``.
+
+        ``overlay(image, s_row)``, if given, paints on the cross-section (a fresh array, in the
+        axial frame of :attr:`frame`) before it follows the lordosis; ``s_row`` is the spine
+        position of the slice.
+        """
         s_row, x_row, _, _ = (float(v[0]) for v in self.centerline.rows(np.asarray([row_mm])))
         in_disc = 0.0
         for d in self.anatomy.discs:
@@ -83,9 +88,22 @@ class AxialPhantom:
             overlap = (half + 1.0 - abs(s_row - d.center)) / 2.0
             in_disc = max(in_disc, min(max(overlap, 0.0), 1.0))
         image = (1.0 - in_disc) * self._body + in_disc * self._disc
+        if overlay is not None:
+            image = overlay(image.astype(np.float32), s_row)
         # Follow the lordosis: the spine's front-back position changes with height.
         shift = (x_row - self._margin_x) / self.spacing
         return _shift_rows(image.astype(np.float32), round(shift))
+
+    @property
+    def frame(self) -> tuple[F32, F32]:
+        """Axial-frame ``(s, t)`` (mm) of every pixel before the lordosis shift, each ``(H, W)``.
+
+        ``s`` runs front to back from the back of the disc, ``t`` laterally (+ = patient's left).
+        """
+        coords = np.arange(self.size, dtype=np.float32) * np.float32(self.spacing)
+        s = np.repeat((coords - np.float32(self._margin_x))[:, None], self.size, axis=1)
+        t = np.repeat((coords - np.float32(0.5 * self.size * self.spacing))[None, :], self.size, 0)
+        return s, t
 
     def _canvas(self) -> Canvas:
         """A canvas whose frame is ``s`` = antero-posterior (rows), ``t`` = lateral (columns)."""

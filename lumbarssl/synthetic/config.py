@@ -32,6 +32,17 @@ V2_FIELDS: tuple[str, ...] = (
     "p_lateral_curvature",
     "lateral_curvature_mm",
 )
+#: Values of :attr:`SyntheticConfig.conditions`.
+CONDITION_SETS: tuple[str, ...] = ("spinal", "all")
+#: Fields of the four conditions beside the spinal canal; with ``conditions="spinal"`` they are
+#: left out of the dataset key and of ``synthetic_meta.json``, so those datasets stay as before.
+MULTI_CONDITION_FIELDS: tuple[str, ...] = (
+    "conditions",
+    "foraminal_prevalence",
+    "foraminal_stenotic_beta",
+    "subarticular_prevalence",
+    "subarticular_stenotic_beta",
+)
 
 # The five spinal levels must fit in the field of view (L1/L2 to L5/S1 spans about 170 mm).
 _MIN_FIELD_OF_VIEW_MM = 200.0
@@ -103,6 +114,22 @@ class SyntheticConfig(ConfigBase):
         p_lateral_curvature: (v2) Probability that a study has a lateral curvature (scoliosis).
         lateral_curvature_mm: (v2) Lateral bow of the midline at the apex of the curve
             relative to L1/L2 and L5/S1, either side.
+        conditions: Which conditions are graded and rendered. ``"spinal"`` (default): spinal
+            canal stenosis only, the other 20 cells of ``train.csv`` hold ``Normal/Mild``; the
+            output is the same byte for byte as before this field existed. ``"all"``: also left
+            and right neural foraminal narrowing (on parasagittal Sagittal T1 slices) and left
+            and right subarticular stenosis (on Axial T2 slices at each disc level), each from
+            its own latent severity; every study then has all three series (``p_sagittal_t1``
+            and ``p_axial_t2`` are not used), the sagittal slab is widened to reach both
+            foramina and the axial series is sampled every 4 mm or less.
+        foraminal_prevalence: (``conditions="all"``) Per level, the probability that a
+            foramen's latent narrowing is drawn from the stenotic component.
+        foraminal_stenotic_beta: (``conditions="all"``) Beta ``(a, b)`` of a stenotic
+            foramen's narrowing (the healthy one follows ``healthy_r_beta``).
+        subarticular_prevalence: (``conditions="all"``) Per level, the stenotic probability of
+            a lateral recess.
+        subarticular_stenotic_beta: (``conditions="all"``) Beta ``(a, b)`` of a stenotic
+            recess's narrowing.
 
     Keyword-only; positional arguments (in the order above) still work with a
     :class:`DeprecationWarning`.
@@ -175,6 +202,19 @@ class SyntheticConfig(ConfigBase):
     midline_tilt_mm: float = 3.0
     p_lateral_curvature: float = 0.3
     lateral_curvature_mm: tuple[float, float] = (3.0, 9.0)
+    conditions: str = "spinal"
+    # Fitted (with healthy_r_beta, grade_thresholds and reader_noise_sd shared with the canal)
+    # to the RSNA 2024 train.csv frequencies per level: see docs/synthetic.rst.
+    foraminal_prevalence: tuple[float, float, float, float, float] = (0.01, 0.07, 0.24, 0.43, 0.41)
+    foraminal_stenotic_beta: tuple[float, float] = (10.5, 8.5)
+    subarticular_prevalence: tuple[float, float, float, float, float] = (
+        0.05,
+        0.21,
+        0.42,
+        0.72,
+        0.35,
+    )
+    subarticular_stenotic_beta: tuple[float, float] = (3.25, 2.7)
 
     def __post_init__(self) -> None:
         # JSON gives lists; keep the dataclass hashable and comparable with tuples.
@@ -220,14 +260,20 @@ class SyntheticConfig(ConfigBase):
         if self.grade_thresholds[1] >= 1.0:
             raise ValueError(f"grade_thresholds must lie in (0, 1), got {self.grade_thresholds}")
         _check_scalar("reader_noise_sd", self.reader_noise_sd, low=0.0, high=1.0)
-        if len(self.stenosis_prevalence) != len(LEVELS):
-            raise ValueError(
-                f"stenosis_prevalence needs one probability per level {LEVELS}, "
-                f"got {self.stenosis_prevalence}"
-            )
-        for p in self.stenosis_prevalence:
-            _check_probability("stenosis_prevalence", p)
-        for name in ("healthy_r_beta", "stenotic_r_beta"):
+        for name in ("stenosis_prevalence", "foraminal_prevalence", "subarticular_prevalence"):
+            values = getattr(self, name)
+            if len(values) != len(LEVELS):
+                raise ValueError(f"{name} needs one probability per level {LEVELS}, got {values}")
+            for p in values:
+                _check_probability(name, p)
+        if self.conditions not in CONDITION_SETS:
+            raise ValueError(f"conditions must be one of {CONDITION_SETS}, got {self.conditions!r}")
+        for name in (
+            "healthy_r_beta",
+            "stenotic_r_beta",
+            "foraminal_stenotic_beta",
+            "subarticular_stenotic_beta",
+        ):
             a_b = getattr(self, name)
             if len(a_b) != 2 or not all(_is_number(v) and v > 0 for v in a_b):
                 raise ValueError(f"{name} must be two positive numbers (a, b), got {a_b}")

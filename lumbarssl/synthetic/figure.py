@@ -13,6 +13,8 @@ import pydicom
 from numpy.typing import NDArray
 
 from lumbarssl.layout import (
+    CONDITION_SLUGS,
+    CONDITIONS,
     COORDINATES_CSV,
     IMAGES_DIR,
     LEVEL_SLUGS,
@@ -29,6 +31,14 @@ __all__ = ["plot_figure1"]
 _CROP_SIZE = 96
 # One colour per level, shared by the dots and the crop frames (matplotlib's tab10).
 _COLORS = ("tab:red", "tab:orange", "tab:green", "tab:blue", "tab:purple")
+# The slice panel (a) shows, by condition.
+_SEQUENCE = {
+    CONDITIONS[0]: "annotated mid-sagittal T2 slice",
+    CONDITIONS[1]: "annotated parasagittal T1 slice",
+    CONDITIONS[2]: "annotated parasagittal T1 slice",
+    CONDITIONS[3]: "annotated axial T2 slice",
+    CONDITIONS[4]: "annotated axial T2 slice",
+}
 # Display window: these percentiles of the slice map to black and white.
 _DISPLAY_PERCENTILES = (0.5, 99.5)
 
@@ -40,6 +50,7 @@ def plot_figure1(
     study_index: int = 0,
     crop_size: int = _CROP_SIZE,
     dpi: int = 100,
+    condition: str = SPINAL_CANAL,
 ) -> Path:
     """Draw one synthetic study like the paper's Figure 1 and save it as a PNG.
 
@@ -58,6 +69,9 @@ def plot_figure1(
         study_index: Which study of the dataset to draw.
         crop_size: Side of the square crops (pixels).
         dpi: Resolution of the PNG.
+        condition: Which condition to draw, as in the coordinates CSV: the spinal canal on
+            Sagittal T2 (default), a foraminal narrowing on parasagittal Sagittal T1, or a
+            subarticular stenosis on Axial T2 (these two need ``conditions="all"``).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -73,10 +87,17 @@ def plot_figure1(
     except ImportError as error:  # pragma: no cover - depends on the environment
         raise ImportError('plot_figure1 needs matplotlib: pip install "lumbarssl[plot]"') from error
 
+    if condition not in CONDITIONS:
+        raise ValueError(f"unknown condition {condition!r}; expected one of {CONDITIONS}")
     config = dataclasses.replace(config or SyntheticConfig(), n_studies=study_index + 1)
     with tempfile.TemporaryDirectory() as tmp:
         generate_dataset(tmp, config, progress=False)
-        images, points, grades, study_id = _read_study(Path(tmp), study_index)
+        images, points, grades, study_id = _read_study(Path(tmp), study_index, condition)
+    if not images:
+        raise ValueError(
+            f"study {study_index} has no {condition!r} coordinates; generate with "
+            'conditions="all" for the foraminal and subarticular conditions'
+        )
     # Panel (a) shows the middle level's instance; each crop comes from its own level's instance.
     image = images[sorted(images)[len(images) // 2]]
 
@@ -92,7 +113,7 @@ def plot_figure1(
             x, y = points[level]
             ax.plot(x, y, "o", color=color, markersize=6, markeredgecolor="white", label=level)
     ax.legend(loc="lower left", fontsize=8, framealpha=0.8)
-    ax.set_title(f"(a) annotated mid-sagittal T2 slice, study {study_id}", fontsize=10)
+    ax.set_title(f"(a) {condition}: {_SEQUENCE[condition]}, study {study_id}", fontsize=10)
     ax.set_axis_off()
     for row, (level, color) in enumerate(zip(LEVELS, _COLORS, strict=True)):
         crop_ax = fig.add_subplot(grid[row, 1])
@@ -128,21 +149,21 @@ def plot_figure1(
 
 
 def _read_study(
-    root: Path, study_index: int
+    root: Path, study_index: int, condition: str = SPINAL_CANAL
 ) -> tuple[dict[str, NDArray[np.float64]], dict[str, tuple[float, float]], dict[str, str], int]:
-    """Each level's annotated slice (rescaled), coordinates and grades of one study."""
+    """Each level's annotated slice (rescaled), coordinates and grades of one condition."""
     with open(root / TRAIN_CSV, newline="", encoding="utf-8") as f:
         train = list(csv.DictReader(f))[study_index]
     study_id = int(train["study_id"])
+    prefix = CONDITION_SLUGS[CONDITIONS.index(condition)]
     grades = {
-        level: train[f"spinal_canal_stenosis_{slug}"]
-        for level, slug in zip(LEVELS, LEVEL_SLUGS, strict=True)
+        level: train[f"{prefix}_{slug}"] for level, slug in zip(LEVELS, LEVEL_SLUGS, strict=True)
     }
     with open(root / COORDINATES_CSV, newline="", encoding="utf-8") as f:
         rows = [
             r
             for r in csv.DictReader(f)
-            if int(r["study_id"]) == study_id and r["condition"] == SPINAL_CANAL
+            if int(r["study_id"]) == study_id and r["condition"] == condition
         ]
     points = {r["level"]: (float(r["x"]), float(r["y"])) for r in rows}
     images: dict[str, NDArray[np.float64]] = {}

@@ -42,10 +42,12 @@ from lumbarssl._core.atomic import atomic_write
 from lumbarssl.errors import OutputExistsError
 from lumbarssl.layout import (
     CONDITION_SLUGS,
+    CONDITIONS,
     COORDINATE_COLUMNS,
     COORDINATES_CSV,
     IMAGES_DIR,
     LEVEL_SLUGS,
+    LEVELS,
     SERIES_COLUMNS,
     SERIES_CSV,
     SEVERITIES,
@@ -54,7 +56,8 @@ from lumbarssl.layout import (
     TRAIN_CSV,
 )
 from lumbarssl.synthetic.ceiling import BayesCeiling, bayes_ceiling
-from lumbarssl.synthetic.config import SyntheticConfig
+from lumbarssl.synthetic.conditions import condition_ceilings, grade_name, true_posterior_score
+from lumbarssl.synthetic.config import MULTI_CONDITION_FIELDS, SyntheticConfig
 from lumbarssl.synthetic.dicom_io import SeriesWriter, mr_template
 from lumbarssl.synthetic.plan import (
     PIXEL_STREAM,
@@ -68,6 +71,8 @@ from lumbarssl.synthetic.plan import (
 from lumbarssl.synthetic.render import orientation_of, render_series
 
 __all__ = [
+    "CONDITION_TRUTH_COLUMNS",
+    "CONDITION_TRUTH_CSV",
     "META_JSON",
     "TRUTH_COLUMNS",
     "TRUTH_COLUMNS_V1",
@@ -95,6 +100,21 @@ TRUTH_COLUMNS: tuple[str, ...] = (
 )
 #: Columns that generator 1.0 writes.
 TRUTH_COLUMNS_V1: tuple[str, ...] = TRUTH_COLUMNS[:4]
+#: (``conditions="all"``) Ground truth of the 20 foraminal and subarticular targets.
+CONDITION_TRUTH_CSV = "synthetic_truth_conditions.csv"
+#: Its columns: ``grade`` is the grade before reader noise, ``series_id``/``true_instance`` the
+#: annotated series and instance, ``true_x``/``true_y`` the position without annotator error.
+CONDITION_TRUTH_COLUMNS: tuple[str, ...] = (
+    "study_id",
+    "condition",
+    "level",
+    "r",
+    "grade",
+    "series_id",
+    "true_instance",
+    "true_x",
+    "true_y",
+)
 #: Parameters, generator version and Bayes ceiling of the dataset.
 META_JSON = "synthetic_meta.json"
 # The conditions other than spinal canal stenosis are not rendered; their cells hold this.
@@ -121,6 +141,11 @@ class SyntheticSummary:
         series_counts: Series by description.
         ceiling: Scores of the Bayes-optimal classifier that knows ``r``.
         seconds: Wall-clock time of the run.
+        condition_label_counts: (``conditions="all"``) Recorded grades by condition name
+            (``"missing"`` for empty cells); empty otherwise.
+        condition_ceilings: (``conditions="all"``) The Bayes ceiling of each condition.
+        true_posterior: (``conditions="all"``) The RSNA 2024 score of the true posterior
+            (:func:`~lumbarssl.synthetic.conditions.true_posterior_score`).
     """
 
     out_dir: Path
@@ -132,6 +157,9 @@ class SyntheticSummary:
     series_counts: dict[str, int]
     ceiling: BayesCeiling
     seconds: float = field(compare=False)
+    condition_label_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    condition_ceilings: dict[str, BayesCeiling] = field(default_factory=dict)
+    true_posterior: dict[str, float] = field(default_factory=dict)
 
     def describe(self) -> str:
         """A few lines for people: counts, label frequencies and the ceiling."""
@@ -153,8 +181,22 @@ class SyntheticSummary:
                 f"severe-to-normal {100.0 * c.severe_to_normal_rate:.2f} %",
                 f"  posterior-argmax rule for comparison: balanced accuracy "
                 f"{c.argmax_balanced_accuracy:.3f}, accuracy {c.argmax_accuracy:.3f}",
+                *self._describe_conditions(),
             ]
         )
+
+    def _describe_conditions(self) -> list[str]:
+        lines = []
+        for name, counts in self.condition_label_counts.items():
+            graded = max(sum(counts[s] for s in SEVERITIES), 1)
+            freqs = "/".join(f"{100.0 * counts[s] / graded:.1f}" for s in SEVERITIES)
+            ceiling = self.condition_ceilings[name].balanced_accuracy
+            lines.append(f"{name}: N/M/S {freqs} %, ceiling balanced accuracy {ceiling:.3f}")
+        if self.true_posterior:
+            lines.append(
+                f"RSNA score of the true posterior (25 targets): {self.true_posterior['score']:.4f}"
+            )
+        return lines
 
 
 @dataclass(frozen=True)
@@ -164,6 +206,7 @@ class _StudyRows:
     series: list[list[str]]
     truth: list[list[str]]
     n_images: int
+    condition_truth: list[list[str]] = field(default_factory=list)
 
 
 def generate_dataset(
@@ -197,7 +240,14 @@ def generate_dataset(
     _prepare(out, overwrite)
     started = time.perf_counter()
     ceiling = bayes_ceiling(config)
+    multi = config.conditions == "all"
     labels: Counter[str] = Counter(dict.fromkeys((*SEVERITIES, _MISSING), 0))
+    condition_labels = {
+        name: Counter(dict.fromkeys((*SEVERITIES, _MISSING), 0)) for name in CONDITIONS[1:]
+    }
+    condition_truth = io.StringIO()
+    condition_writer = csv.writer(condition_truth, lineterminator="\n")
+    condition_writer.writerow(CONDITION_TRUTH_COLUMNS)
     series_counts: Counter[str] = Counter()
     n_series = n_images = 0
     names = (TRAIN_CSV, COORDINATES_CSV, SERIES_CSV, TRUTH_CSV)
@@ -221,12 +271,20 @@ def generate_dataset(
             truth.writerows(rows.truth)
             for cell in rows.train[1 : 1 + len(LEVEL_SLUGS)]:
                 labels[cell or _MISSING] += 1
+            if multi:
+                condition_writer.writerows(rows.condition_truth)
+                for k, name in enumerate(CONDITIONS[1:], start=1):
+                    start = 1 + k * len(LEVEL_SLUGS)
+                    for cell in rows.train[start : start + len(LEVEL_SLUGS)]:
+                        condition_labels[name][cell or _MISSING] += 1
             series_counts.update(row[2] for row in rows.series)
             n_series += len(rows.series)
             n_images += rows.n_images
             bar.update()
     for name, buffer in zip(names, buffers, strict=True):
         _write_text(out / name, buffer.getvalue())
+    if multi:
+        _write_text(out / CONDITION_TRUTH_CSV, condition_truth.getvalue())
     summary = SyntheticSummary(
         out_dir=out,
         config=config,
@@ -237,9 +295,21 @@ def generate_dataset(
         series_counts=dict(sorted(series_counts.items())),
         ceiling=ceiling,
         seconds=time.perf_counter() - started,
+        **(_condition_summary(config, condition_labels) if multi else {}),
     )
     _write_text(out / META_JSON, json.dumps(_meta(summary), indent=2) + "\n")
     return summary
+
+
+def _condition_summary(config: SyntheticConfig, counts: dict[str, Counter[str]]) -> dict[str, Any]:
+    ceilings = condition_ceilings(config)
+    # The spinal canal's own ceiling is SyntheticSummary.ceiling; list all five here.
+    label_counts = {name: dict(counts[name]) for name in CONDITIONS[1:]}
+    return {
+        "condition_label_counts": label_counts,
+        "condition_ceilings": ceilings,
+        "true_posterior": true_posterior_score(config),
+    }
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -299,6 +369,14 @@ def _template(plan: StudyPlan, series: SeriesPlan) -> Dataset:
 def _rows(plan: StudyPlan, n_images: int, *, v1: bool) -> _StudyRows:
     canal = ["" if d.recorded_grade is None else SEVERITIES[d.recorded_grade] for d in plan.discs]
     others = [_UNRENDERED_GRADE] * (len(CONDITION_SLUGS) - 1) * len(LEVEL_SLUGS)
+    if plan.conditions:
+        # Condition-major, level-minor, as TRAIN_COLUMNS (plan.conditions is in that order).
+        by_key = {(c.condition, c.level): c for c in plan.conditions}
+        others = [
+            grade_name(by_key[condition, level].recorded_grade)
+            for condition in CONDITIONS[1:]
+            for level in LEVELS
+        ]
     t2 = plan.sagittal_t2
     coordinates = [
         [
@@ -312,6 +390,19 @@ def _rows(plan: StudyPlan, n_images: int, *, v1: bool) -> _StudyRows:
         ]
         for d in plan.discs
         if d.coordinate is not None
+    ]
+    coordinates += [
+        [
+            str(plan.study_id),
+            str(c.series_id),
+            str(c.instance_number),
+            c.condition,
+            c.level,
+            f"{c.coordinate[0]:.6f}",
+            f"{c.coordinate[1]:.6f}",
+        ]
+        for c in plan.conditions
+        if c.coordinate is not None
     ]
     return _StudyRows(
         train=[str(plan.study_id), *canal, *others],
@@ -332,6 +423,20 @@ def _rows(plan: StudyPlan, n_images: int, *, v1: bool) -> _StudyRows:
             for d in plan.discs
         ],
         n_images=n_images,
+        condition_truth=[
+            [
+                str(plan.study_id),
+                c.condition,
+                c.level,
+                f"{c.r:.6f}",
+                SEVERITIES[c.true_grade],
+                str(c.series_id),
+                str(c.instance_number),
+                f"{c.true_coordinate[0]:.6f}",
+                f"{c.true_coordinate[1]:.6f}",
+            ]
+            for c in plan.conditions
+        ],
     )
 
 
@@ -349,7 +454,15 @@ def _study_rows(config: SyntheticConfig, out: Path, workers: int) -> Iterator[_S
 
 
 def _prepare(out: Path, overwrite: bool) -> None:
-    outputs = [TRAIN_CSV, COORDINATES_CSV, SERIES_CSV, TRUTH_CSV, META_JSON, IMAGES_DIR]
+    outputs = [
+        TRAIN_CSV,
+        COORDINATES_CSV,
+        SERIES_CSV,
+        TRUTH_CSV,
+        CONDITION_TRUTH_CSV,
+        META_JSON,
+        IMAGES_DIR,
+    ]
     existing = [name for name in outputs if (out / name).exists()]
     if existing and not overwrite:
         raise OutputExistsError(
@@ -367,7 +480,12 @@ def _prepare(out: Path, overwrite: bool) -> None:
 
 def _meta(summary: SyntheticSummary) -> dict[str, Any]:
     config = summary.config
-    return {
+    parameters = config.to_dict()
+    if config.conditions == "spinal":
+        # Left out so spinal-only datasets keep their synthetic_meta.json byte for byte.
+        for name in MULTI_CONDITION_FIELDS:
+            parameters.pop(name)
+    meta = {
         "generator": "lumbarssl.synthetic",
         "generator_version": config.generator_version,
         "lumbarssl_version": __version__,
@@ -377,7 +495,7 @@ def _meta(summary: SyntheticSummary) -> dict[str, Any]:
         "n_images": summary.n_images,
         "series_counts": summary.series_counts,
         "spinal_canal_label_counts": summary.label_counts,
-        "parameters": config.to_dict(),
+        "parameters": parameters,
         "ceiling": {
             "description": (
                 "Bayes-optimal classifier that knows the latent stenosis r exactly. "
@@ -391,3 +509,25 @@ def _meta(summary: SyntheticSummary) -> dict[str, Any]:
         "rendered_conditions": [SPINAL_CANAL],
         "unrendered_condition_value": _UNRENDERED_GRADE,
     }
+    if config.conditions == "all":
+        meta["rendered_conditions"] = list(CONDITIONS)
+        del meta["unrendered_condition_value"]
+        meta["conditions"] = {
+            "label_counts": summary.condition_label_counts,
+            "ceilings": {
+                name: ceiling.to_dict() for name, ceiling in summary.condition_ceilings.items()
+            },
+            "true_posterior_rsna_score": {
+                "description": (
+                    "RSNA 2024 competition score (lower is better) of the true posterior "
+                    "P(recorded grade | latent r) on all 25 targets, Monte Carlo over 20000 "
+                    "studies of the label model: the floor an image model approaches."
+                ),
+                **summary.true_posterior,
+            },
+            "series_share": (
+                "every study has Sagittal T2/STIR, Sagittal T1 and Axial T2 "
+                "(p_sagittal_t1 and p_axial_t2 are not used)"
+            ),
+        }
+    return meta

@@ -10,6 +10,8 @@ own random streams, derived from ``(seed, study index, purpose)``:
 2     acquisition: image geometry, series, scanner settings
 3     pixels: textures, bias field, noise (used by the renderer)
 4     midline (generator 2.0 on): drift, tilt and lateral curvature of the plane
+5     (``conditions="all"``) the four other conditions: latent severities, reader grades,
+      missing cells, annotation errors (:mod:`~lumbarssl.synthetic.conditions`)
 ====  =========================================================================
 
 so a study does not depend on the studies before it, nor on the number of worker processes.
@@ -27,7 +29,18 @@ from pydicom.uid import generate_uid
 
 from lumbarssl.layout import AXIAL_T2, LEVELS, SAGITTAL_T1, SAGITTAL_T2
 from lumbarssl.synthetic.anatomy import Anatomy, Centerline, sample_anatomy
-from lumbarssl.synthetic.config import V2_FIELDS, SyntheticConfig
+from lumbarssl.synthetic.conditions import (
+    CONDITION_STREAM,
+    FORAMINAL,
+    SUBARTICULAR,
+    ConditionPlan,
+    axial_margin,
+    axial_row_shift,
+    foramen_geometry,
+    recess_geometry,
+    sample_condition_labels,
+)
+from lumbarssl.synthetic.config import MULTI_CONDITION_FIELDS, V2_FIELDS, SyntheticConfig
 from lumbarssl.synthetic.labels import grade_from_r, reader_grade, sample_latent_stenosis
 
 F64 = NDArray[np.float64]
@@ -55,6 +68,10 @@ _MIDLINE_OFFSET = 0.4
 _MIDLINE_SLAB_MARGIN = 1.0
 # (v2) Beyond the lumbar discs the midline's shape is held at this multiple of its half-span.
 _MIDLINE_U_CLIP = 1.25
+# (conditions="all") Axial slices are at most this far apart (mm), so each disc has one near it.
+_AXIAL_MAX_SPACING_MM = 4.0
+# (conditions="all") Beyond the foramen plane the sagittal slab reaches this far (mm).
+_FORAMEN_SLAB_MARGIN_MM = 1.5
 # Study dates are spread over these days.
 _FIRST_STUDY_DATE = np.datetime64("2015-01-01")
 _STUDY_DATE_SPAN_DAYS = 3000
@@ -195,6 +212,9 @@ class StudyPlan:
         discs: The five graded discs, L1/L2 to L5/S1.
         midline: The canal midline along the spine; flat (``midline_offset`` everywhere) for
             generator 1.0.
+        conditions: (``conditions="all"``) The 20 foraminal and subarticular targets, condition
+            by condition (Left then Right foraminal, Left then Right subarticular), level by
+            level; empty otherwise.
     """
 
     index: int
@@ -210,6 +230,11 @@ class StudyPlan:
     series: tuple[SeriesPlan, ...]
     discs: tuple[DiscPlan, ...]
     midline: Midline | None = None
+    conditions: tuple[ConditionPlan, ...] = ()
+
+    def series_of(self, description: str) -> SeriesPlan | None:
+        """The study's series with this description, if any."""
+        return next((s for s in self.series if s.description == description), None)
 
     @property
     def sagittal_t2(self) -> SeriesPlan:
@@ -286,17 +311,25 @@ def sample_study_plan(config: SyntheticConfig, index: int) -> StudyPlan:
     centerline = Centerline.build(anatomy, anchor)
     points = [_canal_point(anatomy, k, jitter[k]) for k in range(n)]
     centerline = _fit_in_view(centerline, points, fov)
+    multi = config.conditions == "all"
     series = _sample_series(config, index, acq)
+    if multi:
+        series = _widen_sagittal(series, anatomy)
     midline_offset = acq.uniform(-_MIDLINE_OFFSET, _MIDLINE_OFFSET) * series[0].slice_spacing
     study_date = _FIRST_STUDY_DATE + np.timedelta64(
         int(acq.integers(0, _STUDY_DATE_SPAN_DAYS)), "D"
     )
-    series = tuple(_fit_axial(s, anatomy, centerline) for s in series)
+    series = tuple(_fit_axial(s, anatomy, centerline, dense=multi) for s in series)
     t2 = series[0]
     if config.generator_version == "1.0":
         midline = Midline(float(midline_offset))
     else:
-        midline = _sample_midline(config, anatomy, t2, study_rng(config, index, MIDLINE_STREAM))
+        margin = _MIDLINE_SLAB_MARGIN
+        if multi:
+            margin += _foramen_reach(anatomy) / t2.slice_spacing
+        midline = _sample_midline(
+            config, anatomy, t2, study_rng(config, index, MIDLINE_STREAM), margin
+        )
         midline_offset = midline.offset
 
     discs = []
@@ -324,6 +357,11 @@ def sample_study_plan(config: SyntheticConfig, index: int) -> StudyPlan:
                 midline_index=midline_index,
             )
         )
+    conditions: tuple[ConditionPlan, ...] = ()
+    if multi:
+        conditions = _condition_plans(
+            config, index, anatomy, centerline, spacing, size, series, midline
+        )
     return StudyPlan(
         index=index,
         study_id=_permuted_id(config.seed, index, salt=0),
@@ -338,11 +376,112 @@ def sample_study_plan(config: SyntheticConfig, index: int) -> StudyPlan:
         series=series,
         discs=tuple(discs),
         midline=midline,
+        conditions=conditions,
     )
 
 
+def _foramen_reach(anatomy: Anatomy) -> float:
+    """(conditions="all") Lateral distance (mm) the slab must cover on each side of the midline."""
+    return foramen_geometry(anatomy, 0).lateral + _FORAMEN_SLAB_MARGIN_MM
+
+
+def _widen_sagittal(series: tuple[SeriesPlan, ...], anatomy: Anatomy) -> tuple[SeriesPlan, ...]:
+    """(conditions="all") Enough sagittal slices to reach both foramina.
+
+    Room is left for the midline to drift by ``_MIDLINE_SLAB_MARGIN`` slices either way.
+    """
+    out = []
+    for s in series:
+        if s.description != AXIAL_T2:
+            half = int(np.ceil(_foramen_reach(anatomy) / s.slice_spacing + _MIDLINE_SLAB_MARGIN))
+            s = replace(s, n_slices=max(s.n_slices, 2 * half + 3))
+        out.append(s)
+    return tuple(out)
+
+
+def _condition_plans(
+    config: SyntheticConfig,
+    index: int,
+    anatomy: Anatomy,
+    centerline: Centerline,
+    spacing: float,
+    size: int,
+    series: tuple[SeriesPlan, ...],
+    midline: Midline,
+) -> tuple[ConditionPlan, ...]:
+    """(conditions="all") Labels, annotated instances and coordinates of the 20 targets."""
+    labels = sample_condition_labels(config, study_rng(config, index, CONDITION_STREAM))
+    t1 = next(s for s in series if s.description == SAGITTAL_T1)
+    axial = next(s for s in series if s.description == AXIAL_T2)
+    plans: list[ConditionPlan] = []
+    for condition in FORAMINAL:
+        r, recorded, missing, dropped, jitter = labels[condition]
+        sign = 1.0 if condition.startswith("Right") else -1.0  # sagittal: + = patient right
+        for k, level in enumerate(LEVELS):
+            g = foramen_geometry(anatomy, k)
+            centre = t1.n_slices // 2
+            offsets = [
+                (j - centre) * t1.slice_spacing - float(midline.at(g.s)) for j in range(t1.n_slices)
+            ]
+            j = int(np.argmin([abs(o - sign * g.lateral) for o in offsets]))
+            true_xy = centerline.to_image(g.s, g.t)
+            xy = centerline.to_image(g.s + jitter[k, 0] * g.half_s, g.t + jitter[k, 1] * g.half_t)
+            plans.append(
+                ConditionPlan(
+                    condition=condition,
+                    level=level,
+                    r=float(r[k]),
+                    true_grade=int(grade_from_r(r[k], config.grade_thresholds)),
+                    recorded_grade=None if missing[k] else int(recorded[k]),
+                    series_id=t1.series_id,
+                    instance_number=t1.instance_number(j),
+                    coordinate=None if dropped[k] else (xy[0] / spacing, xy[1] / spacing),
+                    true_coordinate=(true_xy[0] / spacing, true_xy[1] / spacing),
+                )
+            )
+    rg = recess_geometry(anatomy)
+    margin = axial_margin(anatomy, centerline)
+    fov = size * spacing
+    discs = anatomy.lumbar_discs
+    bottom = centerline.to_image(discs[-1].center, 0.0)[1]
+    for condition in SUBARTICULAR:
+        r, recorded, missing, dropped, jitter = labels[condition]
+        side = 1.0 if condition.startswith("Left") else -1.0  # axial: + = patient left
+        for k, level in enumerate(LEVELS):
+            row = centerline.to_image(discs[k].center, 0.0)[1]
+            j = int(np.clip(round((bottom - row) / axial.slice_spacing), 0, axial.n_slices - 1))
+            shift = axial_row_shift(centerline, margin, spacing, bottom - j * axial.slice_spacing)
+
+            def pixel(s_ap: float, t: float, shift: int = shift) -> tuple[float, float]:
+                return (0.5 * fov + t) / spacing, (s_ap + margin) / spacing + shift
+
+            true_xy = pixel(rg.recess_s, side * rg.recess_t)
+            xy = pixel(
+                rg.recess_s + jitter[k, 0] * rg.canal_half_s,
+                side * rg.recess_t + jitter[k, 1] * rg.canal_half_t,
+            )
+            plans.append(
+                ConditionPlan(
+                    condition=condition,
+                    level=level,
+                    r=float(r[k]),
+                    true_grade=int(grade_from_r(r[k], config.grade_thresholds)),
+                    recorded_grade=None if missing[k] else int(recorded[k]),
+                    series_id=axial.series_id,
+                    instance_number=axial.instance_number(j),
+                    coordinate=None if dropped[k] else xy,
+                    true_coordinate=true_xy,
+                )
+            )
+    return tuple(plans)
+
+
 def _sample_midline(
-    config: SyntheticConfig, anatomy: Anatomy, t2: SeriesPlan, rng: np.random.Generator
+    config: SyntheticConfig,
+    anatomy: Anatomy,
+    t2: SeriesPlan,
+    rng: np.random.Generator,
+    margin: float = _MIDLINE_SLAB_MARGIN,
 ) -> Midline:
     """(v2) Draw the drift, tilt and lateral curvature of the canal midline.
 
@@ -359,8 +498,8 @@ def _sample_midline(
     bow = rng.uniform(*config.lateral_curvature_mm) * (1.0 if rng.random() < 0.5 else -1.0)
     midline = Midline(offset, tilt, bow if curved else 0.0, center, half_span)
     centre = t2.n_slices // 2
-    below = max(centre - _MIDLINE_SLAB_MARGIN, 0.0) * spacing
-    above = max(t2.n_slices - 1 - _MIDLINE_SLAB_MARGIN - centre, 0.0) * spacing
+    below = max(centre - margin, 0.0) * spacing
+    above = max(t2.n_slices - 1 - margin - centre, 0.0) * spacing
     low, high = midline.extent()
     shrink = min(1.0, below / -low if low < 0 else 1.0, above / high if high > 0 else 1.0)
     if shrink < 1.0:
@@ -411,8 +550,10 @@ def _fit_in_view(
 def _sample_series(
     config: SyntheticConfig, index: int, rng: np.random.Generator
 ) -> tuple[SeriesPlan, ...]:
-    has_t1 = rng.random() < config.p_sagittal_t1
-    has_axial = rng.random() < config.p_axial_t2
+    # conditions="all": every study has the three series (RSNA: nearly every study does).
+    every = config.conditions == "all"
+    has_t1 = rng.random() < (1.0 if every else config.p_sagittal_t1)
+    has_axial = rng.random() < (1.0 if every else config.p_axial_t2)
     descriptions = [SAGITTAL_T2] + [SAGITTAL_T1] * has_t1 + [AXIAL_T2] * has_axial
     numbers = rng.permutation(np.arange(1, 10))
     slices = int(rng.integers(config.slices_range[0], config.slices_range[1] + 1))
@@ -454,13 +595,21 @@ def _sample_series(
     return tuple(series)
 
 
-def _fit_axial(series: SeriesPlan, anatomy: Anatomy, centerline: Centerline) -> SeriesPlan:
-    """Spread an axial series' slices evenly in height from the L5/S1 to the L1/L2 disc."""
+def _fit_axial(
+    series: SeriesPlan, anatomy: Anatomy, centerline: Centerline, *, dense: bool = False
+) -> SeriesPlan:
+    """Spread an axial series' slices evenly in height from the L5/S1 to the L1/L2 disc.
+
+    ``dense`` (conditions="all") adds slices until they are at most 4 mm apart.
+    """
     if series.description != AXIAL_T2 or series.n_slices < 2:
         return series
     discs = anatomy.lumbar_discs
     top = centerline.to_image(discs[0].center, 0.0)[1]
     bottom = centerline.to_image(discs[-1].center, 0.0)[1]
+    if dense:
+        needed = int(np.ceil((bottom - top) / _AXIAL_MAX_SPACING_MM)) + 1
+        series = replace(series, n_slices=max(series.n_slices, needed))
     spacing = round((bottom - top) / (series.n_slices - 1), 3)
     ratio = series.slice_thickness / series.slice_spacing
     return replace(series, slice_spacing=spacing, slice_thickness=round(spacing * ratio, 3))
@@ -480,6 +629,10 @@ def config_digest(config: SyntheticConfig) -> str:
     if config.generator_version == "1.0":
         # Version 1.0 predates these fields; leaving them out keeps its UIDs.
         for name in V2_FIELDS:
+            params.pop(name)
+    if config.conditions == "spinal":
+        # Spinal-only datasets predate these fields; leaving them out keeps their UIDs.
+        for name in MULTI_CONDITION_FIELDS:
             params.pop(name)
     text = repr(sorted(params.items())) + config.generator_version
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
-from lumbarssl.layout import AXIAL_T2, SAGITTAL_T1
+from lumbarssl.layout import AXIAL_T2, LEVELS, SAGITTAL_T1
 from lumbarssl.synthetic.axial import AxialPhantom
+from lumbarssl.synthetic.conditions import (
+    FORAMINAL,
+    SUBARTICULAR,
+    ForamenGeometry,
+    foramen_geometry,
+    lateral_weight,
+    paint_foramina,
+    paint_recesses,
+    recess_geometry,
+)
 from lumbarssl.synthetic.config import SyntheticConfig
 from lumbarssl.synthetic.dicom_io import AXIAL_ORIENTATION, SAGITTAL_ORIENTATION
 from lumbarssl.synthetic.phantom import T1_SIGNAL, T2_SIGNAL, SagittalPhantom, rician_magnitude
@@ -96,13 +106,14 @@ def render_series(
         )
         bottom = plan.centerline.to_image(plan.anatomy.lumbar_discs[-1].center, 0.0)[1]
         noise = _NoisePool(rng, plan.size, series.noise_sd)
+        overlay = _recess_overlay(plan, axial) if plan.conditions else None
         for j in range(n):
             row_mm = bottom - j * series.slice_spacing  # ascending patient Z
             z = corner[1] - row_mm
             yield RenderedSlice(
                 spatial_index=j,
                 instance_number=series.instance_number(j),
-                pixels=_store(noise.add(axial.slice(row_mm), rng), series),
+                pixels=_store(noise.add(axial.slice(row_mm, overlay), rng), series),
                 position=(-0.5 * fov, corner[0], z),
                 slice_location=z,
             )
@@ -112,6 +123,7 @@ def render_series(
     normal = np.cross(SAGITTAL_ORIENTATION[:3], SAGITTAL_ORIENTATION[3:])
     flat = plan.midline is None or plan.midline.is_flat
     s_map = None if flat else phantom.frame[0].astype(np.float64)
+    foramina = _foramina(plan) if plan.conditions and series.description == SAGITTAL_T1 else None
     for j in range(n):
         z = plan.slice_offset(j, series)
         position = tuple(float(v) for v in np.asarray([0.0, *corner]) + z * normal)
@@ -119,6 +131,14 @@ def render_series(
             image = phantom.slice(z)
         else:
             image = phantom.slice_map(plan.lateral_offset(j, series, s_map).astype(np.float32))
+        if foramina is not None:
+            shown = []
+            for g, r, sign in foramina:
+                offset = float(plan.lateral_offset(j, series, np.asarray(g.s))) - sign * g.lateral
+                shown.append((g, r, lateral_weight(offset, series.slice_spacing)))
+            if any(w > 0.0 for _, _, w in shown):
+                s_frame, t_frame = phantom.frame
+                image = paint_foramina(image.copy(), s_frame, t_frame, shown, plan.spacing)
         yield RenderedSlice(
             spatial_index=j,
             instance_number=series.instance_number(j),
@@ -126,6 +146,38 @@ def render_series(
             position=(position[0], position[1], position[2]),
             slice_location=z,
         )
+
+
+def _foramina(plan: StudyPlan) -> list[tuple[ForamenGeometry, float, float]]:
+    """(conditions="all") ``(geometry, r, side sign)`` of the ten foramina (+ = right)."""
+    out = []
+    for c in plan.conditions:
+        if c.condition in FORAMINAL:
+            g = foramen_geometry(plan.anatomy, LEVELS.index(c.level))
+            out.append((g, c.r, 1.0 if c.condition.startswith("Right") else -1.0))
+    return out
+
+
+def _recess_overlay(plan: StudyPlan, axial: AxialPhantom) -> Callable[[F32, float], F32]:
+    """(conditions="all") The painter of the lateral recesses for :meth:`AxialPhantom.slice`."""
+    s_frame, t_frame = axial.frame
+    geometry = recess_geometry(plan.anatomy)
+    discs = plan.anatomy.lumbar_discs
+    recesses = [
+        (1.0 if c.condition.startswith("Left") else -1.0, c.r, LEVELS.index(c.level))
+        for c in plan.conditions
+        if c.condition in SUBARTICULAR
+    ]
+
+    def overlay(image: F32, s_row: float) -> F32:
+        shown = []
+        for side, r, k in recesses:
+            d = discs[k]
+            weight = min(max((0.5 * d.height + 1.0 - abs(s_row - d.center)) / 2.0, 0.0), 1.0)
+            shown.append((side, r, weight))
+        return paint_recesses(image, s_frame, t_frame, geometry, shown, plan.spacing)
+
+    return overlay
 
 
 def orientation_of(series: SeriesPlan) -> tuple[float, ...]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from lumbarssl._core.config import ConfigBase
 from lumbarssl.data.cache import SKIPPED_CSV
@@ -48,6 +48,13 @@ class PrepareConfig(ConfigBase):
             default 0 stores them uncompressed, as large as their rows of ``rois.npy``: MR
             noise leaves deflate little to gain (level 1 saves about a fifth of the size on
             synthetic ROIs) for about 30 % more time per PNG.
+        conditions: ``"spinal"`` (default): the paper's input, one ROI per spinal canal
+            coordinate on Sagittal T2/STIR; the outputs are those of earlier versions byte for
+            byte (this field is then left out of :meth:`to_dict`). ``"all"``: one ROI per
+            (condition, side, level) coordinate on the series and instance it names (Sagittal
+            T1 for foraminal narrowing, Axial T2 for subarticular stenosis), axial levels
+            checked against the geometry (:mod:`lumbarssl.data.prepare.conditions`);
+            ``index.csv`` gains a ``condition`` column.
     """
 
     _positional_fields: ClassVar[tuple[str, ...]] = (
@@ -65,8 +72,19 @@ class PrepareConfig(ConfigBase):
     pad_value: float = 0.0  # Sec. 3.1: constant padding
     on_error: OnError = "skip"
     png_compress_level: int = 0
+    conditions: str = "spinal"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a dictionary; ``conditions`` only when it is not ``"spinal"``."""
+        data = super().to_dict()
+        if self.conditions == "spinal":
+            # Keeps prepare_meta.json and the resume fingerprint of spinal runs as they were.
+            del data["conditions"]
+        return data
 
     def __post_init__(self) -> None:
+        if self.conditions not in ("spinal", "all"):
+            raise ValueError(f"conditions must be 'spinal' or 'all', got {self.conditions!r}")
         if self.roi_size < 1:
             raise ValueError(f"roi_size must be >= 1, got {self.roi_size}")
         if self.slices < 1 or self.slices % 2 == 0:

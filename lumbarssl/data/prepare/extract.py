@@ -10,7 +10,7 @@ every ROI and localizer channel asked of it. Nothing here writes a file:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +36,7 @@ from lumbarssl.data.dicom import (
     UnsupportedTransferSyntaxError,
     open_series,
 )
-from lumbarssl.data.index import DiscRecord, read_index
+from lumbarssl.data.index import DiscIndex, DiscRecord, read_index
 from lumbarssl.data.prepare.config import PrepareConfig
 from lumbarssl.data.roi import extract_roi, intensity_range, is_inside, localizer_channel
 from lumbarssl.data.skips import RSNADataError, Skip, SkipReason
@@ -47,6 +47,7 @@ __all__ = [
     "extract_study",
     "group_by_study",
     "prepare_in_memory",
+    "read_prepare_index",
     "study_arrays",
 ]
 
@@ -273,15 +274,27 @@ def extract_series(
 def extract_study(
     data_dir: Path, study_id: int, discs: Sequence[DiscRecord], config: PrepareConfig
 ) -> StudyOutput:
-    """Extract every disc of one study; in ``"skip"`` mode an unexpected error skips it."""
+    """Extract every disc of one study; in ``"skip"`` mode an unexpected error skips it.
+
+    With ``config.conditions == "all"`` every (condition, side, level) row is extracted by
+    :func:`lumbarssl.data.prepare.conditions.extract_condition_study`.
+    """
+    extract: Callable[[Path, int, Sequence[DiscRecord], PrepareConfig], StudyOutput] | None = None
+    if config.conditions != "spinal":
+        from lumbarssl.data.prepare.conditions import extract_condition_study
+
+        extract = extract_condition_study
     out = StudyOutput()
     by_series: dict[int, list[DiscRecord]] = {}
     for disc in discs:
         by_series.setdefault(disc.series_id, []).append(disc)
     study_dir = data_dir / IMAGES_DIR / str(study_id)
     try:
-        for series_id, series_discs in by_series.items():
-            extract_series(study_dir / str(series_id), series_discs, config, out)
+        if extract is not None:
+            out = extract(data_dir, study_id, discs, config)
+        else:
+            for series_id, series_discs in by_series.items():
+                extract_series(study_dir / str(series_id), series_discs, config, out)
     except (RSNADataError, DicomReadError):
         raise
     except Exception as exc:
@@ -314,6 +327,15 @@ def study_arrays(out: StudyOutput, config: PrepareConfig) -> dict[str, np.ndarra
     return arrays
 
 
+def read_prepare_index(data_dir: Path, config: PrepareConfig) -> DiscIndex:
+    """The rows ``prepare`` extracts: spinal canal discs, or all conditions' rows."""
+    if config.conditions != "spinal":
+        from lumbarssl.data.prepare.conditions import read_condition_index
+
+        return read_condition_index(data_dir, on_error=config.on_error)
+    return read_index(data_dir, on_error=config.on_error)
+
+
 def group_by_study(discs: Sequence[DiscRecord]) -> dict[int, tuple[DiscRecord, ...]]:
     """The discs of each study, in the order of first appearance."""
     groups: dict[int, list[DiscRecord]] = {}
@@ -336,7 +358,7 @@ def prepare_in_memory(
     """
     config = config or PrepareConfig()
     data_dir = Path(data_dir)
-    index = read_index(data_dir, on_error=config.on_error)
+    index = read_prepare_index(data_dir, config)
     rows: list[dict[str, object]] = []
     skips: list[Skip] = list(index.skips)
     blocks: dict[str, list[np.ndarray]] = {}

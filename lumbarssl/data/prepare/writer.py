@@ -55,6 +55,7 @@ from tqdm import tqdm
 from lumbarssl import __version__
 from lumbarssl._core.atomic import atomic_write
 from lumbarssl.data.cache import (
+    CONDITION_INDEX_COLUMNS,
     INDEX_COLUMNS,
     INDEX_CSV,
     META_JSON,
@@ -68,9 +69,15 @@ from lumbarssl.data.cache import (
     stats_from_histogram,
 )
 from lumbarssl.data.constants import COORDINATES_CSV, SERIES_CSV, TRAIN_CSV
-from lumbarssl.data.index import DiscIndex, DiscRecord, read_index
+from lumbarssl.data.index import DiscIndex, DiscRecord
 from lumbarssl.data.prepare.config import CACHE_FORMAT_VERSION, PrepareConfig, PrepareResult
-from lumbarssl.data.prepare.extract import StudyOutput, extract_study, group_by_study, study_arrays
+from lumbarssl.data.prepare.extract import (
+    StudyOutput,
+    extract_study,
+    group_by_study,
+    read_prepare_index,
+    study_arrays,
+)
 from lumbarssl.data.prepare.journal import (
     Partial,
     Record,
@@ -339,9 +346,9 @@ def _write_outputs(
         rows_out.extend(part.rows)
         skips.extend(part.skips)
         localizer_offset += part.n_localizer
-    _write_csv(
-        out_dir / INDEX_CSV, INDEX_COLUMNS, ([r[c] for c in INDEX_COLUMNS] for r in rows_out)
-    )
+    # conditions="all" adds the condition column; the spinal-only index stays as it was.
+    columns = INDEX_COLUMNS if config.conditions == "spinal" else CONDITION_INDEX_COLUMNS
+    _write_csv(out_dir / INDEX_CSV, columns, ([r[c] for c in columns] for r in rows_out))
     _write_csv(out_dir / SKIPPED_CSV, SKIPPED_COLUMNS, (_skip_row(s) for s in skips))
 
     n_rows = len(rows_out)
@@ -425,7 +432,7 @@ def prepare_cache(
         raise ConfigError(f"workers must be >= 1, got {workers}")
     config = config or PrepareConfig()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    index = read_index(data_dir, on_error=config.on_error)
+    index = read_prepare_index(data_dir, config)
     fingerprint = _fingerprint(data_dir, config)
     with _environment_errors(out_dir, _needed_bytes(len(index.discs), config)):
         out_dir.mkdir(parents=True, exist_ok=True)
