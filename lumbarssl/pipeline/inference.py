@@ -24,6 +24,7 @@ from lumbarssl.data.recipes import LocalizerRecipe, RoiRecipe
 from lumbarssl.errors import InputError, WrongKindError
 from lumbarssl.models import DiscClassifier, Localizer2p5D, load_checkpoint
 from lumbarssl.pipeline.convert import load_recipe
+from lumbarssl.pipeline.evaluate import calibration_from_metadata, class_logits
 from lumbarssl.reporting.figures import plot_prediction_overlay
 from lumbarssl.training import select_device
 
@@ -43,8 +44,10 @@ class LevelPrediction:
         level: ``"L1/L2"`` ... ``"L5/S1"``.
         x: Column of the predicted centre on the slice, in pixels.
         y: Row of the predicted centre on the slice, in pixels.
-        grade: Predicted severity (``"Normal/Mild"``, ``"Moderate"``, ``"Severe"``).
-        probabilities: Severity -> probability.
+        grade: Predicted severity (``"Normal/Mild"``, ``"Moderate"``, ``"Severe"``): the argmax
+            of the classifier's uncalibrated outputs, the decision rule Table 1 measures.
+        probabilities: Severity -> probability, calibrated by the classifier's
+            validation-fitted map when its checkpoint carries one.
     """
 
     level: str
@@ -99,6 +102,9 @@ class DiscGrader:
     Attributes:
         roi_recipe: The classifier's :class:`~lumbarssl.data.recipes.RoiRecipe`.
         localizer_recipe: The localizer's :class:`~lumbarssl.data.recipes.LocalizerRecipe`.
+        calibration: The classifier's validation-fitted
+            :class:`~lumbarssl.metrics.Calibration` (``None`` if its checkpoint has none),
+            applied to the probabilities.
 
     Raises:
         TypeError: If a checkpoint holds the wrong kind of model.
@@ -122,6 +128,7 @@ class DiscGrader:
             )
         self.localizer_recipe = load_recipe(self.localizer_meta, LocalizerRecipe, localizer)
         self.roi_recipe = load_recipe(self.classifier_meta, RoiRecipe, classifier)
+        self.calibration = calibration_from_metadata(self.classifier_meta, str(classifier))
         self.localizer: nn.Module = loc_model.to(self.device).eval()
         self.classifier: nn.Module = cls_model.to(self.device).eval()
 
@@ -206,13 +213,17 @@ class DiscGrader:
         rois = torch.stack(
             [self.classifier_input(image, x, y) for x, y in zip(xs, ys, strict=True)]
         ).to(self.device)
-        probabilities = torch.softmax(self.classifier(rois).float(), dim=1).cpu().numpy()
+        logits = class_logits(self.classifier, self.classifier(rois).float().cpu().double())
+        grades = logits.argmax(dim=1).tolist()  # uncalibrated: the rule of Table 1
+        if self.calibration is not None:
+            logits = self.calibration.apply(logits)
+        probabilities = torch.softmax(logits, dim=1).numpy()
         predictions = tuple(
             LevelPrediction(
                 level=LEVELS[i],
                 x=float(xs[i]),
                 y=float(ys[i]),
-                grade=SEVERITIES[int(probabilities[i].argmax())],
+                grade=SEVERITIES[grades[i]],
                 probabilities={
                     s: float(p) for s, p in zip(SEVERITIES, probabilities[i], strict=True)
                 },
@@ -222,6 +233,10 @@ class DiscGrader:
         provenance = {
             "classifier": {
                 k: self.classifier_meta.get(k) for k in ("data_source", "profile", "seed", "mode")
+            }
+            | {
+                "head": self.classifier_meta.get("head", "softmax"),
+                "calibration": None if self.calibration is None else self.calibration.method,
             },
             "localizer": {
                 k: self.localizer_meta.get(k) for k in ("data_source", "profile", "seed")
