@@ -10,9 +10,12 @@ from lumbarssl.pipeline._common import MODEL_FILE, STAGE_CONFIG_FILE
 from lumbarssl.pipeline.config import StageConfig, param
 from lumbarssl.pipeline.convert import convert_checkpoint, legacy_recipe, load_recipe
 from lumbarssl.pipeline.evaluate import (
+    CALIBRATION_KEY,
     EPOCH_METRICS,
     ClassifierPredictions,
     EvaluateConfig,
+    calibration_from_metadata,
+    class_logits,
     epoch_metrics,
     predict_classifier,
     run_evaluation,
@@ -34,6 +37,7 @@ from lumbarssl.pipeline.pretrain import PretrainConfig, pretraining_rows, run_pr
 from lumbarssl.pipeline.result import StageResult
 
 __all__ = [
+    "CALIBRATION_KEY",
     "EPOCH_METRICS",
     "MODEL_FILE",
     "STAGE_CONFIG_FILE",
@@ -50,6 +54,8 @@ __all__ = [
     "Splits",
     "StageConfig",
     "StageResult",
+    "calibration_from_metadata",
+    "class_logits",
     "convert_checkpoint",
     "epoch_metrics",
     "legacy_recipe",
