@@ -349,3 +349,23 @@ def test_finetune_flags_for_head_and_calibration(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(SystemExit) as exit_info:
         main([*argv, "--head", "probit"])
     assert exit_info.value.code == 2
+
+
+def test_reproduce_paper_has_an_ordinal_flag_off_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "reproduce_paper.py"
+    spec = importlib.util.spec_from_file_location("reproduce_paper", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "reproduce_paper", module)  # its dataclasses look it up
+    spec.loader.exec_module(module)
+    assert module.parse_args([]).ordinal is None
+    assert module.parse_args(["--ordinal"]).ordinal == "corn"
+    assert module.parse_args(["--ordinal", "cumulative"]).ordinal == "cumulative"
+    with pytest.raises(SystemExit):
+        module.parse_args(["--ordinal", "probit"])
