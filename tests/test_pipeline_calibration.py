@@ -45,7 +45,7 @@ from lumbarssl.pipeline.evaluate import (
     class_logits,
     supervised_dataset,
 )
-from lumbarssl.reporting import format_calibration_table
+from lumbarssl.reporting import COLUMNS, format_calibration_table
 from lumbarssl.training import RuntimeConfig
 
 ALPHA = (0.8, 4.0, 5.0)
@@ -369,3 +369,17 @@ def test_reproduce_paper_has_an_ordinal_flag_off_by_default(
     assert module.parse_args(["--ordinal", "cumulative"]).ordinal == "cumulative"
     with pytest.raises(SystemExit):
         module.parse_args(["--ordinal", "probit"])
+    # The comparison table: both heads' Table 1 cells with intervals, RSNA raw and calibrated.
+    cells = {c: [0.5, 0.4, 0.6] for c in COLUMNS}
+    reports = {
+        "finetune": {"table1": cells, "rsna": {"score": 0.3}},
+        "finetune_corn": {
+            "table1": cells,
+            "rsna": {"score": 0.25},
+            "calibrated": {"rsna": {"score": 0.2}},
+        },
+    }
+    table = module.ordinal_comparison(reports, "finetune_corn")
+    assert "| finetune | 0.500 [0.40, 0.60] |" in table
+    assert table.splitlines()[-1].endswith("| 0.250 | 0.200 |")
+    assert table.splitlines()[-2].endswith("| 0.300 | — |")
