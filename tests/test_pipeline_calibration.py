@@ -234,7 +234,8 @@ def test_finetuning_with_an_ordinal_head_trains_and_stores_its_calibration(
         device="cpu",
     )
     assert val.logits is not None
-    refit = fit_calibration(val.logits, val.y_true, "bias")
+    weights = np.array([1.0, 2.0, 4.0])[val.y_true]  # the RSNA weights, by true grade
+    refit = fit_calibration(val.logits, val.y_true, "bias", sample_weight=weights)
     assert np.allclose(refit.bias, stored.bias, atol=1e-6)
     assert stored.num_samples == len(val.y_true)
     # Class probabilities (B, 3) downstream: the test CSV's rows sum to one.
@@ -333,18 +334,18 @@ def test_finetune_flags_for_head_and_calibration(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(lumbarssl.cli.finetune, "run_finetuning", lambda c: calls.append(c))
     argv = ["finetune", "--cache-dir", "c", "--out-dir", "o", "--mode", "scratch"]
     assert main([*argv, "--head", "cumulative", "--calibration", "vector",
-                 "--calibration-weights", "rsna"]) == 0  # fmt: skip
+                 "--calibration-weights", "uniform"]) == 0  # fmt: skip
     (config,) = calls
     assert (config.head, config.calibration, config.calibration_weights) == (
         "cumulative",
         "vector",
-        "rsna",
+        "uniform",
     )
     assert main(argv) == 0
     assert (calls[1].head, calls[1].calibration, calls[1].calibration_weights) == (
         "softmax",
         "bias",
-        "uniform",
+        "rsna",
     )
     with pytest.raises(SystemExit) as exit_info:
         main([*argv, "--head", "probit"])
