@@ -31,7 +31,7 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import JPEGLSLossless
 
 import lumbarssl.data.dicom as dicom_module
-import lumbarssl.data.prepare.extract as extract_module
+import lumbarssl.data.prepare.study as study_module
 import lumbarssl.data.prepare.writer as writer_module
 from lumbarssl.cli import main
 from lumbarssl.data import _tagscan as tagscan
@@ -39,6 +39,7 @@ from lumbarssl.data._tagscan import TagScan
 from lumbarssl.data.cache import IncompleteCacheError, PreparedCache
 from lumbarssl.data.dicom import LazySeries
 from lumbarssl.data.prepare import PrepareConfig, prepare_cache, prepare_in_memory
+from lumbarssl.data.prepare.extract import extract_series
 from lumbarssl.data.skips import RSNADataError
 
 ROI = 16
@@ -440,14 +441,14 @@ def test_one_failing_study_does_not_abort_the_run(
     fixture: Fixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bad = fixture.studies[0].study_id
-    real = extract_module.extract_series
+    real = extract_series
 
     def flaky(series_dir: Path, *args: object) -> None:
         if series_dir.parent.name == str(bad):
             raise RuntimeError("boom")
         real(series_dir, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(extract_module, "extract_series", flaky)
+    monkeypatch.setattr(study_module, "extract_series", flaky)
     result = prepare_cache(fixture.root, tmp_path / "out", CONFIG, progress=False)
     assert result.skip_counts["internal_error"] == 5
     skipped = _csv(tmp_path / "out" / "skipped.csv")

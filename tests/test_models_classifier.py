@@ -124,7 +124,9 @@ def test_optimizer_step_moves_only_trainable_parameters() -> None:
         changed = not torch.equal(param, before[name])
         if not _expected_trainable(name, "finetune"):
             assert not changed, name
-    assert not torch.equal(model.head.weight, before["head.weight"])
+    head = model.head
+    assert isinstance(head, nn.Linear)
+    assert not torch.equal(head.weight, before["head.weight"])
 
 
 def test_forward_shapes_for_single_and_multi_slice_input() -> None:

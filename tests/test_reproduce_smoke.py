@@ -64,6 +64,24 @@ def test_report_names_data_profile_and_seed(run_dir: Path) -> None:
     assert "0.781" in markdown  # the paper's published fine-tuned balanced accuracy beside ours
 
 
+def test_each_row_reports_its_calibration_beside_the_raw_reading(run_dir: Path) -> None:
+    report = _report(run_dir)
+    calibrated = report["calibrated"]
+    assert isinstance(calibrated, dict)
+    assert list(calibrated) == ["scratch", "linear_probe", "finetune"]
+    rsna = report["rsna"]
+    assert isinstance(rsna, dict)
+    for key, row in calibrated.items():
+        if row is None:  # the smoke split may miss a grade: no bias fit, nothing claimed
+            continue
+        assert row["calibration"]["method"] == "bias"
+        assert math.isfinite(row["rsna"]["score"])
+        assert 0.0 <= row["argmax_change_rate"] <= 1.0
+        assert set(rsna[key]) == set(row["rsna"])
+    assert "## Calibrated vs raw probabilities" in (run_dir / "report.md").read_text()
+    assert report["ordinal"] is None  # --ordinal is off by default
+
+
 def test_table1_has_three_rows_of_finite_fractions_with_intervals(run_dir: Path) -> None:
     table = _report(run_dir)["table1"]
     assert isinstance(table, dict)

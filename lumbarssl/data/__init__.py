@@ -31,7 +31,7 @@ from lumbarssl.data.dicom import (
 )
 from lumbarssl.data.index import DiscIndex, DiscRecord, read_index
 from lumbarssl.data.prepare.config import PrepareConfig, PrepareResult, format_summary
-from lumbarssl.data.prepare.extract import prepare_in_memory
+from lumbarssl.data.prepare.study import prepare_in_memory
 from lumbarssl.data.roi import (
     LOCALIZER_SIZE,
     ROI_SIZE,

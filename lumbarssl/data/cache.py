@@ -426,14 +426,16 @@ def check_roi_stats(stats: object, source: str, remedy: str) -> None:
         return
     if not isinstance(stats, Mapping):
         raise DataError(f"{source}: roi_stats is {stats!r}, not an object; {remedy}")
-    for key, shown in (("mean", "[0, 1]"), ("std", f"({_MIN_STD:g}, 0.5]")):
+    shown_std = f"({_MIN_STD:g}, 0.5] (or 1: no or constant ROIs)"
+    for key, shown in (("mean", "[0, 1]"), ("std", shown_std)):
         value = stats.get(key)
         if isinstance(value, bool) or not isinstance(value, int | float):
             ok = False
         elif key == "mean":
             ok = 0.0 <= value <= 1.0  # False for NaN
         else:
-            ok = _MIN_STD < value <= 0.5
+            # 1.0 is what stats_from_histogram reports for an empty or constant cache.
+            ok = _MIN_STD < value <= 0.5 or value == 1.0
         if not ok:
             raise DataError(
                 f"{source}: roi_stats.{key} is {value!r}, outside {shown} for pixels scaled "

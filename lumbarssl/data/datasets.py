@@ -31,7 +31,7 @@ from lumbarssl.data.batch_augment import draw_augment_params
 from lumbarssl.data.cache import PreparedCache
 from lumbarssl.data.constants import LEVELS, MISSING_LABEL
 from lumbarssl.data.prepare.config import PrepareConfig
-from lumbarssl.data.prepare.extract import prepare_in_memory
+from lumbarssl.data.prepare.study import prepare_in_memory
 from lumbarssl.data.recipes import LocalizerRecipe, RoiRecipe
 from lumbarssl.errors import ConfigError, DataError
 

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from lumbarssl import paper
 from lumbarssl.models.encoder import ENCODER_DIM
+from lumbarssl.models.ordinal import OrdinalHead
 from lumbarssl.models.pool import DeepSetsDiscPool
 from lumbarssl.models.registry import ARCHITECTURE_KEY, build_model, model_config, register_model
 
@@ -19,14 +20,21 @@ if TYPE_CHECKING:
 __all__ = [
     "BACKBONE_LR",
     "FINETUNE_FROZEN_MODULES",
+    "HEAD_KINDS",
     "HEAD_LR",
     "DiscClassifier",
+    "HeadKind",
     "TrainingMode",
 ]
 
 #: How the encoder is trained. Paper Sec. 6, the three rows of Table 1.
 TrainingMode = Literal["scratch", "linear_probe", "finetune"]
 _MODES: Final[tuple[str, ...]] = get_args(TrainingMode)
+
+#: The grading head: the paper's linear softmax layer (Sec. 3.5) or an ordinal one
+#: (:class:`~lumbarssl.models.OrdinalHead`, CORN or cumulative link; the paper's future work).
+HeadKind = Literal["softmax", "corn", "cumulative"]
+HEAD_KINDS: Final[tuple[str, ...]] = get_args(HeadKind)
 
 #: Encoder children frozen in ``"finetune"`` mode, the stem and layers 1-3. Paper Sec. 4.4.
 FINETUNE_FROZEN_MODULES: Final[tuple[str, ...]] = ("conv1", "bn1", "layer1", "layer2", "layer3")
@@ -41,11 +49,19 @@ _NUM_GRADES: Final[int] = 3
 
 
 class DiscClassifier(nn.Module):
-    """Grade a disc from its slice(s): encoder → Deep Sets pool → linear head.
+    """Grade a disc from its slice(s): encoder → Deep Sets pool → linear or ordinal head.
 
     Each slice is encoded to ``D`` features, the ``S`` slices of a disc are pooled by
     :class:`~lumbarssl.models.DeepSetsDiscPool` (a plain mean by default, the identity for the
     paper's single ROI per disc, Sec. 3.5) and a linear layer gives the ``C`` logits.
+
+    With ``head_kind="corn"`` or ``"cumulative"`` the head is an
+    :class:`~lumbarssl.models.OrdinalHead` and :meth:`forward` returns its ``C - 1`` ordinal
+    logits, the input of :class:`~lumbarssl.losses.OrdinalLoss`;
+    :func:`lumbarssl.pipeline.class_logits` turns either output into ``(B, C)`` class logits
+    (log class probabilities for an ordinal head, via
+    :func:`~lumbarssl.losses.ordinal_log_probabilities`), so evaluation, calibration and
+    prediction treat both heads alike.
 
     ``mode`` selects which parameters train (paper Sec. 4.4 and Table 1):
 
@@ -65,15 +81,17 @@ class DiscClassifier(nn.Module):
         pool: Set pooling of shape ``(B, S, D) → (B, D)``; ``None`` builds the paper's plain mean.
         mode: ``"scratch"``, ``"linear_probe"`` or ``"finetune"``.
         feature_dim: Encoder output size ``D`` (512 for ResNet-18).
+        head_kind: ``"softmax"`` (the paper's linear layer, default), ``"corn"`` or
+            ``"cumulative"`` (an ordinal head).
 
     Raises:
-        ValueError: If ``num_classes < 2``, ``feature_dim < 1``, ``mode`` is unknown, or
-            ``"finetune"`` is asked of an encoder without the ResNet children.
+        ValueError: If ``num_classes < 2``, ``feature_dim < 1``, ``mode`` or ``head_kind`` is
+            unknown, or ``"finetune"`` is asked of an encoder without the ResNet children.
 
     Shape:
         - x: ``(B, C_in, H, W)`` (one slice per disc) or ``(B, S, C_in, H, W)``
         - mask: ``(B, S)`` boolean, ``True`` for real slices; only with 5-D ``x``
-        - output: ``(B, C)`` logits
+        - output: ``(B, C)`` logits; ``(B, C - 1)`` ordinal logits for an ordinal head
     """
 
     def __init__(
@@ -84,17 +102,25 @@ class DiscClassifier(nn.Module):
         *,
         mode: TrainingMode = "finetune",  # the paper's model (Sec. 4.4)
         feature_dim: int = ENCODER_DIM,
+        head_kind: HeadKind = "softmax",  # the paper's head (Sec. 3.5)
     ) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         if feature_dim < 1:
             raise ValueError(f"feature_dim must be >= 1, got {feature_dim}")
+        if head_kind not in HEAD_KINDS:
+            raise ValueError(f"head_kind must be one of {HEAD_KINDS}, got {head_kind!r}")
         self.num_classes = num_classes
         self.feature_dim = feature_dim
+        self.head_kind: HeadKind = head_kind
         self.encoder = encoder
         self.pool = pool if pool is not None else DeepSetsDiscPool(feature_dim)
-        self.head = nn.Linear(feature_dim, num_classes)
+        self.head: nn.Module = (
+            nn.Linear(feature_dim, num_classes)
+            if head_kind == "softmax"
+            else OrdinalHead(feature_dim, num_classes, kind=head_kind)
+        )
         self.mode: TrainingMode = mode
         self.set_mode(mode)
 
@@ -237,6 +263,11 @@ class DiscClassifier(nn.Module):
         out = self.pool(embeddings.view(batch, slices, self.feature_dim), mask)
         return out
 
+    @property
+    def is_ordinal(self) -> bool:
+        """Whether the head is ordinal (``head_kind`` ``"corn"`` or ``"cumulative"``)."""
+        return self.head_kind != "softmax"
+
     def forward_head(self, features: Tensor) -> Tensor:
         """Logits from pooled disc embeddings.
 
@@ -244,7 +275,7 @@ class DiscClassifier(nn.Module):
             features: Disc embeddings of shape ``(B, D)``.
 
         Returns:
-            Logits of shape ``(B, C)``.
+            Logits of shape ``(B, C)``, or ``(B, C - 1)`` ordinal logits for an ordinal head.
         """
         out: Tensor = self.head(features)
         return out
@@ -257,7 +288,7 @@ class DiscClassifier(nn.Module):
             mask: Optional boolean tensor of shape ``(B, S)``, ``True`` for real slices.
 
         Returns:
-            Logits of shape ``(B, C)``.
+            Logits of shape ``(B, C)``, or ``(B, C - 1)`` ordinal logits for an ordinal head.
         """
         return self.forward_head(self.forward_features(x, mask))
 
@@ -270,6 +301,7 @@ class DiscClassifier(nn.Module):
             "pool": model_config(self.pool),
             "mode": self.mode,
             "feature_dim": self.feature_dim,
+            "head_kind": self.head_kind,
         }
 
 
@@ -281,6 +313,7 @@ def _build_disc_classifier(
     pool: Mapping[str, object] | None = None,
     mode: TrainingMode = "finetune",
     feature_dim: int = ENCODER_DIM,
+    head_kind: HeadKind = "softmax",  # absent from checkpoints written before the option
 ) -> nn.Module:
     return DiscClassifier(
         build_model(encoder),
@@ -288,4 +321,5 @@ def _build_disc_classifier(
         build_model(pool) if pool is not None else None,
         mode=mode,
         feature_dim=feature_dim,
+        head_kind=head_kind,
     )

@@ -16,9 +16,12 @@ from lumbarssl.pipeline.auto_stages import (
 from lumbarssl.pipeline.config import StageConfig, param
 from lumbarssl.pipeline.convert import convert_checkpoint, legacy_recipe, load_recipe
 from lumbarssl.pipeline.evaluate import (
+    CALIBRATION_KEY,
     EPOCH_METRICS,
     ClassifierPredictions,
     EvaluateConfig,
+    calibration_from_metadata,
+    class_logits,
     epoch_metrics,
     predict_classifier,
     run_evaluation,
@@ -46,6 +49,7 @@ from lumbarssl.pipeline.pretrain import PretrainConfig, pretraining_rows, run_pr
 from lumbarssl.pipeline.result import StageResult
 
 __all__ = [
+    "CALIBRATION_KEY",
     "EPOCH_METRICS",
     "MODEL_FILE",
     "STAGE_CONFIG_FILE",
@@ -67,6 +71,8 @@ __all__ = [
     "StageConfig",
     "StageResult",
     "WrongSeriesTypeError",
+    "calibration_from_metadata",
+    "class_logits",
     "convert_checkpoint",
     "epoch_metrics",
     "find_series",

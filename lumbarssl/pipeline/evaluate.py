@@ -1,4 +1,12 @@
-"""Evaluating a disc classifier: predictions, Table 1 with bootstrap CIs, the RSNA metric."""
+"""Evaluating a disc classifier: predictions, Table 1 with bootstrap CIs, the RSNA metric.
+
+A classifier's checkpoint may carry a calibration map fitted on the validation split at the end
+of fine-tuning (:data:`CALIBRATION_KEY`, a :class:`~lumbarssl.metrics.Calibration` as a dict).
+The report then holds both readings: ``table1`` and ``rsna`` of the raw outputs (the paper's
+argmax of the class-weighted model, Table 1) and, under ``calibrated``, the same columns and
+the RSNA score of the calibrated probabilities, with the share of discs whose grade the map
+changed.
+"""
 
 from __future__ import annotations
 
@@ -17,9 +25,11 @@ from lumbarssl.data.cache import PreparedCache
 from lumbarssl.data.constants import LEVELS
 from lumbarssl.data.datasets import DiscROIDataset
 from lumbarssl.data.recipes import RoiRecipe
-from lumbarssl.errors import WrongKindError
+from lumbarssl.errors import InputError, WrongKindError
+from lumbarssl.losses import OrdinalKind, ordinal_log_probabilities
 from lumbarssl.metrics import (
     TABLE1_COLUMNS,
+    Calibration,
     bootstrap_ci,
     confusion_matrix,
     report_from_confusion,
@@ -30,6 +40,12 @@ from lumbarssl.pipeline._common import make_splits, prepare_out_dir, write_json
 from lumbarssl.pipeline.config import StageConfig, param
 from lumbarssl.pipeline.convert import load_recipe
 from lumbarssl.training import move_to_device, select_device
+
+#: Checkpoint metadata key of the calibration map fitted on the validation split at the end of
+#: fine-tuning: ``Calibration.to_dict()`` (method, per-class scale and bias, NLL before and
+#: after, number of validation discs). Absent when fine-tuning ran with ``calibration="none"``
+#: or the checkpoint predates the option; evaluation and ``predict`` then use the raw outputs.
+CALIBRATION_KEY = "calibration"
 
 #: Names of the per-epoch validation metrics the fine-tuning stage logs (``val_<name>``).
 EPOCH_METRICS: tuple[str, ...] = (
@@ -54,7 +70,9 @@ class ClassifierPredictions:
         study_ids: Study of each disc, int64 (N,).
         levels: Level index 0-4 of each disc, int64 (N,).
         y_true: True grades, int64 (N,).
-        probabilities: Softmax probabilities, float64 (N, C).
+        probabilities: Class probabilities, float64 (N, C): the softmax of ``logits``.
+        logits: Class logits, float64 (N, C) (log class probabilities for an ordinal head;
+            :func:`class_logits`); ``None`` where only probabilities are known.
     """
 
     rows: np.ndarray
@@ -62,6 +80,29 @@ class ClassifierPredictions:
     levels: np.ndarray
     y_true: np.ndarray
     probabilities: np.ndarray
+    logits: np.ndarray | None = None
+
+    def calibrated(self, calibration: Calibration) -> ClassifierPredictions:
+        """The same discs with calibrated logits and probabilities.
+
+        Args:
+            calibration: A fitted map, applied to :attr:`logits`.
+
+        Returns:
+            A copy whose ``logits`` are ``calibration.apply(logits)`` and ``probabilities``
+            their softmax.
+
+        Raises:
+            ValueError: If the predictions hold no logits.
+        """
+        if self.logits is None:
+            raise ValueError("these predictions hold no logits to calibrate")
+        logits = calibration.apply(torch.from_numpy(self.logits).double())
+        return dataclasses.replace(
+            self,
+            logits=logits.numpy(),
+            probabilities=torch.softmax(logits, dim=1).numpy(),
+        )
 
     @property
     def y_pred(self) -> np.ndarray:
@@ -89,19 +130,43 @@ class ClassifierPredictions:
                 )
 
 
+def class_logits(model: nn.Module, outputs: Tensor) -> Tensor:
+    """Class logits ``(B, C)`` from a classifier's outputs, whatever its head.
+
+    The softmax head's outputs are its logits. An ordinal head
+    (:class:`~lumbarssl.models.OrdinalHead`) returns ``C - 1`` ordinal logits; their log class
+    probabilities (:func:`~lumbarssl.losses.ordinal_log_probabilities`) are valid logits whose
+    softmax is the ordinal model's class distribution.
+
+    Args:
+        model: The classifier that produced ``outputs`` (a
+            :class:`~lumbarssl.models.DiscClassifier`; any other model counts as softmax).
+        outputs: Its outputs, ``(B, C)`` or ``(B, C - 1)``.
+
+    Returns:
+        Logits of shape ``(B, C)``.
+    """
+    if isinstance(model, DiscClassifier) and model.head_kind != "softmax":
+        kind: OrdinalKind = "corn" if model.head_kind == "corn" else "cumulative"
+        return ordinal_log_probabilities(outputs, kind)
+    return outputs
+
+
 @torch.no_grad()
-def _logits_and_labels(
+def _outputs_and_labels(
     model: nn.Module, batches: Iterable[Mapping[str, Tensor]]
 ) -> tuple[Tensor, Tensor, Tensor]:
-    logits, labels, rows = [], [], []
+    """The model's raw outputs, the labels and the cache rows of the batches."""
+    outputs, labels, rows = [], [], []
     for batch in batches:
-        logits.append(model(batch["image"]).float().cpu())
+        outputs.append(model(batch["image"]).float().cpu())
         labels.append(batch["label"].cpu())
         rows.append(batch["index"].cpu())
-    if not logits:
+    if not outputs:
         empty = torch.empty(0, dtype=torch.int64)
-        return torch.empty(0, 3), empty, empty
-    return torch.cat(logits), torch.cat(labels), torch.cat(rows)
+        width = 2 if isinstance(model, DiscClassifier) and model.is_ordinal else 3
+        return torch.empty(0, width), empty, empty
+    return torch.cat(outputs), torch.cat(labels), torch.cat(rows)
 
 
 def epoch_metrics(
@@ -112,18 +177,20 @@ def epoch_metrics(
     Args:
         model: The classifier, in eval mode, on the batches' device.
         batches: Batches of a supervised :class:`~lumbarssl.data.DiscROIDataset`.
-        loss_fn: Optional loss to average over the batches (reported as ``loss``).
+        loss_fn: Optional loss to average over the batches (reported as ``loss``), applied to
+            the model's raw outputs (ordinal logits for an ordinal head).
 
     Returns:
         ``{"bal_acc", "acc", "recall_normal", "recall_moderate", "recall_severe", "sn_err"}``
         and ``"loss"`` when ``loss_fn`` is given. Undefined values are NaN.
     """
-    logits, labels, _ = _logits_and_labels(model, batches)
+    outputs, labels, _ = _outputs_and_labels(model, batches)
+    logits = class_logits(model, outputs)
     confusion = confusion_matrix(labels.numpy(), logits.argmax(1).numpy())
     report = report_from_confusion(confusion)
     metrics = {name: float(report[column]) for name, column in _COLUMN_OF_METRIC.items()}
     if loss_fn is not None:
-        metrics["loss"] = float(loss_fn(logits, labels)) if len(labels) else float("nan")
+        metrics["loss"] = float(loss_fn(outputs, labels)) if len(labels) else float("nan")
     return metrics
 
 
@@ -144,7 +211,8 @@ def predict_classifier(
     target = select_device(device)
     model = model.to(target).eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    logits, labels, rows = _logits_and_labels(model, (move_to_device(b, target) for b in loader))
+    outputs, labels, rows = _outputs_and_labels(model, (move_to_device(b, target) for b in loader))
+    logits = class_logits(model, outputs.double())
     table = dataset.cache.table
     row_array = rows.numpy().astype(np.int64)
     return ClassifierPredictions(
@@ -152,7 +220,8 @@ def predict_classifier(
         study_ids=np.asarray(table.study_id[row_array], dtype=np.int64),
         levels=np.asarray(table.level_id[row_array], dtype=np.int64),
         y_true=labels.numpy().astype(np.int64),
-        probabilities=torch.softmax(logits.double(), dim=1).numpy(),
+        probabilities=torch.softmax(logits, dim=1).numpy(),
+        logits=logits.numpy(),
     )
 
 
@@ -163,6 +232,7 @@ def summarize(
     confidence: float = 0.95,
     seed: int = 0,
     cluster: bool = True,
+    calibration: Calibration | None = None,
 ) -> dict[str, Any]:
     """Table 1's columns with bootstrap intervals, the confusion matrix and the RSNA metric.
 
@@ -172,12 +242,41 @@ def summarize(
         confidence: Interval level.
         seed: Bootstrap seed.
         cluster: Resample whole studies (discs of a patient are correlated) instead of discs.
+        calibration: A map fitted on the validation split; the report then also holds the
+            calibrated reading (``predictions`` must carry logits).
 
     Returns:
         A JSON-serialisable dictionary: ``table1`` ({column: [point, low, high]}),
         ``confusion`` (rows = truth), ``rsna`` (spinal, any_severe_spinal, score), ``n_discs``,
-        ``n_studies``, ``class_counts`` and the bootstrap settings.
+        ``n_studies``, ``class_counts`` and the bootstrap settings, all of the raw outputs.
+        With ``calibration``: ``calibration`` (the map as a dict) and ``calibrated``
+        (``table1``, ``confusion``, ``rsna`` of the calibrated probabilities and
+        ``argmax_change_rate``, the share of discs whose grade the map changes).
     """
+    report = _summary(predictions, n_resamples, confidence, seed, cluster)
+    if calibration is not None:
+        calibrated = _summary(
+            predictions.calibrated(calibration), n_resamples, confidence, seed, cluster
+        )
+        assert predictions.logits is not None  # calibrated() checked it
+        report["calibration"] = calibration.to_dict()
+        report["calibrated"] = {key: calibrated[key] for key in ("table1", "confusion", "rsna")} | {
+            "argmax_change_rate": (
+                calibration.argmax_change_rate(torch.from_numpy(predictions.logits))
+                if len(predictions.y_true)
+                else float("nan")
+            )
+        }
+    return report
+
+
+def _summary(
+    predictions: ClassifierPredictions,
+    n_resamples: int,
+    confidence: float,
+    seed: int,
+    cluster: bool,
+) -> dict[str, Any]:
     y_true, y_pred = predictions.y_true, predictions.y_pred
     intervals = bootstrap_ci(
         y_true,
@@ -236,6 +335,33 @@ def supervised_dataset(
     return DiscROIDataset(cache, "supervised", recipe=recipe, indices=rows)
 
 
+def calibration_from_metadata(
+    metadata: Mapping[str, Any], source: str = "checkpoint"
+) -> Calibration | None:
+    """The calibration map a classifier checkpoint carries under :data:`CALIBRATION_KEY`.
+
+    Args:
+        metadata: The checkpoint's metadata.
+        source: The checkpoint's path, for messages.
+
+    Returns:
+        The map, or ``None`` if the checkpoint has none.
+
+    Raises:
+        InputError: If the stored map is malformed.
+    """
+    stored = metadata.get(CALIBRATION_KEY)
+    if stored is None:
+        return None
+    try:
+        return Calibration.from_dict(stored)
+    except (TypeError, ValueError) as error:
+        raise InputError(
+            f"{source}: metadata[{CALIBRATION_KEY!r}] is not a calibration map ({error}); "
+            "re-run `lumbarssl finetune` or remove the key"
+        ) from error
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class EvaluateConfig(StageConfig):
     """Evaluate a fine-tuned classifier on a split of the prepared cache.
@@ -272,7 +398,10 @@ class EvaluateConfig(StageConfig):
 def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
     """Score a classifier checkpoint on the held-out discs of the run's split.
 
-    Writes ``predictions_<subset>.csv`` and ``report_<subset>.json`` in ``out_dir``.
+    Writes ``predictions_<subset>.csv`` and ``report_<subset>.json`` in ``out_dir``; if the
+    checkpoint carries a calibration map (:data:`CALIBRATION_KEY`), the report holds the
+    calibrated reading beside the raw one and ``predictions_<subset>_calibrated.csv`` the
+    calibrated probabilities.
 
     Args:
         config: The evaluation config (its split fields must match the training run's).
@@ -298,12 +427,14 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
         batch_size=config.batch_size,
         device=config.runtime.device,
     )
+    calibration = calibration_from_metadata(metadata, str(config.checkpoint))
     summary = summarize(
         predictions,
         n_resamples=config.n_resamples,
         confidence=config.confidence,
         seed=config.seed,
         cluster=config.bootstrap_unit == "study",
+        calibration=calibration,
     )
     summary["provenance"] = {
         "data_source": config.data_source,
@@ -313,7 +444,12 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
         "subset": config.subset,
         "checkpoint": str(config.checkpoint),
         "mode": metadata.get("mode"),
+        "head": metadata.get("head", "softmax"),
     }
     predictions.write_csv(out / f"predictions_{config.subset}.csv")
+    if calibration is not None:
+        predictions.calibrated(calibration).write_csv(
+            out / f"predictions_{config.subset}_calibrated.csv"
+        )
     write_json(out / f"report_{config.subset}.json", summary)
     return summary

@@ -60,6 +60,7 @@ from lumbarssl.models.slice_select import (
     select_slices,
 )
 from lumbarssl.pipeline.convert import load_recipe
+from lumbarssl.pipeline.evaluate import calibration_from_metadata, class_logits
 from lumbarssl.reporting.figures import plot_prediction_overlay
 from lumbarssl.training import select_device
 
@@ -242,8 +243,10 @@ class LevelPrediction:
         level: ``"L1/L2"`` ... ``"L5/S1"``.
         x: Column of the predicted centre on the level's slice, in pixels.
         y: Row of the predicted centre on the level's slice, in pixels.
-        grade: Predicted severity (``"Normal/Mild"``, ``"Moderate"``, ``"Severe"``).
-        probabilities: Severity -> probability.
+        grade: Predicted severity (``"Normal/Mild"``, ``"Moderate"``, ``"Severe"``): the argmax
+            of the classifier's uncalibrated outputs, the decision rule Table 1 measures.
+        probabilities: Severity -> probability, calibrated by the classifier's
+            validation-fitted map when its checkpoint carries one.
         instance_number: InstanceNumber of the slice the level was graded on (its chosen
             mid-sagittal slice); ``-1`` in predictions written before slice selection.
         slice_index: That slice's place in spatial order; ``-1`` likewise.
@@ -338,6 +341,9 @@ class DiscGrader:
     Attributes:
         roi_recipe: The classifier's :class:`~lumbarssl.data.recipes.RoiRecipe`.
         localizer_recipe: The localizer's :class:`~lumbarssl.data.recipes.LocalizerRecipe`.
+        calibration: The classifier's validation-fitted
+            :class:`~lumbarssl.metrics.Calibration` (``None`` if its checkpoint has none),
+            applied to the probabilities.
 
     Raises:
         MissingFileError: If a checkpoint does not exist.
@@ -370,6 +376,7 @@ class DiscGrader:
             )
         self.localizer_recipe = load_recipe(self.localizer_meta, LocalizerRecipe, localizer)
         self.roi_recipe = load_recipe(self.classifier_meta, RoiRecipe, classifier)
+        self.calibration = calibration_from_metadata(self.classifier_meta, str(classifier))
         self.localizer: nn.Module = loc_model.to(self.device).eval()
         self.classifier: nn.Module = cls_model.to(self.device).eval()
         self.selector: SliceSelector | None = None
@@ -570,14 +577,18 @@ class DiscGrader:
                 for k in range(len(LEVELS))
             ]
         ).to(self.device)
-        probabilities = torch.softmax(self.classifier(rois).float(), dim=1).cpu().numpy()
+        logits = class_logits(self.classifier, self.classifier(rois).float().cpu().double())
+        grades = logits.argmax(dim=1).tolist()  # uncalibrated: the rule of Table 1
+        if self.calibration is not None:
+            logits = self.calibration.apply(logits)
+        probabilities = torch.softmax(logits, dim=1).numpy()
         headers = series.geometry.slices
         predictions = tuple(
             LevelPrediction(
                 level=LEVELS[i],
                 x=float(xy[i, 0]),
                 y=float(xy[i, 1]),
-                grade=SEVERITIES[int(probabilities[i].argmax())],
+                grade=SEVERITIES[grades[i]],
                 probabilities={
                     s: float(p) for s, p in zip(SEVERITIES, probabilities[i], strict=True)
                 },
@@ -592,6 +603,10 @@ class DiscGrader:
         provenance = {
             "classifier": {
                 k: self.classifier_meta.get(k) for k in ("data_source", "profile", "seed", "mode")
+            }
+            | {
+                "head": self.classifier_meta.get("head", "softmax"),
+                "calibration": None if self.calibration is None else self.calibration.method,
             },
             "localizer": {k: self.localizer_meta.get(k) for k in ("data_source", "profile", "seed")}
             | {"kind": self.localizer_kind},

@@ -2,9 +2,11 @@
 
 from lumbarssl.reporting.provenance import DataSource, Provenance
 from lumbarssl.reporting.tables import (
+    CALIBRATION_COLUMNS,
     COLUMNS,
     PAPER_TABLE1,
     ROW_TITLES,
+    format_calibration_table,
     format_cell,
     format_table1,
     format_value,
@@ -12,11 +14,13 @@ from lumbarssl.reporting.tables import (
 )
 
 __all__ = [
+    "CALIBRATION_COLUMNS",
     "COLUMNS",
     "PAPER_TABLE1",
     "ROW_TITLES",
     "DataSource",
     "Provenance",
+    "format_calibration_table",
     "format_cell",
     "format_table1",
     "format_value",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Final
+from typing import Any, Final
 
 from lumbarssl.reporting.provenance import Provenance
 
@@ -168,3 +168,68 @@ def format_table1(
         f"[{100 * confidence:.0f}% bootstrap CI] on held-out discs."
     )
     return caption + "\n\n" + markdown_table(header, body)
+
+
+#: Columns of :func:`format_calibration_table`.
+CALIBRATION_COLUMNS: Final[tuple[str, ...]] = (
+    "Model",
+    "Calibration",
+    "Bal Acc raw",
+    "Bal Acc calibrated",
+    "Grades changed",
+    "RSNA spinal raw",
+    "RSNA spinal calibrated",
+    "RSNA mean raw",
+    "RSNA mean calibrated",
+)
+
+
+def format_calibration_table(reports: Mapping[str, Mapping[str, Any]]) -> str:
+    """Render the calibrated-vs-raw comparison of fine-tuning reports as Markdown.
+
+    Each row is one ``report_test.json`` of the fine-tuning stage (or of ``evaluate``): its
+    balanced accuracy with interval and its RSNA spinal log loss and mean score, before
+    (``table1``, ``rsna``) and after (``calibrated``) the calibration map fitted on the
+    validation split, and the share of discs whose grade the map changes. A report without a
+    calibration prints ``—`` in the calibrated cells.
+
+    Args:
+        reports: Row key (e.g. ``"finetune"``) to a report with ``table1``, ``rsna`` and,
+            optionally, ``calibration`` and ``calibrated``.
+
+    Returns:
+        The table, ending with a newline.
+    """
+    body: list[list[str]] = []
+    for key, report in reports.items():
+        table1 = report["table1"]
+        rsna = report["rsna"]
+        calibrated = report.get("calibrated")
+        calibration = report.get("calibration")
+        row = [ROW_TITLES.get(key, key)]
+        if isinstance(calibrated, Mapping) and isinstance(calibration, Mapping):
+            after_table = calibrated["table1"]
+            after_rsna = calibrated["rsna"]
+            row += [
+                str(calibration["method"]),
+                format_cell("Bal Acc", table1["Bal Acc"]),
+                format_cell("Bal Acc", after_table["Bal Acc"]),
+                f"{100.0 * float(calibrated['argmax_change_rate']):.1f}%",
+                f"{float(rsna['spinal']):.3f}",
+                f"{float(after_rsna['spinal']):.3f}",
+                f"{float(rsna['score']):.3f}",
+                f"{float(after_rsna['score']):.3f}",
+            ]
+        else:
+            row += [
+                "none",
+                format_cell("Bal Acc", table1["Bal Acc"]),
+                "—",
+                "—",
+                f"{float(rsna['spinal']):.3f}",
+                "—",
+                f"{float(rsna['score']):.3f}",
+                "—",
+            ]
+        body.append(row)
+    return markdown_table(CALIBRATION_COLUMNS, body)

@@ -42,7 +42,7 @@ from lumbarssl.data.prepare.config import (
     PrepareResult,
     format_summary,
 )
-from lumbarssl.data.prepare.extract import prepare_in_memory
+from lumbarssl.data.prepare.study import prepare_in_memory
 
 if TYPE_CHECKING:
     from lumbarssl.data.prepare.writer import prepare_cache

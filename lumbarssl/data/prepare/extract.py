@@ -4,13 +4,13 @@ Inside a study, the headers of each needed series are read once to order it (onl
 elements needed, see :func:`~lumbarssl.data.dicom.open_series`), and the needed slices (annotated
 ones, their neighbours, the localizer's ±1) are decoded one at a time, each once, and cut into
 every ROI and localizer channel asked of it. Nothing here writes a file:
-:func:`prepare_in_memory` returns the result as an in-memory
+:func:`~lumbarssl.data.prepare.study.prepare_in_memory` returns the result as an in-memory
 :class:`~lumbarssl.data.cache.PreparedCache`, and :mod:`lumbarssl.data.prepare.writer` stores it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,11 +22,8 @@ from lumbarssl.data.cache import (
     MULTISLICE_NPY,
     ROIS_DIR,
     ROIS_NPY,
-    DiscTable,
-    PreparedCache,
-    compute_roi_stats,
 )
-from lumbarssl.data.constants import IMAGES_DIR, LEVEL_SLUGS
+from lumbarssl.data.constants import LEVEL_SLUGS
 from lumbarssl.data.dicom import (
     DicomReadError,
     LazySeries,
@@ -36,7 +33,7 @@ from lumbarssl.data.dicom import (
     UnsupportedTransferSyntaxError,
     open_series,
 )
-from lumbarssl.data.index import DiscIndex, DiscRecord, read_index
+from lumbarssl.data.index import DiscRecord
 from lumbarssl.data.prepare.config import PrepareConfig
 from lumbarssl.data.roi import extract_roi, intensity_range, is_inside, localizer_channel
 from lumbarssl.data.skips import RSNADataError, Skip, SkipReason
@@ -44,10 +41,7 @@ from lumbarssl.data.skips import RSNADataError, Skip, SkipReason
 __all__ = [
     "StudyOutput",
     "extract_series",
-    "extract_study",
     "group_by_study",
-    "prepare_in_memory",
-    "read_prepare_index",
     "study_arrays",
 ]
 
@@ -271,41 +265,6 @@ def extract_series(
         )
 
 
-def extract_study(
-    data_dir: Path, study_id: int, discs: Sequence[DiscRecord], config: PrepareConfig
-) -> StudyOutput:
-    """Extract every disc of one study; in ``"skip"`` mode an unexpected error skips it.
-
-    With ``config.conditions == "all"`` every (condition, side, level) row is extracted by
-    :func:`lumbarssl.data.prepare.conditions.extract_condition_study`.
-    """
-    extract: Callable[[Path, int, Sequence[DiscRecord], PrepareConfig], StudyOutput] | None = None
-    if config.conditions != "spinal":
-        from lumbarssl.data.prepare.conditions import extract_condition_study
-
-        extract = extract_condition_study
-    out = StudyOutput()
-    by_series: dict[int, list[DiscRecord]] = {}
-    for disc in discs:
-        by_series.setdefault(disc.series_id, []).append(disc)
-    study_dir = data_dir / IMAGES_DIR / str(study_id)
-    try:
-        if extract is not None:
-            out = extract(data_dir, study_id, discs, config)
-        else:
-            for series_id, series_discs in by_series.items():
-                extract_series(study_dir / str(series_id), series_discs, config, out)
-    except (RSNADataError, DicomReadError):
-        raise
-    except Exception as exc:
-        if config.on_error == "raise":
-            raise
-        detail = f"unexpected {type(exc).__name__} while reading the study: {exc}"
-        skips = [_file_skip(d, SkipReason.INTERNAL_ERROR, detail, study_dir) for d in discs]
-        return StudyOutput(skips=skips)
-    return out
-
-
 def _stack(
     arrays: Sequence[np.ndarray], shape: tuple[int, ...], dtype: type[np.generic]
 ) -> np.ndarray:
@@ -327,54 +286,9 @@ def study_arrays(out: StudyOutput, config: PrepareConfig) -> dict[str, np.ndarra
     return arrays
 
 
-def read_prepare_index(data_dir: Path, config: PrepareConfig) -> DiscIndex:
-    """The rows ``prepare`` extracts: spinal canal discs, or all conditions' rows."""
-    if config.conditions != "spinal":
-        from lumbarssl.data.prepare.conditions import read_condition_index
-
-        return read_condition_index(data_dir, on_error=config.on_error)
-    return read_index(data_dir, on_error=config.on_error)
-
-
 def group_by_study(discs: Sequence[DiscRecord]) -> dict[int, tuple[DiscRecord, ...]]:
     """The discs of each study, in the order of first appearance."""
     groups: dict[int, list[DiscRecord]] = {}
     for disc in discs:
         groups.setdefault(disc.study_id, []).append(disc)
     return {study: tuple(group) for study, group in groups.items()}
-
-
-def prepare_in_memory(
-    data_dir: str | Path, config: PrepareConfig | None = None
-) -> tuple[PreparedCache, tuple[Skip, ...]]:
-    """Run the extraction of :func:`prepare_cache` without writing anything.
-
-    Args:
-        data_dir: RSNA 2024 layout.
-        config: Settings; the paper's defaults when ``None``.
-
-    Returns:
-        A cache held in memory (``roi_path`` empty) and the skipped rows.
-    """
-    config = config or PrepareConfig()
-    data_dir = Path(data_dir)
-    index = read_prepare_index(data_dir, config)
-    rows: list[dict[str, object]] = []
-    skips: list[Skip] = list(index.skips)
-    blocks: dict[str, list[np.ndarray]] = {}
-    n_localizer = 0
-    for study, discs in group_by_study(index.discs).items():
-        out = extract_study(data_dir, study, discs, config)
-        for row in out.rows:
-            row["localizer_index"] = int(str(row["localizer_index"])) + n_localizer
-            row["roi_path"] = ""
-        rows.extend(out.rows)
-        skips.extend(out.skips)
-        n_localizer += len(out.localizer)
-        for name, array in study_arrays(out, config).items():
-            blocks.setdefault(name, []).append(array)
-    empty = study_arrays(StudyOutput(), config)
-    arrays = {name: np.concatenate([*blocks.get(name, []), empty[name]]) for name in empty}
-    mean, std = compute_roi_stats(arrays[ROIS_NPY])
-    meta = {"config": config.to_dict(), "roi_stats": {"mean": mean, "std": std}}
-    return PreparedCache(DiscTable.from_rows(rows), meta=meta, arrays=arrays), tuple(skips)

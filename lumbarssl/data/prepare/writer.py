@@ -71,13 +71,7 @@ from lumbarssl.data.cache import (
 from lumbarssl.data.constants import COORDINATES_CSV, SERIES_CSV, TRAIN_CSV
 from lumbarssl.data.index import DiscIndex, DiscRecord
 from lumbarssl.data.prepare.config import CACHE_FORMAT_VERSION, PrepareConfig, PrepareResult
-from lumbarssl.data.prepare.extract import (
-    StudyOutput,
-    extract_study,
-    group_by_study,
-    read_prepare_index,
-    study_arrays,
-)
+from lumbarssl.data.prepare.extract import StudyOutput, group_by_study, study_arrays
 from lumbarssl.data.prepare.journal import (
     Partial,
     Record,
@@ -87,6 +81,7 @@ from lumbarssl.data.prepare.journal import (
     read_partial,
 )
 from lumbarssl.data.prepare.lock import output_lock
+from lumbarssl.data.prepare.study import extract_study, read_prepare_index
 from lumbarssl.data.skips import Skip, SkipReason
 from lumbarssl.errors import (
     ConfigError,
