@@ -353,3 +353,22 @@ def test_every_command_is_generated_with_a_config_option(
         main([command, "--help"])
     assert info.value.code == 0
     assert "--config JSON" in capsys.readouterr().out
+
+
+def test_a_second_stage_run_into_a_locked_directory_stops_with_exit_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A run that holds the output directory (another process in real life): the second run
+    # stops before it reads or writes anything there, with one line naming the directory.
+    from lumbarssl._core.lock import output_lock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with output_lock(out, "lumbarssl pretrain"):
+        code = main(["pretrain", "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(out)])
+    assert code == 3
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert str(out) in err
+    assert "another lumbarssl run" in err
+    assert sorted(p.name for p in out.iterdir()) == []  # nothing written, the lock file gone

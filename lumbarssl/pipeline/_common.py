@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lumbarssl._core.atomic import atomic_write
+from lumbarssl._core.lock import output_lock
 from lumbarssl.data.cache import PreparedCache
 from lumbarssl.data.datasets import DiscROIDataset
 from lumbarssl.data.device_data import EpochSampler, RoiBank, resolve_device_data
@@ -42,6 +45,36 @@ from lumbarssl.training.device import default_num_workers
 MODEL_FILE = "model.pt"
 #: File name of the stage config saved beside its outputs.
 STAGE_CONFIG_FILE = "stage_config.json"
+
+
+_Stage = TypeVar("_Stage", bound=Callable[..., Any])
+
+
+def locked_stage(run: _Stage) -> _Stage:
+    """Hold the output directory's lock for the whole call of a stage function.
+
+    The stage's first argument is its config; on the main process (``RANK`` unset or 0) its
+    ``out_dir`` is created and locked (:func:`lumbarssl._core.lock.output_lock`) before the
+    stage reads or writes anything there, so a second run into the same directory stops at
+    once with :class:`~lumbarssl.errors.LockHeldError` (exit 3) and leaves the first alone.
+
+    Args:
+        run: A stage function taking the stage config first.
+
+    Returns:
+        The same function, holding the lock while it runs.
+    """
+
+    @functools.wraps(run)
+    def locked(config: StageConfig, *args: Any, **kwargs: Any) -> Any:
+        if int(os.environ.get("RANK", "0")) != 0:
+            return run(config, *args, **kwargs)
+        out = Path(config.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        with output_lock(out, "lumbarssl run"):
+            return run(config, *args, **kwargs)
+
+    return cast(_Stage, locked)
 
 
 def start_stage(config: StageConfig) -> tuple[DistributedInfo, Path, PreparedCache]:

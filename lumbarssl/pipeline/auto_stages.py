@@ -31,7 +31,13 @@ from lumbarssl.models.slice_select import (
     select_slices,
     slice_selection_accuracy,
 )
-from lumbarssl.pipeline._common import MODEL_FILE, base_metadata, start_stage, write_json
+from lumbarssl.pipeline._common import (
+    MODEL_FILE,
+    base_metadata,
+    locked_stage,
+    start_stage,
+    write_json,
+)
 from lumbarssl.pipeline.auto_train import (
     predict_heatmap_localizer,
     train_heatmap_localizer,
@@ -177,6 +183,7 @@ def heatmap_arrays(
     }
 
 
+@locked_stage
 def run_heatmap_training(config: HeatmapConfig) -> StageResult:
     """Train :class:`~lumbarssl.models.HeatmapLocalizer` and score it on held-out studies.
 
@@ -331,6 +338,7 @@ def selector_arrays(
     }
 
 
+@locked_stage
 def run_slice_selector_training(config: SliceSelectorConfig) -> StageResult:
     """Train :class:`~lumbarssl.models.SliceSelector` and score it on held-out studies.
 

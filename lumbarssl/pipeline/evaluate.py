@@ -36,7 +36,7 @@ from lumbarssl.metrics import (
     rsna_spinal_score,
 )
 from lumbarssl.models import DiscClassifier, load_checkpoint
-from lumbarssl.pipeline._common import make_splits, prepare_out_dir, write_json
+from lumbarssl.pipeline._common import locked_stage, make_splits, prepare_out_dir, write_json
 from lumbarssl.pipeline.config import StageConfig, param
 from lumbarssl.pipeline.convert import load_recipe
 from lumbarssl.training import move_to_device, select_device
@@ -395,6 +395,7 @@ class EvaluateConfig(StageConfig):
             raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
 
 
+@locked_stage
 def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
     """Score a classifier checkpoint on the held-out discs of the run's split.
 

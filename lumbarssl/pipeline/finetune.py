@@ -29,6 +29,7 @@ from lumbarssl.pipeline._common import (
     adamw,
     base_metadata,
     export_best,
+    locked_stage,
     make_splits,
     start_stage,
     supervised_loaders,
@@ -225,6 +226,7 @@ def fit_val_calibration(
         return None
 
 
+@locked_stage
 def run_finetuning(config: FinetuneConfig) -> StageResult:
     """Train a disc classifier in one of Table 1's three configurations.
 

@@ -31,6 +31,7 @@ from lumbarssl.pipeline._common import (
     base_metadata,
     device_sampler,
     export_best,
+    locked_stage,
     make_loader,
     start_stage,
     trainer_config,
@@ -244,6 +245,7 @@ def _device_batches(
     return train_batches, val_batches
 
 
+@locked_stage
 def run_localizer_training(config: LocalizerConfig) -> StageResult:
     """Train :class:`~lumbarssl.models.Localizer2p5D` to regress disc centres.
 

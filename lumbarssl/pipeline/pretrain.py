@@ -30,6 +30,7 @@ from lumbarssl.pipeline._common import (
     base_metadata,
     device_sampler,
     export_best,
+    locked_stage,
     make_loader,
     make_splits,
     start_stage,
@@ -191,6 +192,7 @@ def _device_batches(
     return train, val
 
 
+@locked_stage
 def run_pretraining(config: PretrainConfig) -> StageResult:
     """Pretrain a 1-channel ResNet-18 + projection head with multi-positive NT-Xent.
 

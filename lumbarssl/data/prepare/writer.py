@@ -54,6 +54,7 @@ from tqdm import tqdm
 
 from lumbarssl import __version__
 from lumbarssl._core.atomic import atomic_write
+from lumbarssl._core.lock import output_lock
 from lumbarssl.data.cache import (
     CONDITION_INDEX_COLUMNS,
     INDEX_COLUMNS,
@@ -80,7 +81,6 @@ from lumbarssl.data.prepare.journal import (
     finished_studies,
     read_partial,
 )
-from lumbarssl.data.prepare.lock import output_lock
 from lumbarssl.data.prepare.study import extract_study, read_prepare_index
 from lumbarssl.data.skips import Skip, SkipReason
 from lumbarssl.errors import (
