@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import WeightsEnum
 
+from lumbarssl import paper
 from lumbarssl.models.encoder import resnet18_encoder
 from lumbarssl.models.registry import ARCHITECTURE_KEY, register_model
 
@@ -67,7 +68,7 @@ class HeatmapLocalizer(nn.Module):
 
     def __init__(
         self,
-        in_chans: int = 3,
+        in_chans: int = paper.LOCALIZER_SLICES,
         num_levels: int = 5,
         decoder_dim: int = 64,
         *,
@@ -152,7 +153,7 @@ class HeatmapLocalizer(nn.Module):
 
 @register_model("heatmap_localizer")
 def _build_heatmap_localizer(
-    *, in_chans: int = 3, num_levels: int = 5, decoder_dim: int = 64
+    *, in_chans: int = paper.LOCALIZER_SLICES, num_levels: int = 5, decoder_dim: int = 64
 ) -> nn.Module:
     # Checkpoints carry the weights, so a rebuilt localizer never asks for pretrained ones.
     return HeatmapLocalizer(in_chans, num_levels, decoder_dim)

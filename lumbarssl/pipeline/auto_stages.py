@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lumbarssl import paper
 from lumbarssl.data.cache import PreparedCache
 from lumbarssl.data.dicom import read_series
 from lumbarssl.data.recipes import LocalizerRecipe, recipe_to_metadata
@@ -81,7 +82,7 @@ class HeatmapConfig(StageConfig):
     sigma: float = param(1.5, "Gaussian target sd in heatmap cells (our choice)")
     decoder_dim: int = param(64, "decoder channels (our choice)")
     max_shift: int = param(16, "largest random translation in pixels (our choice)")
-    input_size: int = param(256, "side of the 3-slice input, a multiple of 32")
+    input_size: int = param(paper.LOCALIZER_SIZE, "side of the 3-slice input, a multiple of 32")
     hold_out_grading_test: bool = param(
         False, "also keep the study-level grading split's test studies out of training"
     )
