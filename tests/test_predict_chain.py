@@ -323,3 +323,26 @@ def test_regression_localize_matches_the_per_level_forward(
                 0
             ]
         np.testing.assert_allclose(got[k], [one[0] * width, one[1] * height], rtol=1e-5, atol=1e-4)
+
+
+def test_pixels_infinite_after_rescale_are_refused_in_one_line_naming_the_series(
+    data: Path, series_of: dict[tuple[str, str], str], models: dict[str, Path], tmp_path: Path
+) -> None:
+    import pydicom
+
+    from lumbarssl.errors import DataError
+
+    study = _studies(data)[0]
+    source = data / IMAGES_DIR / study / series_of[(study, "Sagittal T2/STIR")]
+    broken = tmp_path / study / source.name
+    broken.mkdir(parents=True)
+    for path in sorted(source.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        ds.RescaleSlope = "1e308"  # every non-zero stored value overflows to infinity
+        ds.RescaleIntercept = "0"
+        ds.save_as(broken / path.name)
+    with pytest.raises(DataError, match="non-finite") as info:
+        _grader(models).predict(broken)
+    message = str(info.value)
+    assert str(broken) in message
+    assert "\n" not in message

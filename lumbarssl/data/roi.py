@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from lumbarssl import paper
+from lumbarssl.errors import DataError
 
 __all__ = [
     "LOCALIZER_SIZE",
@@ -93,13 +94,17 @@ def intensity_range(image: np.ndarray) -> tuple[float, float]:
         ``(low, high)``.
 
     Raises:
-        ValueError: If ``image`` is not 2-D, is empty or holds a non-finite value.
+        ValueError: If ``image`` is not 2-D or is empty.
+        lumbarssl.errors.DataError: If it holds a non-finite value (a ``ValueError`` too).
     """
     if image.ndim != 2 or image.size == 0:
         raise ValueError(f"expected a non-empty 2-D slice (H, W), got shape {image.shape}")
     low, high = float(image.min()), float(image.max())
     if not (math.isfinite(low) and math.isfinite(high)):
-        raise ValueError("slice holds non-finite values")
+        raise DataError(
+            "slice holds non-finite values (after RescaleSlope/RescaleIntercept); "
+            "check the series' rescale tags"
+        )
     return low, high
 
 

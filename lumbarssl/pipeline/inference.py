@@ -44,7 +44,7 @@ from lumbarssl.data.series_type import (
     classify_series,
     read_series_header,
 )
-from lumbarssl.errors import InputError, MissingFileError, WrongKindError
+from lumbarssl.errors import DataError, InputError, MissingFileError, WrongKindError
 from lumbarssl.metrics.submission import SubmissionRow, study_rows
 from lumbarssl.models import (
     DiscClassifier,
@@ -660,12 +660,15 @@ class DiscGrader:
         if study_id is None:
             study_id = root.parent.name if candidate.directory == root else root.name
         series = read_candidate(candidate)
-        prediction, image = self.grade(
-            series,
-            study_id=study_id,
-            series_id=candidate.series_id,
-            series_type=candidate.series_type.describe(),
-        )
+        try:
+            prediction, image = self.grade(
+                series,
+                study_id=study_id,
+                series_id=candidate.series_id,
+                series_type=candidate.series_type.describe(),
+            )
+        except DataError as exc:
+            raise DataError(f"{candidate.directory or root}: {exc}") from exc
         if candidate.directory is None:
             prediction = dataclasses.replace(prediction, series_dir=str(root))
         return prediction, image
@@ -685,9 +688,12 @@ class DiscGrader:
             lumbarssl.data.dicom.SeriesGeometryError: If the directory holds no DICOM slice.
         """
         directory = Path(series_dir)
-        return self.grade(
-            read_series(directory), study_id=directory.parent.name, series_id=directory.name
-        )
+        try:
+            return self.grade(
+                read_series(directory), study_id=directory.parent.name, series_id=directory.name
+            )
+        except DataError as exc:
+            raise DataError(f"{directory}: {exc}") from exc
 
 
 def write_prediction(
