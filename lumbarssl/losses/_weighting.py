@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 Reduction = Literal["none", "mean", "sum"]
 Normalize = Literal["weights", "samples"]
@@ -85,3 +85,45 @@ def reduce_weighted(
         return total
     denominator = weight.sum() if normalize == "weights" else valid.sum().to(loss.dtype)
     return total / torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+
+
+class ClassWeightedLoss(nn.Module):
+    """Module base of the class-weighted losses: validated hyper-parameters, ``alpha`` buffer.
+
+    Args:
+        alpha: Per-class weights, > 0; stored as a float32 buffer (follows ``.to()``, saved in
+            the ``state_dict``).
+        gamma: Focusing parameter, >= 0.
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+        ignore_index: Target value whose samples are skipped.
+        normalize: What ``"mean"`` divides by: ``"weights"`` or ``"samples"``.
+
+    Raises:
+        ValueError: If a hyper-parameter is out of range.
+    """
+
+    alpha: Tensor
+
+    def __init__(
+        self,
+        alpha: Sequence[float] | Tensor,
+        gamma: float,
+        reduction: Reduction,
+        ignore_index: int,
+        normalize: Normalize,
+    ) -> None:
+        super().__init__()
+        validate_hparams(gamma, reduction, ignore_index, normalize)
+        self.register_buffer("alpha", validate_alpha(alpha).to(torch.float32))
+        self.gamma = float(gamma)
+        self.reduction: Reduction = reduction
+        self.ignore_index = ignore_index
+        self.normalize: Normalize = normalize
+
+    def extra_repr(self) -> str:
+        """Hyper-parameters shown by ``repr``."""
+        return (
+            f"alpha={[round(a, 6) for a in self.alpha.tolist()]}, gamma={self.gamma}, "
+            f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, "
+            f"normalize={self.normalize!r}"
+        )

@@ -7,10 +7,11 @@ from typing import Final
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from lumbarssl import paper
 from lumbarssl.losses._weighting import (
+    ClassWeightedLoss,
     Normalize,
     Reduction,
     check_target_dtype_shape,
@@ -127,7 +128,7 @@ def weighted_focal_loss(
     return _focal(logits, target, alpha_tensor, float(gamma), reduction, ignore_index, normalize)
 
 
-class WeightedFocalLoss(nn.Module):
+class WeightedFocalLoss(ClassWeightedLoss):
     r"""Module form of the weighted focal loss; see :func:`weighted_focal_loss`.
 
     Sec. 3.6 of the paper, Eq. 2.
@@ -157,8 +158,6 @@ class WeightedFocalLoss(nn.Module):
         >>> loss = criterion(torch.randn(24, 3), torch.randint(0, 3, (24,)))
     """
 
-    alpha: Tensor
-
     def __init__(
         self,
         alpha: Sequence[float] | Tensor = PAPER_ALPHA,
@@ -167,13 +166,7 @@ class WeightedFocalLoss(nn.Module):
         ignore_index: int = -100,
         normalize: Normalize = "weights",
     ) -> None:
-        super().__init__()
-        validate_hparams(gamma, reduction, ignore_index, normalize)
-        self.register_buffer("alpha", validate_alpha(alpha).to(torch.float32))
-        self.gamma = float(gamma)
-        self.reduction: Reduction = reduction
-        self.ignore_index = ignore_index
-        self.normalize: Normalize = normalize
+        super().__init__(alpha, gamma, reduction, ignore_index, normalize)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Compute the loss.
@@ -193,12 +186,4 @@ class WeightedFocalLoss(nn.Module):
             self.reduction,
             self.ignore_index,
             self.normalize,
-        )
-
-    def extra_repr(self) -> str:
-        """Hyper-parameters shown by ``repr``."""
-        return (
-            f"alpha={[round(a, 6) for a in self.alpha.tolist()]}, gamma={self.gamma}, "
-            f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, "
-            f"normalize={self.normalize!r}"
         )

@@ -47,9 +47,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from lumbarssl.losses._weighting import (
+    ClassWeightedLoss,
     Normalize,
     Reduction,
     check_target_dtype_shape,
@@ -253,7 +254,7 @@ def ordinal_loss(
     )
 
 
-class OrdinalLoss(nn.Module):
+class OrdinalLoss(ClassWeightedLoss):
     r"""Module form of :func:`ordinal_loss`; ``alpha`` is a buffer.
 
     Args:
@@ -278,8 +279,6 @@ class OrdinalLoss(nn.Module):
         >>> loss = criterion(torch.randn(24, 2), torch.randint(0, 3, (24,)))
     """
 
-    alpha: Tensor
-
     def __init__(
         self,
         kind: OrdinalKind = "corn",
@@ -289,15 +288,9 @@ class OrdinalLoss(nn.Module):
         ignore_index: int = -100,
         normalize: Normalize = "weights",
     ) -> None:
-        super().__init__()
         _check_kind(kind)
-        validate_hparams(gamma, reduction, ignore_index, normalize)
-        self.register_buffer("alpha", validate_alpha(alpha).to(torch.float32))
+        super().__init__(alpha, gamma, reduction, ignore_index, normalize)
         self.kind: OrdinalKind = kind
-        self.gamma = float(gamma)
-        self.reduction: Reduction = reduction
-        self.ignore_index = ignore_index
-        self.normalize: Normalize = normalize
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Compute the loss.
@@ -322,8 +315,4 @@ class OrdinalLoss(nn.Module):
 
     def extra_repr(self) -> str:
         """Hyper-parameters shown by ``repr``."""
-        return (
-            f"kind={self.kind!r}, alpha={[round(a, 6) for a in self.alpha.tolist()]}, "
-            f"gamma={self.gamma}, reduction={self.reduction!r}, "
-            f"ignore_index={self.ignore_index}, normalize={self.normalize!r}"
-        )
+        return f"kind={self.kind!r}, {super().extra_repr()}"
