@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lumbarssl.data.keyed_random import keyed_uniforms
+from lumbarssl.data.recipes import RoiAugmentation
 
 __all__ = [
     "CROP_RATIO",
@@ -72,10 +73,11 @@ _UINT8_MAX: Final = 255.0
 _CPU_CHUNK_BYTES: Final = 4 * 2**20
 
 
-class AugmentSpec(Protocol):
+class AugmentSpec(RoiAugmentation, Protocol):
     """The augmentation settings read here (paper Sec. 4.2, 4.3).
 
-    :class:`~lumbarssl.data.datasets.DiscDatasetConfig` provides them.
+    Those of :class:`~lumbarssl.data.recipes.RoiAugmentation` plus the input side and the
+    number of views; :class:`~lumbarssl.data.datasets.DiscDatasetConfig` provides them.
     """
 
     @property
@@ -85,26 +87,6 @@ class AugmentSpec(Protocol):
     @property
     def n_views(self) -> int:
         """Views V per disc."""
-
-    @property
-    def crop_scale(self) -> tuple[float, float]:
-        """Area range of the random resized crop."""
-
-    @property
-    def hflip_p(self) -> float:
-        """Probability of the horizontal flip."""
-
-    @property
-    def rotation_degrees(self) -> float:
-        """Rotation range, +/- degrees."""
-
-    @property
-    def brightness(self) -> float:
-        """Brightness factor range 1 +/- this."""
-
-    @property
-    def contrast(self) -> float:
-        """Contrast factor range 1 +/- this."""
 
 
 @dataclass(frozen=True)

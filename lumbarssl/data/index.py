@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from lumbarssl.data.constants import (
     CONDITION_SLUGS,
@@ -103,6 +104,46 @@ class _Recorder:
         if self.on_error == "raise" and skip.reason.is_error:
             raise RSNADataError.from_skip(skip)
         self.skips.append(skip)
+
+
+_Record = TypeVar("_Record", bound=DiscRecord)
+
+
+def _graded_record(
+    kind: type[_Record],
+    study: int,
+    series: int,
+    instance: int,
+    level: str,
+    x: float,
+    y: float,
+    severity: str,
+) -> _Record:
+    """A ``kind`` record whose label follows from ``severity`` (``""``: unlabeled)."""
+    return kind(
+        study_id=study,
+        series_id=series,
+        instance_number=instance,
+        level=level,
+        x=x,
+        y=y,
+        severity=severity,
+        label=SEVERITY_TO_LABEL.get(severity, MISSING_LABEL),
+    )
+
+
+def _missing_coordinate(
+    what: str, study: int, severity: str, path: str, line: int, level: str
+) -> Skip:
+    """The skip of a graded ``what`` (a level, or condition and level) with no coordinate."""
+    return Skip(
+        SkipReason.MISSING_COORDINATE,
+        f"{what} of study {study} is graded {severity!r} but has no coordinate",
+        path,
+        line,
+        study,
+        level=level,
+    )
 
 
 #: Values quoted in a skip's detail are cut to this many characters.
@@ -396,30 +437,14 @@ def read_index(data_dir: str | Path, *, on_error: OnError = "skip") -> DiscIndex
             record(Skip(reason, detail, str(path), line, study, series, instance, known_level))
             continue
         severity = severities.get((study, level), "")
-        disc = DiscRecord(
-            study_id=study,
-            series_id=series,
-            instance_number=instance,
-            level=level,
-            x=x,
-            y=y,
-            severity=severity,
-            label=SEVERITY_TO_LABEL.get(severity, MISSING_LABEL),
-        )
+        disc = _graded_record(DiscRecord, study, series, instance, level, x, y, severity)
         seen_discs[study, level] = disc
         discs.append(disc)
 
     train_path = str(root / TRAIN_CSV)
     for (study, level), severity in severities.items():
         if severity and (study, level) not in annotated:
-            detail = f"{level} of study {study} is graded {severity!r} but has no coordinate"
-            skip = Skip(
-                SkipReason.MISSING_COORDINATE,
-                detail,
-                train_path,
-                label_lines[study],
-                study,
-                level=level,
+            record(
+                _missing_coordinate(level, study, severity, train_path, label_lines[study], level)
             )
-            record(skip)
     return DiscIndex(discs=tuple(discs), skips=tuple(record.skips))

@@ -2,15 +2,24 @@ r"""Weighted focal loss of Sec. 3.6, Eq. 2: :math:`-\alpha_y (1 - p_y)^\gamma \l
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from typing import Final, Literal
+from typing import Final
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from lumbarssl import paper
+from lumbarssl.losses._weighting import (
+    ClassWeightedLoss,
+    Normalize,
+    Reduction,
+    check_target_dtype_shape,
+    reduce_weighted,
+    valid_rows,
+    validate_alpha,
+    validate_hparams,
+)
 
 __all__ = ["WeightedFocalLoss", "weighted_focal_loss"]
 
@@ -19,36 +28,6 @@ __all__ = ["WeightedFocalLoss", "weighted_focal_loss"]
 PAPER_ALPHA: Final[tuple[float, ...]] = paper.FOCAL_ALPHA
 #: Sec. 4.4: focusing parameter gamma (an alias of :data:`lumbarssl.paper.FOCAL_GAMMA`).
 PAPER_GAMMA: Final = paper.FOCAL_GAMMA
-
-Reduction = Literal["none", "mean", "sum"]
-Normalize = Literal["weights", "samples"]
-_REDUCTIONS = ("none", "mean", "sum")
-_NORMALIZE = ("weights", "samples")
-
-
-def _validate_alpha(alpha: Sequence[float] | Tensor) -> Tensor:
-    values = torch.as_tensor(alpha, dtype=torch.float64).detach().cpu()
-    if values.dim() != 1 or values.numel() == 0:
-        raise ValueError(
-            f"alpha must be a non-empty 1-D sequence of per-class weights, got shape "
-            f"{tuple(values.shape)}"
-        )
-    if not bool(torch.isfinite(values).all() and (values > 0).all()):
-        raise ValueError(f"alpha must be finite and > 0 for every class, got {values.tolist()}")
-    return values
-
-
-def _validate_hparams(gamma: float, reduction: str, ignore_index: int, normalize: str) -> None:
-    if isinstance(gamma, bool) or not isinstance(gamma, int | float):
-        raise ValueError(f"gamma must be a number in [0, inf), got {gamma!r}")
-    if not (math.isfinite(gamma) and gamma >= 0):
-        raise ValueError(f"gamma must be in [0, inf), got {gamma!r}")
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    if normalize not in _NORMALIZE:
-        raise ValueError(f"normalize must be one of {_NORMALIZE}, got {normalize!r}")
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise ValueError(f"ignore_index must be an int, got {ignore_index!r}")
 
 
 def _focal(
@@ -65,25 +44,13 @@ def _focal(
             f"logits must be a floating-point tensor of shape (B, C), got shape "
             f"{tuple(logits.shape)} and dtype {logits.dtype}"
         )
-    if target.shape != logits.shape[:1]:
-        raise ValueError(
-            f"target must have shape ({logits.shape[0]},) to match logits of shape "
-            f"{tuple(logits.shape)}, got {tuple(target.shape)}"
-        )
-    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
+    check_target_dtype_shape(logits, target)
     num_classes = logits.shape[1]
     if alpha.numel() != num_classes:
         raise ValueError(
             f"alpha has {alpha.numel()} class weights but logits have C={num_classes} classes"
         )
-    valid = target != ignore_index
-    out_of_range = valid & ((target < 0) | (target >= num_classes))
-    if bool(out_of_range.any()):
-        bad = target[out_of_range][0].item()
-        raise ValueError(
-            f"target values must be in [0, {num_classes}) or ignore_index={ignore_index}, got {bad}"
-        )
+    valid = valid_rows(target, num_classes, ignore_index)
 
     # Half-precision logits are promoted so that log p and (1 - p) keep their resolution.
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
@@ -95,14 +62,7 @@ def _focal(
     weight = alpha.to(device=logits.device, dtype=dtype)[safe_target] * valid
     loss = -weight * one_minus_p.pow(gamma) * log_p
 
-    if reduction == "none":
-        return loss
-    total = loss.sum()
-    if reduction == "sum":
-        return total
-    denominator = weight.sum() if normalize == "weights" else valid.sum().to(dtype)
-    # All rows ignored (or B = 0): total is an exact zero that keeps the graph, 0 / 1 = 0.
-    return total / torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+    return reduce_weighted(loss, weight, valid, reduction, normalize)
 
 
 def weighted_focal_loss(
@@ -163,12 +123,12 @@ def weighted_focal_loss(
         >>> target = torch.randint(0, 3, (24,))
         >>> weighted_focal_loss(logits, target).backward()
     """
-    _validate_hparams(gamma, reduction, ignore_index, normalize)
-    alpha_tensor = _validate_alpha(alpha)
+    validate_hparams(gamma, reduction, ignore_index, normalize)
+    alpha_tensor = validate_alpha(alpha)
     return _focal(logits, target, alpha_tensor, float(gamma), reduction, ignore_index, normalize)
 
 
-class WeightedFocalLoss(nn.Module):
+class WeightedFocalLoss(ClassWeightedLoss):
     r"""Module form of the weighted focal loss; see :func:`weighted_focal_loss`.
 
     Sec. 3.6 of the paper, Eq. 2.
@@ -198,8 +158,6 @@ class WeightedFocalLoss(nn.Module):
         >>> loss = criterion(torch.randn(24, 3), torch.randint(0, 3, (24,)))
     """
 
-    alpha: Tensor
-
     def __init__(
         self,
         alpha: Sequence[float] | Tensor = PAPER_ALPHA,
@@ -208,13 +166,7 @@ class WeightedFocalLoss(nn.Module):
         ignore_index: int = -100,
         normalize: Normalize = "weights",
     ) -> None:
-        super().__init__()
-        _validate_hparams(gamma, reduction, ignore_index, normalize)
-        self.register_buffer("alpha", _validate_alpha(alpha).to(torch.float32))
-        self.gamma = float(gamma)
-        self.reduction: Reduction = reduction
-        self.ignore_index = ignore_index
-        self.normalize: Normalize = normalize
+        super().__init__(alpha, gamma, reduction, ignore_index, normalize)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Compute the loss.
@@ -234,12 +186,4 @@ class WeightedFocalLoss(nn.Module):
             self.reduction,
             self.ignore_index,
             self.normalize,
-        )
-
-    def extra_repr(self) -> str:
-        """Hyper-parameters shown by ``repr``."""
-        return (
-            f"alpha={[round(a, 6) for a in self.alpha.tolist()]}, gamma={self.gamma}, "
-            f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, "
-            f"normalize={self.normalize!r}"
         )

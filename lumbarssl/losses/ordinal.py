@@ -47,13 +47,17 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from lumbarssl.losses.focal import (
+from lumbarssl.losses._weighting import (
+    ClassWeightedLoss,
     Normalize,
     Reduction,
-    _validate_alpha,
-    _validate_hparams,
+    check_target_dtype_shape,
+    reduce_weighted,
+    valid_rows,
+    validate_alpha,
+    validate_hparams,
 )
 from lumbarssl.paper import FOCAL_ALPHA
 
@@ -175,25 +179,13 @@ def _ordinal_loss(
     _check_kind(kind)
     _check_logits(logits)
     num_classes = logits.shape[1] + 1
-    if target.shape != logits.shape[:1]:
-        raise ValueError(
-            f"target must have shape ({logits.shape[0]},) to match logits of shape "
-            f"{tuple(logits.shape)}, got {tuple(target.shape)}"
-        )
-    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
+    check_target_dtype_shape(logits, target)
     if alpha.numel() != num_classes:
         raise ValueError(
             f"alpha has {alpha.numel()} class weights but {logits.shape[1]} ordinal logits "
             f"describe K={num_classes} classes"
         )
-    valid = target != ignore_index
-    out_of_range = valid & ((target < 0) | (target >= num_classes))
-    if bool(out_of_range.any()):
-        bad = target[out_of_range][0].item()
-        raise ValueError(
-            f"target values must be in [0, {num_classes}) or ignore_index={ignore_index}, got {bad}"
-        )
+    valid = valid_rows(target, num_classes, ignore_index)
     log_probs = ordinal_log_probabilities(logits, kind)  # type: ignore[arg-type]
     dtype = log_probs.dtype
     safe_target = torch.where(valid, target, 0).long()
@@ -203,13 +195,7 @@ def _ordinal_loss(
     if gamma != 0.0:
         one_minus_p = (-torch.expm1(log_p)).clamp_min(torch.finfo(dtype).tiny)
         loss = loss * one_minus_p.pow(gamma)
-    if reduction == "none":
-        return loss
-    total = loss.sum()
-    if reduction == "sum":
-        return total
-    denominator = weight.sum() if normalize == "weights" else valid.sum().to(dtype)
-    return total / torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+    return reduce_weighted(loss, weight, valid, reduction, normalize)
 
 
 def ordinal_loss(
@@ -260,15 +246,15 @@ def ordinal_loss(
         >>> logits = torch.randn(24, 2, requires_grad=True)
         >>> ordinal_loss(logits, torch.randint(0, 3, (24,))).backward()
     """
-    _validate_hparams(gamma, reduction, ignore_index, normalize)
+    validate_hparams(gamma, reduction, ignore_index, normalize)
     _check_kind(kind)
-    alpha_tensor = _validate_alpha(alpha)
+    alpha_tensor = validate_alpha(alpha)
     return _ordinal_loss(
         logits, target, kind, alpha_tensor, float(gamma), reduction, ignore_index, normalize
     )
 
 
-class OrdinalLoss(nn.Module):
+class OrdinalLoss(ClassWeightedLoss):
     r"""Module form of :func:`ordinal_loss`; ``alpha`` is a buffer.
 
     Args:
@@ -293,8 +279,6 @@ class OrdinalLoss(nn.Module):
         >>> loss = criterion(torch.randn(24, 2), torch.randint(0, 3, (24,)))
     """
 
-    alpha: Tensor
-
     def __init__(
         self,
         kind: OrdinalKind = "corn",
@@ -304,15 +288,9 @@ class OrdinalLoss(nn.Module):
         ignore_index: int = -100,
         normalize: Normalize = "weights",
     ) -> None:
-        super().__init__()
         _check_kind(kind)
-        _validate_hparams(gamma, reduction, ignore_index, normalize)
-        self.register_buffer("alpha", _validate_alpha(alpha).to(torch.float32))
+        super().__init__(alpha, gamma, reduction, ignore_index, normalize)
         self.kind: OrdinalKind = kind
-        self.gamma = float(gamma)
-        self.reduction: Reduction = reduction
-        self.ignore_index = ignore_index
-        self.normalize: Normalize = normalize
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Compute the loss.
@@ -337,8 +315,4 @@ class OrdinalLoss(nn.Module):
 
     def extra_repr(self) -> str:
         """Hyper-parameters shown by ``repr``."""
-        return (
-            f"kind={self.kind!r}, alpha={[round(a, 6) for a in self.alpha.tolist()]}, "
-            f"gamma={self.gamma}, reduction={self.reduction!r}, "
-            f"ignore_index={self.ignore_index}, normalize={self.normalize!r}"
-        )
+        return f"kind={self.kind!r}, {super().extra_repr()}"

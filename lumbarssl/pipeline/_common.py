@@ -253,6 +253,51 @@ def device_sampler(
     return EpochSampler(n, shuffle=False, rank=0, world_size=1)
 
 
+def device_batch_pair(
+    config: StageConfig,
+    device: torch.device,
+    train: tuple[int, Callable[[Tensor, int], dict[str, Tensor]]],
+    val: tuple[int, Callable[[Tensor, int], dict[str, Tensor]]],
+    *,
+    batch_size: int,
+    val_batch_size: int,
+    drop_last: bool = True,
+) -> tuple[DeviceBatches, DeviceBatches]:
+    """Training and validation :class:`DeviceBatches` over two banks held on ``device``.
+
+    Training is shuffled with the stage's seed (:func:`device_sampler`); validation keeps
+    its order and a fixed epoch 0.
+
+    Args:
+        config: The stage config (its seed).
+        device: The banks' device.
+        train: ``(items, make_batch)`` of the training bank.
+        val: ``(items, make_batch)`` of the validation bank.
+        batch_size: Items per training batch.
+        val_batch_size: Items per validation batch.
+        drop_last: Drop the last incomplete training batch (and the shard tail).
+
+    Returns:
+        ``(train, val)``.
+    """
+    (n_train, make_train), (n_val, make_val) = train, val
+    train_batches = DeviceBatches(
+        device_sampler(n_train, config, shuffle=True, drop_last=drop_last),
+        batch_size,
+        make_train,
+        device=device,
+        drop_last=drop_last,
+    )
+    val_batches = DeviceBatches(
+        device_sampler(n_val, config, shuffle=False),
+        val_batch_size,
+        make_val,
+        device=device,
+        epoch=0,
+    )
+    return train_batches, val_batches
+
+
 def supervised_batch(bank: RoiBank, recipe: RoiRecipe, positions: Tensor) -> dict[str, Tensor]:
     """A batch of supervised ``DiscROIDataset`` items gathered from a bank on its device.
 
@@ -311,21 +356,14 @@ def supervised_loaders(
         def gather(bank: RoiBank) -> Callable[[Tensor, int], dict[str, Tensor]]:
             return lambda positions, epoch: supervised_batch(bank, recipe, positions)
 
-        train = DeviceBatches(
-            device_sampler(len(train_bank), config, shuffle=True, drop_last=True),
-            batch_size,
-            gather(train_bank),
-            device=device,
-            drop_last=True,
+        return device_batch_pair(
+            config,
+            device,
+            (len(train_bank), gather(train_bank)),
+            (len(val_bank), gather(val_bank)),
+            batch_size=batch_size,
+            val_batch_size=val_batch_size,
         )
-        val = DeviceBatches(
-            device_sampler(len(val_bank), config, shuffle=False),
-            val_batch_size,
-            gather(val_bank),
-            device=device,
-            epoch=0,
-        )
-        return train, val
 
     def dataset(rows: Any) -> DiscROIDataset:
         return DiscROIDataset(cache, "supervised", recipe=recipe, indices=rows)

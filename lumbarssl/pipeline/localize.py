@@ -29,7 +29,7 @@ from lumbarssl.pipeline._common import (
     DeviceBatches,
     adamw,
     base_metadata,
-    device_sampler,
+    device_batch_pair,
     export_best,
     locked_stage,
     make_loader,
@@ -227,22 +227,15 @@ def _device_batches(
 
         return make
 
-    drop_last = len(train_bank) > stacks
-    train_batches = DeviceBatches(
-        device_sampler(len(train_bank), config, shuffle=True, drop_last=drop_last),
-        stacks,
-        gather(train_bank),
-        device=device,
-        drop_last=drop_last,
+    return device_batch_pair(
+        config,
+        device,
+        (len(train_bank), gather(train_bank)),
+        (len(val_bank), gather(val_bank)),
+        batch_size=stacks,
+        val_batch_size=_VAL_STACKS,
+        drop_last=len(train_bank) > stacks,
     )
-    val_batches = DeviceBatches(
-        device_sampler(len(val_bank), config, shuffle=False),
-        _VAL_STACKS,
-        gather(val_bank),
-        device=device,
-        epoch=0,
-    )
-    return train_batches, val_batches
 
 
 @locked_stage

@@ -28,7 +28,7 @@ from lumbarssl.pipeline._common import (
     DeviceBatches,
     adamw,
     base_metadata,
-    device_sampler,
+    device_batch_pair,
     export_best,
     locked_stage,
     make_loader,
@@ -175,21 +175,14 @@ def _device_batches(
     val_augment = BatchAugment(
         data_config, mean=mean, std=std, seed=config.seed, stream=VALIDATION_STREAM
     )
-    train = DeviceBatches(
-        device_sampler(len(train_bank), config, shuffle=True, drop_last=True),
-        config.batch_size,
-        views(train_bank, train_augment),
-        device=device,
-        drop_last=True,
+    return device_batch_pair(
+        config,
+        device,
+        (len(train_bank), views(train_bank, train_augment)),
+        (len(val_bank), views(val_bank, val_augment)),
+        batch_size=config.batch_size,
+        val_batch_size=config.batch_size,
     )
-    val = DeviceBatches(
-        device_sampler(len(val_bank), config, shuffle=False),
-        config.batch_size,
-        views(val_bank, val_augment),
-        device=device,
-        epoch=0,
-    )
-    return train, val
 
 
 @locked_stage

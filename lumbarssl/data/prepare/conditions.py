@@ -26,6 +26,7 @@ Rows of ``index.csv`` then carry a ``condition`` column (see :mod:`lumbarssl.dat
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,6 @@ from lumbarssl.data.constants import (
     IMAGES_DIR,
     LEVEL_SLUGS,
     LEVELS,
-    MISSING_LABEL,
     SAGITTAL_T1,
     SAGITTAL_T2,
     SERIES_CSV,
@@ -50,7 +50,16 @@ from lumbarssl.data.constants import (
     TRAIN_CSV,
 )
 from lumbarssl.data.dicom import DicomReadError, SeriesGeometryError, open_series
-from lumbarssl.data.index import DiscIndex, DiscRecord, _parse_float, _parse_int, _rows, read_index
+from lumbarssl.data.index import (
+    DiscIndex,
+    DiscRecord,
+    _graded_record,
+    _missing_coordinate,
+    _parse_float,
+    _parse_int,
+    _rows,
+    read_index,
+)
 from lumbarssl.data.prepare.config import PrepareConfig
 from lumbarssl.data.prepare.extract import StudyOutput, extract_series
 from lumbarssl.data.skips import OnError, RSNADataError, Skip, SkipReason
@@ -157,35 +166,13 @@ def read_condition_index(data_dir: str | Path, *, on_error: OnError = "skip") ->
             continue
         seen[study, condition, level] = line
         severity = grades.get((study, condition, level), "")
-        records.append(
-            ConditionRecord(
-                study_id=study,
-                series_id=series,
-                instance_number=instance,
-                level=level,
-                x=x,
-                y=y,
-                severity=severity,
-                label=SEVERITY_TO_LABEL.get(severity, MISSING_LABEL),
-                condition=condition,
-            )
-        )
+        disc = _graded_record(ConditionRecord, study, series, instance, level, x, y, severity)
+        records.append(dataclasses.replace(disc, condition=condition))
     for (study, condition, level), severity in grades.items():
         if (study, condition, level) not in annotated:
-            detail = (
-                f"{condition} {level} of study {study} is graded {severity!r} but has no coordinate"
-            )
-            line = grade_lines[study]
-            record(
-                Skip(
-                    SkipReason.MISSING_COORDINATE,
-                    detail,
-                    str(root / TRAIN_CSV),
-                    line,
-                    study,
-                    level=level,
-                )
-            )
+            what = f"{condition} {level}"
+            train_csv = str(root / TRAIN_CSV)
+            record(_missing_coordinate(what, study, severity, train_csv, grade_lines[study], level))
     return DiscIndex(discs=tuple(records), skips=tuple(skips))
 
 
