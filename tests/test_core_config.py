@@ -251,3 +251,16 @@ def test_cli_config_file_fills_the_runtime_in_either_layout(layout: str, tmp_pat
     assert seen == [
         dataclasses.replace(saved, runtime=RuntimeConfig(device="cpu", amp="off", num_workers=3))
     ]
+
+
+def test_disc_dataset_config_is_a_config_base_with_the_old_positional_order() -> None:
+    from lumbarssl.data.datasets import DiscDatasetConfig
+
+    with pytest.warns(DeprecationWarning, match="positional arguments to DiscDatasetConfig"):
+        config = DiscDatasetConfig(96, 2, (0.9, 1.0))  # type: ignore[call-arg]
+    assert config == DiscDatasetConfig(input_size=96, n_views=2, crop_scale=(0.9, 1.0))
+    names = [f.name for f in dataclasses.fields(DiscDatasetConfig)]
+    assert DiscDatasetConfig._positional_fields == tuple(names)
+    assert DiscDatasetConfig.from_json(config.to_json()) == config  # lists back to tuples
+    with pytest.raises(ConfigError, match="unknown DiscDatasetConfig key 'views'"):
+        DiscDatasetConfig.from_dict({"views": 3})

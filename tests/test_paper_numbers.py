@@ -128,14 +128,9 @@ PAPER_SETTINGS: dict[str, tuple[object, ...]] = {
 }
 PAPER_NAMES = {name for name in vars(paper) if name.isupper()}
 
-# (file relative to the package, setting): literals still declared elsewhere, with the reason.
-ALLOWED: dict[tuple[str, str], str] = {
-    # DiscDatasetConfig is being rebuilt around the preprocessing recipes (issue 10, item 1).
-    ("data/datasets.py", "input_size"): "recipes work in progress",
-    ("data/datasets.py", "n_views"): "recipes work in progress",
-    ("data/datasets.py", "crop_scale"): "recipes work in progress",
-    ("data/datasets.py", "rotation_degrees"): "recipes work in progress",
-}
+# (file relative to the package, setting): literals still declared elsewhere, with the reason
+# (none left).
+ALLOWED: dict[tuple[str, str], str] = {}
 
 
 def _literal(node: ast.expr | None) -> object:

@@ -14,11 +14,9 @@ trainer calls :meth:`DiscROIDataset.set_epoch` before each epoch (as it does for
 from __future__ import annotations
 
 import functools
-import json
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -26,7 +24,8 @@ from numpy.typing import ArrayLike
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lumbarssl.data._config import known_fields
+from lumbarssl import paper
+from lumbarssl._core.config import ConfigBase
 from lumbarssl.data.batch_augment import draw_augment_params
 from lumbarssl.data.cache import PreparedCache
 from lumbarssl.data.constants import LEVELS, MISSING_LABEL
@@ -56,13 +55,16 @@ Mode = Literal["supervised", "contrastive", "multislice"]
 _MODES: tuple[str, ...] = ("supervised", "contrastive", "multislice")
 
 
-@dataclass(frozen=True)
-class DiscDatasetConfig:
+@dataclass(frozen=True, kw_only=True)
+class DiscDatasetConfig(ConfigBase):
     """Views and augmentations of :class:`DiscROIDataset` (paper Sec. 4.2, 4.3).
 
     The paper lists brightness, contrast and saturation jitter; saturation has no meaning for
     one-channel MRI and is left out. It gives no jitter magnitudes, no flip probability and
     no normalisation constants: ours are marked below.
+
+    Keyword-only; positional arguments (in the order below) still work with a
+    :class:`DeprecationWarning`.
 
     The augmentations live here, not in the :class:`~lumbarssl.data.recipes.RoiRecipe`:
     they shape training only, never the input a served model sees, so they do not travel
@@ -84,11 +86,23 @@ class DiscDatasetConfig:
         std: Intensity standard deviation divided by; ``None`` uses the cache's.
     """
 
-    input_size: int = 224  # Sec. 4.2
-    n_views: int = 3  # Sec. 4.3: V views per disc
-    crop_scale: tuple[float, float] = (0.8, 1.0)  # Sec. 4.2
+    _positional_fields: ClassVar[tuple[str, ...]] = (
+        "input_size",
+        "n_views",
+        "crop_scale",
+        "hflip_p",
+        "rotation_degrees",
+        "brightness",
+        "contrast",
+        "mean",
+        "std",
+    )
+
+    input_size: int = paper.INPUT_SIZE  # Sec. 4.2
+    n_views: int = paper.N_VIEWS  # Sec. 4.3: V views per disc
+    crop_scale: tuple[float, float] = paper.CROP_SCALE  # Sec. 4.2
     hflip_p: float = 0.5  # Sec. 4.2 flips; the probability is ours
-    rotation_degrees: float = 15.0  # Sec. 4.2: +/- 15 degrees
+    rotation_degrees: float = paper.ROTATION_DEGREES  # Sec. 4.2: +/- 15 degrees
     brightness: float = 0.2  # Sec. 4.2 jitter; the magnitude is ours
     contrast: float = 0.2  # Sec. 4.2 jitter; the magnitude is ours
     mean: float | None = None  # Sec. 4.2: dataset statistics
@@ -111,44 +125,6 @@ class DiscDatasetConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.std is not None and self.std <= 0.0:
             raise ValueError(f"std must be > 0, got {self.std}")
-
-    def to_dict(self) -> dict[str, object]:
-        """Return the fields as a JSON-compatible dict; :meth:`from_dict` inverts it."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, object]) -> DiscDatasetConfig:
-        """Rebuild a config from :meth:`to_dict`'s output (lists are read as tuples).
-
-        Args:
-            data: Field values; missing fields take their defaults.
-
-        Returns:
-            The validated config.
-
-        Raises:
-            ValueError: If a key is not a field or a value is invalid.
-        """
-        values = known_fields(cls, data)
-        if isinstance(values.get("crop_scale"), list):
-            values["crop_scale"] = tuple(values["crop_scale"])
-        return cls(**values)
-
-    def to_json(self) -> str:
-        """Serialise to a JSON string; :meth:`from_json` inverts it."""
-        return json.dumps(self.to_dict())
-
-    @classmethod
-    def from_json(cls, text: str) -> DiscDatasetConfig:
-        """Rebuild a config from :meth:`to_json`'s output.
-
-        Args:
-            text: The JSON string.
-
-        Returns:
-            The validated config.
-        """
-        return cls.from_dict(json.loads(text))
 
 
 def _open(cache: PreparedCache | str | Path) -> PreparedCache:
