@@ -25,11 +25,13 @@ import json
 import os
 import random
 import shutil
+import signal
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 
 import numpy as np
 import pydicom
@@ -54,6 +56,23 @@ from pydicom.uid import (
 from lumbarssl.cli import main
 from lumbarssl.data.cache import PreparedCache
 from lumbarssl.errors import LumbarsslError
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Fail instead of hanging: SIGALRM interrupts a blocking call (a FIFO's open())."""
+
+    def expire(signum: int, frame: FrameType | None) -> None:
+        raise TimeoutError(f"still running after {seconds} s (a hang)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
 
 GOOD = (1000, 1001)
 VICTIM = 2000

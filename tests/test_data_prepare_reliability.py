@@ -6,20 +6,17 @@ Each test builds the bad input by hand and checks the outcome against what the i
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import errno
 import os
 import re
-import signal
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 
 import numpy as np
 import pydicom
 import pytest
+from _fuzz_prepare import deadline
 from _rsna_factory import (
     Fixture,
     Series,
@@ -63,22 +60,6 @@ def _tree(root: Path) -> dict[str, bytes]:
         for p in sorted(root.rglob("*"))
         if p.is_file() and not p.is_symlink()
     }
-
-
-@contextlib.contextmanager
-def _deadline(seconds: float) -> Iterator[None]:
-    """Fail instead of hanging: SIGALRM interrupts a blocking open() of a FIFO."""
-
-    def expire(signum: int, frame: FrameType | None) -> None:
-        raise TimeoutError(f"still running after {seconds} s (a hang)")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture
@@ -243,7 +224,7 @@ def test_a_fifo_named_like_a_slice_is_skipped_without_blocking(
     (folder / "3.dcm").unlink()  # the annotated slice
     os.mkfifo(folder / "3.dcm")
     os.mkfifo(folder / "extra.dcm")  # not annotated: only left out of the order
-    with _deadline(30):
+    with deadline(30):
         result = prepare_cache(two_studies.root, tmp_path / "out", CONFIG, progress=False)
     assert _skips(tmp_path / "out") == {(study.study_id, "not_regular_file"): 5}
     detail = _rows(tmp_path / "out" / "skipped.csv")[0]["detail"]
@@ -255,11 +236,11 @@ def test_a_fifo_as_a_neighbouring_slice_is_replaced_by_the_centre(
     two_studies: Fixture, tmp_path: Path
 ) -> None:
     folder = two_studies.root / "train_images" / "1001" / "10011"
-    with _deadline(30):
+    with deadline(30):
         series = open_series(folder)
     (folder / "2.dcm").unlink()
     os.mkfifo(folder / "2.dcm")
-    with _deadline(30):
+    with deadline(30):
         fifo_series = open_series(folder, on_error="skip")
         result = prepare_cache(
             two_studies.root, tmp_path / "out", PrepareConfig(roi_size=8, slices=3), progress=False

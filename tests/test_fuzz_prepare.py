@@ -9,37 +9,19 @@ cases with a time limit each.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 
 import pytest
-from _fuzz_prepare import build_base, generate_case, run_case
+from _fuzz_prepare import build_base, deadline, generate_case, run_case
 
 #: Cases per run of the suite (``LUMBARSSL_FUZZ_CASES`` overrides), and the seed.
 CASES = int(os.environ.get("LUMBARSSL_FUZZ_CASES", "240"))
 SEED = int(os.environ.get("LUMBARSSL_FUZZ_SEED", "0"))
 #: A case still running after this long is a hang (a FIFO opened for reading never returns).
 CASE_TIMEOUT_S = 60
-
-
-@contextlib.contextmanager
-def _deadline(seconds: float) -> Iterator[None]:
-    def expire(signum: int, frame: FrameType | None) -> None:
-        raise TimeoutError(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def test_bad_inputs_end_in_documented_ways_and_spare_the_good_studies(
@@ -56,7 +38,7 @@ def test_bad_inputs_end_in_documented_ways_and_spare_the_good_studies(
     for number in range(CASES):
         case = generate_case(base, SEED, number, workers_share=0.02)
         try:
-            with _deadline(CASE_TIMEOUT_S):
+            with deadline(CASE_TIMEOUT_S):
                 outcome = run_case(base, case, tmp_path / f"case{number}")
         except TimeoutError:
             failures.append(f"case {number} {case.mutations}: hang")
