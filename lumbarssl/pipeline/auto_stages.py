@@ -199,13 +199,7 @@ def run_heatmap_training(config: HeatmapConfig) -> StageResult:
         Paths of the run (no per-epoch history: a plain loop).
     """
     _, out, cache = start_stage(config)
-    _, _, test = localizer_splits(
-        np.asarray(cache.table.study_id),
-        val_size=config.val_size,
-        test_size=config.test_size,
-        seed=config.seed,
-    )
-    train = _training_rows(cache, config, config.hold_out_grading_test)
+    train, test = _train_test_rows(cache, config, config.hold_out_grading_test)
     recipe = LocalizerRecipe.from_cache(cache, input_size=config.input_size)
     data = heatmap_arrays(cache, train, recipe)
     device = select_device(config.runtime.device)
@@ -259,16 +253,18 @@ def _write_points(path: Path, rows: np.ndarray, xy: np.ndarray, pred: np.ndarray
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def _training_rows(cache: PreparedCache, config: StageConfig, hold_out: bool) -> np.ndarray:
-    """The localizer split's training rows, less the grading test studies if asked."""
+def _train_test_rows(
+    cache: PreparedCache, config: StageConfig, hold_out: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Training rows (less the grading test studies if asked) and test rows of one split."""
     studies = np.asarray(cache.table.study_id)
-    train, _, _ = localizer_splits(
+    train, _, test = localizer_splits(
         studies, val_size=config.val_size, test_size=config.test_size, seed=config.seed
     )
-    if not hold_out:
-        return train
-    grading = make_splits(cache, dataclasses.replace(config, split="study"))
-    return train[~np.isin(studies[train], studies[grading.test])]
+    if hold_out:
+        grading = make_splits(cache, dataclasses.replace(config, split="study"))
+        train = train[~np.isin(studies[train], studies[grading.test])]
+    return train, test
 
 
 def selector_arrays(
@@ -358,13 +354,7 @@ def run_slice_selector_training(config: SliceSelectorConfig) -> StageResult:
         ConfigError: If no training level could be read.
     """
     _, out, cache = start_stage(config)
-    _, _, test = localizer_splits(
-        np.asarray(cache.table.study_id),
-        val_size=config.val_size,
-        test_size=config.test_size,
-        seed=config.seed,
-    )
-    train = _training_rows(cache, config, config.hold_out_grading_test)
+    train, test = _train_test_rows(cache, config, config.hold_out_grading_test)
     settings = {"patch_mm": config.patch_mm, "patch_px": config.patch_px}
     data = selector_arrays(cache, train, config.data_dir, **settings)  # type: ignore[arg-type]
     if not data["patches"]:
