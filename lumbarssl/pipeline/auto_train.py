@@ -56,6 +56,23 @@ def pad_slices(patches: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     return batch, mask
 
 
+def _step(
+    loss: Tensor,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    *,
+    epoch: int,
+    step: int,
+) -> None:
+    """One optimisation step of a plain loop; a non-finite loss stops it before the update."""
+    if not torch.isfinite(loss):
+        raise TrainingDivergedError(epoch=epoch, step=step, loss=float(loss), checkpoint=None)
+    optimizer.zero_grad(set_to_none=True)
+    torch.autograd.backward(loss)
+    optimizer.step()
+    schedule.step()
+
+
 def train_slice_selector(
     patches: Sequence[Tensor],
     targets: Tensor,
@@ -119,14 +136,7 @@ def train_slice_selector(
             batch, mask = pad_slices(seqs)
             logits = model(batch.to(device), mask.to(device))
             loss = F.cross_entropy(logits, torch.tensor(wanted, device=device))
-            if not torch.isfinite(loss):
-                raise TrainingDivergedError(
-                    epoch=epoch + 1, step=start // batch_size + 1, loss=float(loss), checkpoint=None
-                )
-            optimizer.zero_grad(set_to_none=True)
-            torch.autograd.backward(loss)
-            optimizer.step()
-            schedule.step()
+            _step(loss, optimizer, schedule, epoch=epoch + 1, step=start // batch_size + 1)
     return model
 
 
@@ -197,14 +207,7 @@ def train_heatmap_localizer(
             target = gaussian_heatmaps(input_to_heatmap(xy, model.stride), size, sigma)
             logits = model(x.to(device))
             loss = heatmap_loss(logits, target.to(device), (keep[idx] & inside).to(device))
-            if not torch.isfinite(loss):
-                raise TrainingDivergedError(
-                    epoch=epoch + 1, step=start // batch_size + 1, loss=float(loss), checkpoint=None
-                )
-            optimizer.zero_grad(set_to_none=True)
-            torch.autograd.backward(loss)
-            optimizer.step()
-            schedule.step()
+            _step(loss, optimizer, schedule, epoch=epoch + 1, step=start // batch_size + 1)
     return model
 
 
