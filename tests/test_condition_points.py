@@ -26,6 +26,7 @@ from lumbarssl.data.condition_points import (
     evaluate_condition_points,
     fit_condition_points,
     map_condition_points,
+    map_on_nearest_series,
     project_point,
 )
 from lumbarssl.data.dicom import open_series
@@ -333,6 +334,53 @@ def test_predict_all_conditions_writes_25_rows(
     ]
     assert prediction["provenance"]["classifier"]["calibration"][CONDITIONS[3]] == "temperature"
     assert prediction["provenance"]["classifier"]["calibration"][CONDITIONS[1]] is None
+
+
+def test_several_axial_series_each_target_on_the_nearest(data: Path, tmp_path: Path) -> None:
+    """An axial stack split into two interleaved series (RSNA studies often have several).
+
+    Mapped from the annotated canal points, every recess target lands on the same instance as
+    with the single stack, on the series that now holds that instance.
+    """
+    import pydicom
+
+    study = str(_studies(data)[2])
+    rows = [r for r in _coordinates(data) if r["study_id"] == study]
+    canal = {r["level"]: r for r in rows if r["condition"] == SPINAL_CANAL}
+    t2 = open_series(data / IMAGES_DIR / study / canal["L1/L2"]["series_id"]).geometry
+    points = {
+        lv: (int(r["instance_number"]), float(r["x"]), float(r["y"])) for lv, r in canal.items()
+    }
+    axial = next(r["series_id"] for r in rows if r["condition"] == CONDITIONS[3])
+    model = fit_condition_points(data)
+    stack = open_series(data / IMAGES_DIR / study / axial).geometry
+    whole = map_on_nearest_series(
+        model, t2, points, {AXIAL_T2: [(axial, stack)]}, conditions=CONDITIONS[3:]
+    )
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    files = sorted((data / IMAGES_DIR / study / axial).glob("*.dcm"))
+    moved: set[int] = set()
+    for n, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        if n % 2:
+            ds.SeriesInstanceUID = "1.2.3.999"
+            moved.add(int(ds.InstanceNumber))
+        ds.save_as((second if n % 2 else first) / f.name)
+    halves = [("a", open_series(first).geometry), ("b", open_series(second).geometry)]
+    parts = map_on_nearest_series(model, t2, points, {AXIAL_T2: halves}, conditions=CONDITIONS[3:])
+    assert len(parts) == len(whole) == 2 * len(LEVELS)
+    assert all(m.skip is None for m in whole)
+    for w, p in zip(whole, parts, strict=True):
+        assert (p.condition, p.level, p.instance_number) == (
+            w.condition,
+            w.level,
+            w.instance_number,
+        )
+        assert p.series_id == ("b" if p.instance_number in moved else "a")
+        assert p.skip is None
+    assert {p.series_id for p in parts} == {"a", "b"}
 
 
 def test_calibration_is_applied_per_condition(data: Path, models: dict[str, Path]) -> None:

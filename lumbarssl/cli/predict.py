@@ -105,7 +105,8 @@ def _run_all_conditions(config: PredictConfig, root: Path) -> None:
             root, force=config.force, study_id=config.study_id, series_csv=series_csv
         )
         json_path, png_path = write_study_prediction(prediction, image, out)
-        print(f"study {prediction.study_id}: series {prediction.series}")
+        used = "; ".join(f"{name} {', '.join(ids)}" for name, ids in prediction.series.items())
+        print(f"study {prediction.study_id}: {used}")
         for t in prediction.targets:
             flag = f"  [{t.point_skip}]" if t.point_skip else ""
             print(

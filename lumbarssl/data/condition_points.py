@@ -60,6 +60,7 @@ __all__ = [
     "evaluate_condition_points",
     "fit_condition_points",
     "map_condition_points",
+    "map_on_nearest_series",
     "project_point",
 ]
 
@@ -294,6 +295,51 @@ def map_condition_points(
                 )
             )
     return out
+
+
+def _rank(point: MappedPoint) -> tuple[bool, float]:
+    """Preference among one target's points on several series: unflagged, then nearest."""
+    distance = point.plane_distance_mm
+    return point.skip is not None, distance if np.isfinite(distance) else float("inf")
+
+
+def map_on_nearest_series(
+    model: ConditionPointModel,
+    t2: SeriesGeometry,
+    canal: Mapping[str, tuple[int, float, float]],
+    series: Mapping[str, Sequence[tuple[str, SeriesGeometry]]],
+    *,
+    conditions: Sequence[str] = OTHER_CONDITIONS,
+) -> list[MappedPoint]:
+    """:func:`map_condition_points` when a sequence has several series.
+
+    Many RSNA studies store their axial slices as several Axial T2 series (a block per level
+    or two): each target is placed on the series whose point ranks first, unflagged before
+    flagged, then the nearest slice plane.
+
+    Args:
+        model: The fitted offsets.
+        t2: The Sagittal T2/STIR series the canal points lie on.
+        canal: Level -> ``(instance_number, x, y)`` on ``t2``.
+        series: Sequence name -> its ``(series_id, geometry)`` pairs (empty or absent: the
+            study lacks it, and its targets are ``no_series``).
+        conditions: The conditions to place.
+
+    Returns:
+        One point per (condition, level), condition-major, levels in :data:`LEVELS` order.
+    """
+    best: dict[tuple[str, str], MappedPoint] = {}
+    for condition in conditions:
+        found = series.get(CONDITION_SEQUENCE[condition])
+        options: list[tuple[str, SeriesGeometry] | None] = list(found) if found else [None]
+        for option in options:
+            for m in map_condition_points(
+                model, t2, canal, {CONDITION_SEQUENCE[condition]: option}, conditions=[condition]
+            ):
+                key = (m.condition, m.level)
+                if key not in best or _rank(m) < _rank(best[key]):
+                    best[key] = m
+    return [best[c, lv] for c in conditions for lv in LEVELS if (c, lv) in best]
 
 
 # --------------------------------------------------------------------------- fitting

@@ -5,7 +5,9 @@ localizer and slice selection on the Sagittal T2/STIR series, :class:`SpineLocat
 <lumbarssl.pipeline.inference.SpineLocator>`). The other four conditions are placed from those
 five points by the geometric baseline of :mod:`lumbarssl.data.condition_points` (a mean
 patient-space offset per condition and level, projected into the study's Sagittal T1 series
-for the foramina and its Axial T2 series for the lateral recesses). One multi-condition
+for the foramina and its Axial T2 series for the lateral recesses; with several Axial T2
+series, each target on the one whose slice is nearest,
+:func:`~lumbarssl.data.condition_points.map_on_nearest_series`). One multi-condition
 classifier (``forward(x (B, 1, H, W), condition (B,) index into CONDITIONS) -> (B, 3)``)
 grades the crop of every target, cut with the :class:`~lumbarssl.data.recipes.RoiRecipe` of
 its checkpoint on the target's own series and slice.
@@ -33,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lumbarssl.data.condition_points import ConditionPointModel, map_condition_points
+from lumbarssl.data.condition_points import ConditionPointModel, map_on_nearest_series
 from lumbarssl.data.constants import (
     AXIAL_T2,
     CONDITIONS,
@@ -124,7 +126,7 @@ class StudyPrediction:
     Attributes:
         study_id: The study's id.
         series: Sequence (``"Sagittal T2/STIR"``, ``"Sagittal T1"``, ``"Axial T2"``) -> the
-            series id graded on it.
+            ids of the series used for it (one, or several axial ones).
         targets: 25 predictions, condition-major in :data:`~lumbarssl.layout.CONDITIONS`
             order, levels L1/L2 first.
         spinal: The spinal canal part as spinal ``predict`` writes it (for the overlay).
@@ -132,7 +134,7 @@ class StudyPrediction:
     """
 
     study_id: str
-    series: dict[str, str]
+    series: dict[str, tuple[str, ...]]
     targets: tuple[TargetPrediction, ...]
     spinal: SeriesPrediction
     provenance: dict[str, Any]
@@ -208,10 +210,11 @@ def _calibrations(meta: Mapping[str, Any], source: str) -> dict[str, Calibration
     return out
 
 
-def _pick(candidates: Sequence[SeriesCandidate], name: str, study_id: str) -> SeriesCandidate:
+def _pick(candidates: Sequence[SeriesCandidate], name: str, study_id: str) -> list[SeriesCandidate]:
+    """The series of type ``name`` (the largest first), or a one-line refusal if none."""
     found = [c for c in candidates if c.series_type.name == name]
     if found:
-        return max(found, key=lambda c: (len(c.files), c.series_id))
+        return sorted(found, key=lambda c: (-len(c.files), c.series_id))
     graded = ", ".join(c for c in CONDITIONS if CONDITION_SEQUENCE[c] == name)
     have = "; ".join(f"series {c.series_id}: {c.series_type.describe()}" for c in candidates)
     raise MissingSeriesError(
@@ -290,15 +293,20 @@ class ConditionGrader(SpineLocator):
     @torch.no_grad()
     def grade(
         self,
-        series: Mapping[str, tuple[SeriesCandidate, DicomSeries]],
+        series: Mapping[str, Sequence[tuple[SeriesCandidate, DicomSeries]]],
         *,
         study_id: str,
     ) -> tuple[StudyPrediction, np.ndarray]:
-        """Grade the 25 targets of one study from its three read series.
+        """Grade the 25 targets of one study from its read series.
+
+        A study may hold several Axial T2 series (one block of slices per level or two, as
+        many RSNA studies do): each recess target is placed on the one whose slice plane is
+        nearest, unflagged points first.
 
         Args:
             series: ``"Sagittal T2/STIR"``, ``"Sagittal T1"``, ``"Axial T2"`` -> the found
-                candidate and the read series.
+                candidates and their read series (the first one of each sagittal sequence is
+                used; every axial one is considered).
             study_id: Recorded in the prediction and its rows.
 
         Returns:
@@ -308,18 +316,22 @@ class ConditionGrader(SpineLocator):
             NotSagittalError: If the T2 slices are not sagittal.
             DataError: If a target's series has no usable geometry.
         """
-        t2_candidate, t2 = series["Sagittal T2/STIR"]
+        t2_candidate, t2 = series["Sagittal T2/STIR"][0]
         chosen, xy = self.locate(t2)
         headers = t2.geometry.slices
         canal = {
             level: (int(headers[int(chosen[k])].instance_number), float(xy[k, 0]), float(xy[k, 1]))
             for k, level in enumerate(LEVELS)
         }
-        others = {
-            name: (series[name][0].series_id, series[name][1].geometry)
-            for name in (SAGITTAL_T1, AXIAL_T2)
+        t1_candidate, t1 = series[SAGITTAL_T1][0]
+        read = {(SAGITTAL_T1, t1_candidate.series_id): t1}
+        for candidate, axial in series[AXIAL_T2]:
+            read[AXIAL_T2, candidate.series_id] = axial
+        geometries = {
+            SAGITTAL_T1: [(t1_candidate.series_id, t1.geometry)],
+            AXIAL_T2: [(c.series_id, axial.geometry) for c, axial in series[AXIAL_T2]],
         }
-        mapped = map_condition_points(self.points, t2.geometry, canal, others)
+        mapped = map_on_nearest_series(self.points, t2.geometry, canal, geometries)
         places: list[tuple[str, str, str, DicomSeries, int, float, float, str | None, str]] = [
             (SPINAL_CANAL, level, t2_candidate.series_id, t2, int(chosen[k]),
              float(xy[k, 0]), float(xy[k, 1]), None, "")
@@ -331,7 +343,7 @@ class ConditionGrader(SpineLocator):
                     f"study {study_id}, {m.condition} {m.level}: {m.detail}; the target cannot "
                     "be placed"
                 )
-            source = series[CONDITION_SEQUENCE[m.condition]][1]
+            source = read[CONDITION_SEQUENCE[m.condition], m.series_id]
             places.append(
                 (m.condition, m.level, m.series_id, source, m.slice_index, m.x, m.y, m.skip,
                  m.detail)
@@ -410,7 +422,7 @@ class ConditionGrader(SpineLocator):
         )
         prediction = StudyPrediction(
             study_id=study_id,
-            series={name: pair[0].series_id for name, pair in series.items()},
+            series={name: tuple(c.series_id for c, _ in pairs) for name, pairs in series.items()},
             targets=tuple(targets),
             spinal=spinal,
             provenance=provenance,
@@ -444,15 +456,18 @@ class ConditionGrader(SpineLocator):
         root = Path(path)
         candidates = find_series(root, series_csv=series_csv)
         study = root.name if study_id is None else study_id
-        picked = {"Sagittal T2/STIR": choose_series(candidates, force=force)}
-        picked[SAGITTAL_T1] = _pick(candidates, SAGITTAL_T1, study)
-        picked[AXIAL_T2] = _pick(candidates, AXIAL_T2, study)
-        read = {}
-        for name, candidate in picked.items():
-            try:
-                read[name] = (candidate, read_candidate(candidate))
-            except DataError as exc:
-                raise DataError(f"{candidate.directory or root}: {exc}") from exc
+        picked = {
+            "Sagittal T2/STIR": [choose_series(candidates, force=force)],
+            SAGITTAL_T1: _pick(candidates, SAGITTAL_T1, study)[:1],
+            AXIAL_T2: _pick(candidates, AXIAL_T2, study),
+        }
+        read: dict[str, list[tuple[SeriesCandidate, DicomSeries]]] = {}
+        for name, chosen in picked.items():
+            for candidate in chosen:
+                try:
+                    read.setdefault(name, []).append((candidate, read_candidate(candidate)))
+                except DataError as exc:
+                    raise DataError(f"{candidate.directory or root}: {exc}") from exc
         return self.grade(read, study_id=study)
 
 
