@@ -31,6 +31,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "train_auto",
     "evaluate",
     "predict",
+    "fit_condition_points",
 )
 
 

@@ -70,6 +70,7 @@ __all__ = [
     "ConditionRecord",
     "assign_axial_level",
     "extract_condition_study",
+    "patient_point",
     "read_condition_index",
 ]
 
@@ -217,14 +218,25 @@ def _read_descriptions(path: Path) -> dict[tuple[int, int], str]:
 # --------------------------------------------------------------------------- geometry
 
 
-def _patient_point(
+def patient_point(
     position: Sequence[float],
     orientation: Sequence[float],
     spacing: tuple[float, float],
     x: float,
     y: float,
 ) -> np.ndarray:
-    """Patient-space point (mm) of pixel column ``x``, row ``y`` of a slice."""
+    """Patient-space point (mm) of pixel column ``x``, row ``y`` of a slice.
+
+    Args:
+        position: The slice's ImagePositionPatient (mm), the centre of its first pixel.
+        orientation: Its ImageOrientationPatient (row then column direction cosines).
+        spacing: Its PixelSpacing ``(row spacing, column spacing)`` in mm.
+        x: Column (pixels, may be fractional).
+        y: Row (pixels).
+
+    Returns:
+        float64 (3,) in the patient's coordinates (mm).
+    """
     row_dir = np.asarray(orientation[:3], dtype=np.float64)
     col_dir = np.asarray(orientation[3:], dtype=np.float64)
     point: np.ndarray = (
@@ -291,7 +303,7 @@ def _level_references(study_dir: Path, discs: Sequence[ConditionRecord]) -> dict
                 continue
             spacing = header.pixel_spacing or (1.0, 1.0)
             points.setdefault(d.level, []).append(
-                _patient_point(header.position, header.orientation, spacing, d.x, d.y)
+                patient_point(header.position, header.orientation, spacing, d.x, d.y)
             )
     return {level: np.mean(p, axis=0) for level, p in points.items()}
 
