@@ -420,7 +420,8 @@ def test_a_study_without_an_axial_series_is_refused(
             if r["study_id"] == studies[0] and r["series_description"] == AXIAL_T2
         )
     shutil.rmtree(root / studies[0] / axial)
-    code = main(["predict", str(root / studies[0]), *_args(models)])
+    out = ["--out", str(tmp_path / "predictions")]  # never the cwd's predictions/
+    code = main(["predict", str(root / studies[0]), *out, *_args(models)])
     assert code == 2
     err = capsys.readouterr().err
     assert "no Axial T2 series" in err
@@ -435,7 +436,8 @@ def test_a_study_without_an_axial_series_is_refused(
     assert len(result.rows) == 25
     csv_path = tmp_path / "batch.csv"
     assert (
-        main(["predict", str(root), "--batch", "--submission", str(csv_path), *_args(models)]) == 0
+        main(["predict", str(root), "--batch", *out, "--submission", str(csv_path), *_args(models)])
+        == 0
     )
     assert {r.study_id for r in read_submission(csv_path)} == {studies[1]}
 
