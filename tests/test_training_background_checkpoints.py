@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -31,7 +32,8 @@ def _no_thread_left() -> Iterator[None]:
 
 
 def _patch_save(monkeypatch: pytest.MonkeyPatch, wrapper: Callable[[WriteFn], WriteFn]) -> None:
-    monkeypatch.setattr(trainer_module, "atomic_save", wrapper(trainer_module.atomic_save))
+    real: WriteFn = trainer_module.atomic_save  # type: ignore[attr-defined]
+    monkeypatch.setattr(trainer_module, "atomic_save", wrapper(real))
 
 
 def _epoch_of(obj: object) -> int:
@@ -79,9 +81,10 @@ def test_written_checkpoint_is_the_state_at_its_epoch_although_training_went_on(
     for key, value in expected["model"].items():
         assert torch.equal(written["model"][key], value), key
         assert not torch.equal(run.model.state_dict()[key], value), key  # training went on
-    for param_id, state in expected["optimizer"]["state"].items():  # type: ignore[union-attr]
+    states: Any = (expected["optimizer"]["state"], written["optimizer"]["state"])
+    for param_id, state in states[0].items():
         for name, value in state.items():
-            assert torch.equal(written["optimizer"]["state"][param_id][name], value), name  # type: ignore[index]
+            assert torch.equal(states[1][param_id][name], value), name
     assert written["rng"][0]["torch"].equal(expected["rng"][0]["torch"])
     assert _untimed(written["history"]) == _untimed(expected["history"])
 
@@ -101,7 +104,7 @@ def test_background_and_blocking_runs_write_the_same_files(tmp_path: Path) -> No
     assert _history_lines(tmp_path / "blocking") == _history_lines(tmp_path / "background")
 
 
-def _untimed(history: list[dict[str, object]]) -> list[dict[str, object]]:
+def _untimed(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The history records without their wall-clock figures."""
     timed = {"seconds", "images_per_s"}
     return [{k: v for k, v in record.items() if k not in timed} for record in history]
@@ -250,13 +253,14 @@ def test_the_setting_is_validated_and_may_change_on_resume(tmp_path: Path) -> No
 
 def test_host_snapshot_copies_tensors_once_and_keeps_plain_values() -> None:
     shared = torch.arange(4.0)
-    state = {"a": shared, "b": [shared, 3, "x", None], "c": (torch.ones(2), 1.5)}
+    state: dict[str, Any] = {"a": shared, "b": [shared, 3, "x", None], "c": (torch.ones(2), 1.5)}
     copy = host_snapshot(state)
     shared.add_(10)
     assert torch.equal(copy["a"], torch.arange(4.0))
     assert copy["b"][0] is copy["a"]  # tied tensors stay tied
     assert copy["b"][1:] == [3, "x", None]
-    assert isinstance(copy["c"], tuple) and torch.equal(copy["c"][0], torch.ones(2))
+    assert isinstance(copy["c"], tuple)
+    assert torch.equal(copy["c"][0], torch.ones(2))
 
 
 def test_background_writer_runs_one_job_at_a_time_and_reraises() -> None:
