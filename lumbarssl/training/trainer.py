@@ -475,6 +475,9 @@ class Trainer(Generic[BatchT]):
                 allow (the message lists them, old and new).
             TrainingDivergedError: If the loss becomes NaN or infinite, or absurd with
                 ``loss_guard="stop"``.
+            OSError: If writing a checkpoint fails (e.g. a full disk), with
+                ``background_checkpoints`` at the step after the failed write or when the run
+                ends; the previous checkpoint is kept.
         """
         self._check_metrics_available(val_loader)
         generators = _loader_generators(train_loader)
