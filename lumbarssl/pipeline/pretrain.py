@@ -241,10 +241,19 @@ def run_pretraining(config: PretrainConfig) -> StageResult:
             seed=config.seed,
             stream=VALIDATION_STREAM,  # fixed views: the trainer sets no epoch on validation
         )
+        # Views keyed by (seed, stream, epoch, row): the epoch rides with each index, so
+        # the workers persist across epochs; the validation views never change.
         train_loader = make_loader(
-            train_set, config, batch_size=config.batch_size, shuffle=True, drop_last=True
+            train_set,
+            config,
+            batch_size=config.batch_size,
+            shuffle=True,
+            drop_last=True,
+            epoch_in_index=True,
         )
-        val_loader = make_loader(val_set, config, batch_size=config.batch_size, shuffle=False)
+        val_loader = make_loader(
+            val_set, config, batch_size=config.batch_size, shuffle=False, deterministic=True
+        )
 
     torch.manual_seed(config.seed)  # identical initial weights on every process
     model = ContrastiveModel()
