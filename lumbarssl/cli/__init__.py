@@ -27,6 +27,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "prepare",
     "pretrain",
     "finetune",
+    "finetune_conditions",
     "train_localizer",
     "train_auto",
     "evaluate",

@@ -36,14 +36,13 @@ import numpy as np
 from lumbarssl.data.cache import ROIS_DIR
 from lumbarssl.data.constants import (
     AXIAL_T2,
+    CONDITION_SEQUENCE,
     CONDITION_SLUGS,
     CONDITIONS,
     COORDINATES_CSV,
     IMAGES_DIR,
     LEVEL_SLUGS,
     LEVELS,
-    SAGITTAL_T1,
-    SAGITTAL_T2,
     SERIES_CSV,
     SEVERITY_TO_LABEL,
     SPINAL_CANAL,
@@ -74,14 +73,6 @@ __all__ = [
     "read_condition_index",
 ]
 
-#: The sequence each condition is graded on.
-CONDITION_SEQUENCE: dict[str, str] = {
-    CONDITIONS[0]: SAGITTAL_T2,
-    CONDITIONS[1]: SAGITTAL_T1,
-    CONDITIONS[2]: SAGITTAL_T1,
-    CONDITIONS[3]: AXIAL_T2,
-    CONDITIONS[4]: AXIAL_T2,
-}
 #: An axial slice is ambiguous when its distances to the nearest and second-nearest levels'
 #: points differ by less than this fraction of the distance between those two points.
 AMBIGUITY_FRACTION = 0.25
