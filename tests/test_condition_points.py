@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from torch import Tensor, nn
 
 from lumbarssl.cli import main
 from lumbarssl.data.condition_points import (
@@ -41,14 +40,13 @@ from lumbarssl.layout import (
     LEVELS,
     SAGITTAL_T1,
     SERIES_CSV,
-    SEVERITIES,
     SPINAL_CANAL,
 )
 from lumbarssl.metrics.submission import read_submission
 from lumbarssl.models import (
+    ConditionClassifier,
     DiscClassifier,
     Localizer2p5D,
-    register_model,
     resnet18_encoder,
     save_checkpoint,
 )
@@ -241,25 +239,6 @@ def test_fit_condition_points_cli(
 # --------------------------------------------------------------------------- predict
 
 
-@register_model("test_condition_standin")
-class _StandIn(nn.Module):
-    """The interface of the multi-condition classifier: ``forward(x, condition) -> (B, 3)``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 5, stride=4)
-        self.embed = nn.Embedding(len(CONDITIONS), 4)
-        self.head = nn.Linear(4, len(SEVERITIES))
-
-    def forward(self, x: Tensor, condition: Tensor) -> Tensor:
-        features = self.conv(x).mean(dim=(2, 3)) + self.embed(condition)
-        out: Tensor = self.head(torch.relu(features))
-        return out
-
-    def to_config(self) -> dict[str, object]:
-        return {"architecture": "test_condition_standin"}
-
-
 @pytest.fixture(scope="module")
 def models(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("models")
@@ -274,7 +253,7 @@ def models(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pa
         "localizer": save_checkpoint(folder / "l.pt", Localizer2p5D(), metadata=meta, recipe=loc),
         "classifier": save_checkpoint(
             folder / "c.pt",
-            _StandIn(),
+            ConditionClassifier(resnet18_encoder(in_chans=1)),
             metadata=meta | {"condition_calibration": {CONDITIONS[3]: calibration}},
             recipe=roi,
         ),
@@ -445,7 +424,7 @@ def test_a_study_without_an_axial_series_is_refused(
 def test_a_spinal_classifier_is_refused_and_spinal_options_checked(
     models: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(WrongKindError, match="spinal canal only"):
+    with pytest.raises(WrongKindError, match="holds a DiscClassifier, not a ConditionClassifier"):
         ConditionGrader(models["localizer"], models["spinal"], models["points"], device="cpu")
     with pytest.raises(SystemExit):
         main(["predict", "x", "--localizer", "l", "--classifier", "c", "--conditions", "all"])

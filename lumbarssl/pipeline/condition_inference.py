@@ -29,7 +29,7 @@ import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,12 +48,16 @@ from lumbarssl.data.dicom import DicomSeries
 from lumbarssl.data.prepare.conditions import CONDITION_SEQUENCE
 from lumbarssl.data.recipes import RoiRecipe
 from lumbarssl.errors import DataError, InputError, MissingFileError, WrongKindError
-from lumbarssl.losses import OrdinalKind, ordinal_log_probabilities
 from lumbarssl.metrics import Calibration
 from lumbarssl.metrics.submission import SubmissionRow, study_rows
-from lumbarssl.models import DiscClassifier, load_checkpoint
+from lumbarssl.models import ConditionClassifier, load_checkpoint
 from lumbarssl.pipeline.convert import load_recipe
-from lumbarssl.pipeline.evaluate import calibration_from_metadata
+from lumbarssl.pipeline.evaluate import (
+    CONDITION_CALIBRATION_KEY,
+    calibration_from_metadata,
+    class_logits,
+    condition_calibrations_from_metadata,
+)
 from lumbarssl.pipeline.inference import (
     LevelPrediction,
     SeriesCandidate,
@@ -78,10 +82,6 @@ __all__ = [
     "write_study_prediction",
 ]
 
-#: Checkpoint metadata key of per-condition calibration maps: condition name -> a
-#: :class:`~lumbarssl.metrics.Calibration` dictionary. Without it, the checkpoint's one
-#: ``"calibration"`` map (if any) applies to every condition.
-CONDITION_CALIBRATION_KEY: Final = "condition_calibration"
 
 
 class MissingSeriesError(InputError):
@@ -168,46 +168,11 @@ def study_prediction_rows(prediction: StudyPrediction) -> list[SubmissionRow]:
     return study_rows(prediction.study_id, {c: prediction.probabilities(c) for c in CONDITIONS})
 
 
-def condition_logits(model: nn.Module, outputs: Tensor) -> Tensor:
-    """Class logits ``(B, 3)`` of a multi-condition classifier's outputs.
-
-    ``(B, 3)`` outputs are logits; ``(B, 2)`` outputs are ordinal logits of the model's
-    ``head_kind`` (``"corn"``, else cumulative), turned into log class probabilities as
-    :func:`~lumbarssl.pipeline.evaluate.class_logits` does for a
-    :class:`~lumbarssl.models.DiscClassifier`.
-
-    Args:
-        model: The classifier.
-        outputs: Its outputs.
-
-    Returns:
-        Logits ``(B, 3)``.
-    """
-    if outputs.shape[1] == len(SEVERITIES):
-        return outputs
-    kind: OrdinalKind = "corn" if getattr(model, "head_kind", "") == "corn" else "cumulative"
-    return ordinal_log_probabilities(outputs, kind)
-
-
 def _calibrations(meta: Mapping[str, Any], source: str) -> dict[str, Calibration | None]:
+    """Each condition's map: its own (``condition_calibration``), else the shared one, if any."""
     shared = calibration_from_metadata(meta, source)
-    stored = meta.get(CONDITION_CALIBRATION_KEY)
-    out: dict[str, Calibration | None] = dict.fromkeys(CONDITIONS, shared)
-    if stored is None:
-        return out
-    if not isinstance(stored, Mapping):
-        raise InputError(
-            f"{source}: metadata[{CONDITION_CALIBRATION_KEY!r}] is not a mapping of condition "
-            "to calibration map; re-save the checkpoint or remove the key"
-        )
-    for condition, value in stored.items():
-        if condition not in CONDITIONS:
-            raise InputError(
-                f"{source}: metadata[{CONDITION_CALIBRATION_KEY!r}] names {condition!r}, not "
-                f"one of {', '.join(CONDITIONS)}"
-            )
-        out[condition] = calibration_from_metadata({"calibration": value}, source)
-    return out
+    own = condition_calibrations_from_metadata(meta, source)
+    return {c: own.get(c, shared) for c in CONDITIONS}
 
 
 def _pick(candidates: Sequence[SeriesCandidate], name: str, study_id: str) -> list[SeriesCandidate]:
@@ -268,10 +233,10 @@ class ConditionGrader(SpineLocator):
                 )
             self.points = ConditionPointModel.load(points)
         model, self.classifier_meta = load_checkpoint(classifier)
-        if isinstance(model, DiscClassifier):
+        if not isinstance(model, ConditionClassifier):
             raise WrongKindError(
-                f"{classifier} holds a DiscClassifier, which grades the spinal canal only; "
-                "--conditions all needs a multi-condition classifier checkpoint"
+                f"{classifier} holds a {type(model).__name__}, not a ConditionClassifier; "
+                "--conditions all needs the model.pt of `lumbarssl finetune-conditions`"
             )
         self.roi_recipe = load_recipe(self.classifier_meta, RoiRecipe, classifier)
         self.calibrations = _calibrations(self.classifier_meta, str(classifier))
@@ -351,7 +316,7 @@ class ConditionGrader(SpineLocator):
         rois = torch.stack([self.classifier_input(p[3].pixels[p[4]], p[5], p[6]) for p in places])
         condition = torch.tensor([CONDITIONS.index(p[0]) for p in places], dtype=torch.int64)
         outputs = self.classifier(rois.to(self.device), condition.to(self.device))
-        logits = condition_logits(self.classifier, outputs.float().cpu().double())
+        logits = class_logits(self.classifier, outputs.float().cpu().double())
         grades = logits.argmax(dim=1).tolist()  # uncalibrated, as spinal predict
         for c in CONDITIONS:
             calibration = self.calibrations[c]
