@@ -13,6 +13,7 @@ from lumbarssl.pipeline.auto_stages import (
     run_heatmap_training,
     run_slice_selector_training,
 )
+from lumbarssl.pipeline.condition_inference import ConditionGrader, grade_condition_directory
 from lumbarssl.pipeline.conditions import (
     ConditionFinetuneConfig,
     condition_epoch_metrics,
@@ -67,6 +68,7 @@ __all__ = [
     "BatchResult",
     "ClassifierPredictions",
     "ConditionFinetuneConfig",
+    "ConditionGrader",
     "DiscGrader",
     "EvaluateConfig",
     "FinetuneConfig",
@@ -91,6 +93,7 @@ __all__ = [
     "convert_checkpoint",
     "epoch_metrics",
     "find_series",
+    "grade_condition_directory",
     "grade_directory",
     "legacy_recipe",
     "load_pretrained_encoder",
