@@ -130,7 +130,7 @@ class Profile:
     heatmap_epochs: int = 20
     heatmap_input: int = 256
     heatmap_refine_patch: int = 32
-    heatmap_refine_epochs: int = 4
+    heatmap_refine_epochs: int = 8
     selector_epochs: int = 25
     study_split_rows: tuple[str, ...] = ("scratch", "linear_probe", "finetune")
 
@@ -168,13 +168,13 @@ PROFILES: dict[str, Profile] = {
         n_resamples=1000,
         # The automatic chain, scaled down like the rest (about 3-4 more minutes): heatmap 8
         # epochs at 96 px (a cell spans 10-16 original px: 6 px RMSE alone) refined on
-        # 32 px patches of the 256 px stack (4 epochs, ~1.2 px), selector 6 epochs, and only
+        # 32 px patches of the 256 px stack (8 epochs, ~15 s; ~0.8 px), selector 6 epochs, and only
         # two Table 1 rows under the study split (scratch is the slowest row and the chain
         # needs only the fine-tuned one).
         heatmap_epochs=8,
         heatmap_input=96,
         heatmap_refine_patch=32,
-        heatmap_refine_epochs=4,
+        heatmap_refine_epochs=8,
         selector_epochs=6,
         study_split_rows=("linear_probe", "finetune"),
     ),

@@ -95,7 +95,7 @@ class HeatmapConfig(StageConfig):
     refine_patch: int = param(
         32, "local refiner's patch side in stored-stack pixels; 0: no refiner (our choice)"
     )
-    refine_epochs: int = param(4, "passes of the local refiner (our choice)")
+    refine_epochs: int = param(8, "passes of the local refiner (our choice)")
     refine_width: int = param(32, "channels of the local refiner (our choice)")
     refine_steps: int = param(2, "refinement passes at prediction time (our choice)")
     refine_offset: float = param(

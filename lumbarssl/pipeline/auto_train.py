@@ -217,7 +217,7 @@ def train_patch_refiner(
     points: Tensor,
     mask: Tensor | None = None,
     *,
-    epochs: int = 6,
+    epochs: int = 8,
     batch_size: int = 64,
     lr: float = 2e-3,
     patch: int = 32,
