@@ -107,6 +107,9 @@ class Profile:
         n_resamples: Bootstrap resamples for the CIs.
         heatmap_epochs: Heatmap localizer epochs (automatic chain; beyond the paper).
         heatmap_input: Heatmap localizer input side (a multiple of 32).
+        heatmap_refine_patch: Patch side of the heatmap localizer's local refiner, in
+            stored-stack pixels (0: none).
+        heatmap_refine_epochs: Epochs of the local refiner.
         selector_epochs: Slice selector epochs (automatic chain).
         study_split_rows: Table 1 rows also trained under the study-level split; must hold
             ``"finetune"`` (the automatic chain grades with it).
@@ -126,6 +129,8 @@ class Profile:
     n_resamples: int
     heatmap_epochs: int = 20
     heatmap_input: int = 256
+    heatmap_refine_patch: int = 32
+    heatmap_refine_epochs: int = 8
     selector_epochs: int = 25
     study_split_rows: tuple[str, ...] = ("scratch", "linear_probe", "finetune")
 
@@ -162,10 +167,14 @@ PROFILES: dict[str, Profile] = {
         localizer_input=96,
         n_resamples=1000,
         # The automatic chain, scaled down like the rest (about 3-4 more minutes): heatmap 8
-        # epochs at 96 px, selector 6 epochs, and only two Table 1 rows under the study split
-        # (scratch is the slowest row and the chain needs only the fine-tuned one).
+        # epochs at 96 px (a cell spans 10-16 original px: 6 px RMSE alone) refined on
+        # 32 px patches of the 256 px stack (8 epochs, ~15 s; ~0.8 px), selector 6 epochs, and only
+        # two Table 1 rows under the study split (scratch is the slowest row and the chain
+        # needs only the fine-tuned one).
         heatmap_epochs=8,
         heatmap_input=96,
+        heatmap_refine_patch=32,
+        heatmap_refine_epochs=8,
         selector_epochs=6,
         study_split_rows=("linear_probe", "finetune"),
     ),
@@ -185,6 +194,7 @@ PROFILES: dict[str, Profile] = {
         n_resamples=50,
         heatmap_epochs=1,
         heatmap_input=64,
+        heatmap_refine_epochs=1,
         selector_epochs=1,
         study_split_rows=("finetune",),
     ),
@@ -394,7 +404,8 @@ def train_chain_models(
 ) -> tuple[Path, Path]:
     """The heatmap localizer and the slice selector, kept off the grading test studies."""
     banner(
-        f"heatmap localizer: {profile.heatmap_epochs} epochs, {profile.heatmap_input} px "
+        f"heatmap localizer: {profile.heatmap_epochs} epochs, {profile.heatmap_input} px, "
+        f"refiner {profile.heatmap_refine_patch} px x {profile.heatmap_refine_epochs} epochs "
         f"(beyond the paper); slice selector: {profile.selector_epochs} epochs"
     )
     heatmap = run_heatmap_training(
@@ -403,6 +414,8 @@ def train_chain_models(
             out_dir=str(out / "heatmap"),
             epochs=profile.heatmap_epochs,
             input_size=profile.heatmap_input,
+            refine_patch=profile.heatmap_refine_patch,
+            refine_epochs=profile.heatmap_refine_epochs,
             hold_out_grading_test=True,
         )
     )

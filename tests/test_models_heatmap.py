@@ -1,20 +1,30 @@
-"""HeatmapLocalizer: Gaussian targets, sub-pixel decoding, loss, shapes, gradients, registry."""
+"""HeatmapLocalizer: Gaussian targets, sub-pixel decoding, loss, shapes, registry, refiner."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from lumbarssl.models import HeatmapLocalizer, build_model, model_config
+from lumbarssl.models import (
+    HeatmapLocalizer,
+    build_model,
+    load_checkpoint,
+    model_config,
+    save_checkpoint,
+)
 from lumbarssl.models.heatmap import (
+    PatchRefiner,
+    crop_patches,
     decode_heatmaps,
     gaussian_heatmaps,
     heatmap_loss,
     heatmap_to_input,
     input_to_heatmap,
 )
+from lumbarssl.pipeline.auto_train import train_patch_refiner
 
 
 def test_gaussian_target_matches_the_formula_at_hand_picked_cells() -> None:
@@ -97,3 +107,93 @@ def test_model_shapes_gradients_and_registry() -> None:
     assert rebuilt.decoder_dim == 16
     with pytest.raises(ValueError, match=r"expected x of shape \(B, 3, H, W\)"):
         model(torch.randn(1, 1, 64, 64))
+
+
+# --- local refinement ---------------------------------------------------------------------
+
+
+def test_crop_patches_takes_the_pixels_around_the_rounded_point_zero_outside() -> None:
+    h, w = 12, 16
+    rows = torch.arange(h, dtype=torch.float32)[:, None]
+    cols = torch.arange(w, dtype=torch.float32)[None, :]
+    stack = (100 * rows + cols + 1).expand(2, 1, h, w).clone()  # value = 100 r + c + 1
+    stack[1] *= -1
+    xy = torch.tensor([[[10.4, 5.6]], [[0.2, 11.0]]])
+    patches, origin = crop_patches(stack, xy, 4)
+    assert patches.shape == (2, 1, 1, 4, 4)
+    assert origin.tolist() == [[[8, 4]], [[-2, 9]]]
+    # Stack 0: rows 4..7, columns 8..11, all inside.
+    assert patches[0, 0, 0, 0].tolist() == [409.0, 410.0, 411.0, 412.0]
+    assert patches[0, 0, 0, 3, 3].item() == 712.0
+    # Stack 1: columns -2, -1 and row 12 are outside the image: zero there.
+    assert patches[1, 0, 0, 0].tolist() == [0.0, 0.0, -901.0, -902.0]
+    assert patches[1, 0, 0, 3].tolist() == [0.0, 0.0, 0.0, 0.0]
+
+
+def _blobs(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` 3-channel images holding one Gaussian blob each, at a random sub-pixel point."""
+    generator = torch.Generator().manual_seed(seed)
+    points = 8 + torch.rand(n, 1, 2, generator=generator) * (size - 16)
+    blob = gaussian_heatmaps(points, (size, size), sigma=2.5)  # (n, 1, size, size)
+    noise = 0.05 * torch.rand(n, 3, size, size, generator=generator)
+    return (blob.expand(n, 3, size, size) * 0.9 + noise).clamp(0, 1), points
+
+
+@pytest.fixture(scope="module")
+def blob_refiner() -> PatchRefiner:
+    images, points = _blobs(96, 48, seed=0)
+    stacks = (images * 255).round().to(torch.uint8)
+    return train_patch_refiner(
+        stacks, points, epochs=12, batch_size=32, lr=5e-3, patch=16, width=12, max_offset=4.0
+    )
+
+
+def test_trained_refiner_recovers_planted_offsets_to_subpixel_accuracy(
+    blob_refiner: PatchRefiner,
+) -> None:
+    images, points = _blobs(16, 48, seed=1)  # unseen blobs
+    offset = (torch.rand(16, 1, 2, generator=torch.Generator().manual_seed(2)) - 0.5) * 6
+    refined = blob_refiner.refine(images, points + offset)  # coarse error up to 3 px per axis
+    error = (refined - points).norm(dim=-1)
+    coarse = offset.norm(dim=-1)
+    assert float(error.pow(2).mean().sqrt()) < 0.5 < float(coarse.pow(2).mean().sqrt())
+
+
+def test_localizer_with_refiner_is_never_worse_than_its_coarse_peak(
+    blob_refiner: PatchRefiner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Coarse maps planted 2-3 px off each blob: the refined points are closer, every one."""
+    images, points = _blobs(6, 48, seed=3)
+    model = HeatmapLocalizer(in_chans=3, num_levels=1, decoder_dim=8, refine_patch=16)
+    model.attach_refiner(blob_refiner)
+    model.eval()
+    planted = points + torch.tensor([2.5, -2.0])
+    logits = torch.log(gaussian_heatmaps(input_to_heatmap(planted, 4), (12, 12), 1.0) + 1e-30)
+    monkeypatch.setattr(model, "forward", lambda x: logits)
+    small = torch.nn.functional.interpolate(images, size=(48, 48))  # same size: no rescale
+    coarse, _ = model.predict(small)
+    refined, _ = model.predict(small, stack=images)
+    coarse_error = (coarse - points).norm(dim=-1)
+    refined_error = (refined - points).norm(dim=-1)
+    assert torch.allclose(coarse, planted, atol=1e-3)
+    assert bool((refined_error < coarse_error).all())
+    assert float(refined_error.max()) < 1.0
+
+
+def test_refiner_is_saved_with_the_localizer_and_old_configs_have_none(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = HeatmapLocalizer(decoder_dim=8, refine_patch=16, refine_width=4, refine_steps=3)
+    model.eval()
+    path = save_checkpoint(tmp_path / "h.pt", model, metadata={"data_source": "synthetic"})
+    loaded, _ = load_checkpoint(path)
+    assert isinstance(loaded, HeatmapLocalizer)
+    assert loaded.refiner is not None
+    assert (loaded.refiner.patch, loaded.refiner.width, loaded.refine_steps) == (16, 4, 3)
+    x, stack = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 128, 128)
+    assert torch.equal(loaded.predict(x, stack=stack)[0], model.predict(x, stack=stack)[0])
+    old = {"architecture": "heatmap_localizer", "in_chans": 3, "num_levels": 5, "decoder_dim": 8}
+    rebuilt = build_model(old)
+    assert isinstance(rebuilt, HeatmapLocalizer)
+    assert rebuilt.refiner is None
+    rebuilt.eval()
+    assert torch.equal(rebuilt.predict(x, stack=stack)[0], rebuilt.predict(x)[0])

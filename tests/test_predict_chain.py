@@ -270,6 +270,8 @@ def test_training_stages_write_checkpoints_predict_can_use(
         heat / "model.pt", models["classifier"], slice_selector=sel / "model.pt", device="cpu"
     )
     assert grader.localizer_recipe == LocalizerRecipe(stack_size=64, input_size=64)
+    assert isinstance(grader.localizer, HeatmapLocalizer)
+    assert grader.localizer.refiner is not None  # train-heatmap refines by default
     prediction, _ = grader.predict(data / IMAGES_DIR / _studies(data)[0])
     assert prediction.provenance["slice_selection"]["kind"] == "model"
     assert prediction.provenance["localizer"]["kind"] == "heatmap"

@@ -11,6 +11,13 @@ Coordinates: ``(x, y)`` = (column, row) in pixels of the network input, pixel ``
 ``k``. A heatmap of stride ``s`` has cell ``j`` covering input pixels ``[s j, s j + s)``, so
 its centre lies at input coordinate ``s j + (s - 1) / 2``
 (:func:`heatmap_to_input` / :func:`input_to_heatmap`).
+
+Local refinement: at a small input (the quick profile's 96 px) one heatmap cell spans 10-16
+pixels of the original slice, and the coarse peak is off by several of them. A
+:class:`PatchRefiner` (optional, stored inside the localizer) crops a small patch of the stored
+stack (``LocalizerRecipe.stack_size``, 256 px) around each coarse peak and predicts a stride-1
+heatmap of the disc centre in it, with the same Gaussian targets, loss and quadratic decoding;
+one refiner serves every level.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from lumbarssl.models.registry import ARCHITECTURE_KEY, register_model
 
 __all__ = [
     "HeatmapLocalizer",
+    "PatchRefiner",
+    "crop_patches",
     "decode_heatmaps",
     "gaussian_heatmaps",
     "heatmap_loss",
@@ -49,12 +58,19 @@ class HeatmapLocalizer(nn.Module):
     maps. Train with :func:`gaussian_heatmaps` targets and :func:`heatmap_loss`; read the
     centres with :meth:`predict` (:func:`decode_heatmaps`).
 
+    With ``refine_patch > 0`` the localizer also holds a :class:`PatchRefiner` (attribute
+    ``refiner``, trained separately, saved in the same checkpoint), which :meth:`predict`
+    applies when given the stored stack.
+
     Args:
         in_chans: Slices stacked as channels (3, as the paper's localizer, Sec. 3.2).
         num_levels: Number of disc levels (5: L1/L2 to L5/S1).
         decoder_dim: Channels of the decoder.
         weights: Encoder weights for :func:`~lumbarssl.models.resnet18_encoder` (``None``, the
             default, never downloads).
+        refine_patch: Patch side of the local refiner in stack pixels (0: no refiner).
+        refine_width: Channels of the local refiner.
+        refine_steps: Refinement passes, each centring the patch on the previous pass's point.
 
     Raises:
         ValueError: If a size is smaller than 1.
@@ -73,18 +89,23 @@ class HeatmapLocalizer(nn.Module):
         decoder_dim: int = 64,
         *,
         weights: WeightsEnum | str | None = None,
+        refine_patch: int = 0,
+        refine_width: int = 32,
+        refine_steps: int = 2,
     ) -> None:
         super().__init__()
         for name, value in (
             ("in_chans", in_chans),
             ("num_levels", num_levels),
             ("decoder_dim", decoder_dim),
+            ("refine_steps", refine_steps),
         ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         self.in_chans = in_chans
         self.num_levels = num_levels
         self.decoder_dim = decoder_dim
+        self.refine_steps = refine_steps
         resnet = resnet18_encoder(in_chans, weights=weights)
         parts = dict(resnet.named_children())
         self.stem = nn.Sequential(*(parts[n] for n in ("conv1", "bn1", "relu", "maxpool")))
@@ -97,6 +118,9 @@ class HeatmapLocalizer(nn.Module):
             nn.BatchNorm2d(decoder_dim),
             nn.ReLU(inplace=True),
             nn.Conv2d(decoder_dim, num_levels, kernel_size=3, padding=1),
+        )
+        self.refiner: PatchRefiner | None = (
+            PatchRefiner(in_chans, refine_patch, refine_width) if refine_patch else None
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -125,21 +149,69 @@ class HeatmapLocalizer(nn.Module):
 
     @torch.no_grad()
     def predict(
-        self, x: Tensor, *, method: Literal["quadratic", "softargmax"] = "quadratic"
+        self,
+        x: Tensor,
+        *,
+        method: Literal["quadratic", "softargmax"] = "quadratic",
+        stack: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Disc centres in input pixels and their confidence (no gradients).
 
         Args:
             x: Slice stacks of shape ``(B, in_chans, H, W)``.
             method: Sub-pixel decoding (see :func:`decode_heatmaps`).
+            stack: The same stacks at the stored resolution, ``(B, in_chans, L, L')``
+                (``x`` is their resize); with a refiner, each coarse centre is refined on
+                them. Ignored without a refiner.
 
         Returns:
             ``(xy, confidence)``: ``(B, num_levels, 2)`` input-pixel ``(x, y)`` and
-            ``(B, num_levels)`` peak probability of the spatial softmax.
+            ``(B, num_levels)`` peak probability of the spatial softmax (of the coarse map).
         """
         logits = self(x)
         xy, confidence = decode_heatmaps(logits, method=method)
-        return heatmap_to_input(xy, self.stride), confidence
+        points = heatmap_to_input(xy, self.stride)
+        if stack is not None and self.refiner is not None:
+            points = self.refine(stack, points, (int(x.shape[-2]), int(x.shape[-1])))
+        return points, confidence
+
+    def refine(self, stack: Tensor, points: Tensor, input_size: tuple[int, int]) -> Tensor:
+        """Coarse input-pixel centres refined on the stored stacks (identity without refiner).
+
+        Args:
+            stack: ``(B, in_chans, L, L')`` stacks at the stored resolution, scaled to [0, 1].
+            points: ``(B, num_levels, 2)`` input-pixel ``(x, y)`` of an ``input_size`` resize
+                of ``stack``.
+            input_size: ``(H, W)`` of the network input.
+
+        Returns:
+            ``(B, num_levels, 2)`` refined input-pixel ``(x, y)`` (float32).
+        """
+        if self.refiner is None:
+            return points
+        h, w = input_size
+        size_in = torch.tensor([w, h], dtype=torch.float32, device=points.device)
+        size_st = torch.tensor(
+            [stack.shape[-1], stack.shape[-2]], dtype=torch.float32, device=points.device
+        )
+        in_stack = (points.float() + 0.5) * size_st / size_in - 0.5
+        refined = in_stack
+        for _ in range(self.refine_steps):
+            refined = self.refiner.refine(stack.to(points.device), refined)
+        return (refined + 0.5) * size_in / size_st - 0.5
+
+    def attach_refiner(self, refiner: PatchRefiner | None) -> None:
+        """Hold ``refiner`` (or none), so that checkpoints and :meth:`predict` carry it.
+
+        Args:
+            refiner: A trained :class:`PatchRefiner` with this localizer's ``in_chans``.
+
+        Raises:
+            ValueError: If its channel count differs.
+        """
+        if refiner is not None and refiner.in_chans != self.in_chans:
+            raise ValueError(f"refiner has {refiner.in_chans} channels, localizer {self.in_chans}")
+        self.refiner = refiner
 
     def to_config(self) -> dict[str, object]:
         """JSON-serialisable config for :func:`~lumbarssl.models.build_model`."""
@@ -148,15 +220,159 @@ class HeatmapLocalizer(nn.Module):
             "in_chans": self.in_chans,
             "num_levels": self.num_levels,
             "decoder_dim": self.decoder_dim,
+            "refine_patch": 0 if self.refiner is None else self.refiner.patch,
+            "refine_width": 32 if self.refiner is None else self.refiner.width,
+            "refine_steps": self.refine_steps,
         }
+
+
+class PatchRefiner(nn.Module):
+    """Stride-1 heatmap of the disc centre in a small patch around a coarse estimate.
+
+    Input: a ``patch x patch`` crop of the stored stack centred (to the pixel) on a coarse
+    centre, plus two coordinate channels (column and row offset from the patch centre, in
+    half-patches) so that, of two discs in view, the net prefers the one near the centre.
+    Five 3x3 convolutions with dilations 1, 1, 2, 4, 8 (receptive field 33 px) and a 1x1
+    output give one logit map at the patch's resolution; train with
+    :func:`gaussian_heatmaps` targets and :func:`heatmap_loss`, read the centre with
+    :func:`decode_heatmaps`. Not in the paper (issue 13: local refinement).
+
+    Args:
+        in_chans: Slices stacked as channels.
+        patch: Side of the patch in stack pixels (even, >= 8).
+        width: Channels of the convolutions.
+
+    Raises:
+        ValueError: On a bad size.
+
+    Shape:
+        - patches: ``(N, in_chans, patch, patch)``
+        - output: ``(N, 1, patch, patch)`` logits
+    """
+
+    coords: Tensor
+
+    def __init__(self, in_chans: int, patch: int = 32, width: int = 32) -> None:
+        super().__init__()
+        if in_chans < 1 or width < 1:
+            raise ValueError(f"in_chans and width must be >= 1, got {in_chans}, {width}")
+        if patch < 8 or patch % 2:
+            raise ValueError(f"patch must be an even number >= 8, got {patch}")
+        self.in_chans = in_chans
+        self.patch = patch
+        self.width = width
+        layers: list[nn.Module] = []
+        channels = in_chans + 2
+        for dilation in (1, 1, 2, 4, 8):
+            layers += [
+                nn.Conv2d(channels, width, 3, padding=dilation, dilation=dilation, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
+            channels = width
+        layers.append(nn.Conv2d(width, 1, kernel_size=1))
+        self.body = nn.Sequential(*layers)
+        ramp = (torch.arange(patch, dtype=torch.float32) - patch / 2) / (patch / 2)
+        coords = torch.stack(torch.meshgrid(ramp, ramp, indexing="xy"))  # (2, P, P): x, y
+        self.register_buffer("coords", coords, persistent=False)
+
+    def forward(self, patches: Tensor) -> Tensor:
+        """Logit map of each patch.
+
+        Args:
+            patches: ``(N, in_chans, patch, patch)`` crops from :func:`crop_patches`.
+
+        Returns:
+            ``(N, 1, patch, patch)`` logits.
+        """
+        want = (self.in_chans, self.patch, self.patch)
+        if patches.ndim != 4 or tuple(patches.shape[1:]) != want:
+            raise ValueError(f"expected patches of shape (N, {want}), got {tuple(patches.shape)}")
+        coords = self.coords.to(patches.dtype).expand(patches.shape[0], -1, -1, -1)
+        out: Tensor = self.body(torch.cat([patches, coords], dim=1))
+        return out
+
+    @torch.no_grad()
+    def refine(self, stack: Tensor, xy: Tensor) -> Tensor:
+        """Move each point to the refined centre in the patch around it (no gradients).
+
+        Args:
+            stack: ``(B, in_chans, H, W)`` stacks in stack pixels (the recipe's
+                ``stack_size``, scaled to [0, 1]).
+            xy: ``(B, K, 2)`` coarse ``(x, y)`` in stack pixels.
+
+        Returns:
+            ``(B, K, 2)`` refined ``(x, y)`` in stack pixels (float32).
+        """
+        b, k = xy.shape[:2]
+        patches, origin = crop_patches(stack, xy, self.patch)
+        logits = self(patches.reshape(b * k, *patches.shape[2:]))
+        local, _ = decode_heatmaps(logits.float().reshape(b * k, 1, self.patch, self.patch))
+        return origin.float() + local.reshape(b, k, 2)
+
+
+def crop_patches(stack: Tensor, xy: Tensor, patch: int) -> tuple[Tensor, Tensor]:
+    """Square crops of ``stack`` centred (to the pixel) on each point, zero outside.
+
+    Patch pixel ``(i, j)`` (row, column) is stack pixel ``origin + (j, i)``, with
+    ``origin = round(xy) - patch / 2``; a point at ``origin + (u, v)`` in the stack is at
+    ``(u, v)`` in its patch. Integer crops leave the pixels untouched (no resampling).
+
+    Args:
+        stack: ``(B, C, H, W)`` images.
+        xy: ``(B, K, 2)`` centres ``(x, y)`` in pixels of ``stack`` (any real value).
+        patch: Side of the crops (even).
+
+    Returns:
+        ``(patches, origin)``: ``(B, K, C, patch, patch)`` crops and ``(B, K, 2)`` int64
+        ``(x, y)`` of each crop's top-left pixel in ``stack``.
+
+    Raises:
+        ValueError: On mismatched shapes or an odd ``patch``.
+    """
+    if stack.ndim != 4 or xy.ndim != 3 or xy.shape[0] != stack.shape[0] or xy.shape[-1] != 2:
+        raise ValueError(
+            f"expected stack (B, C, H, W) and xy (B, K, 2), got {tuple(stack.shape)} and "
+            f"{tuple(xy.shape)}"
+        )
+    if patch < 2 or patch % 2:
+        raise ValueError(f"patch must be an even number >= 2, got {patch}")
+    b, c, h, w = stack.shape
+    k = xy.shape[1]
+    finite = torch.nan_to_num(xy.detach().float(), nan=0.0).clamp(-patch, max(h, w) + patch)
+    origin = (torch.round(finite).to(torch.int64) - patch // 2).to(stack.device)  # (B, K, 2)
+    offsets = torch.arange(patch, device=stack.device)
+    rows = (origin[..., 1:2] + offsets).reshape(b * k, patch)  # (BK, P)
+    cols = (origin[..., 0:1] + offsets).reshape(b * k, patch)
+    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
+    batch = torch.arange(b, device=stack.device).repeat_interleave(k)
+    crops = stack[
+        batch[:, None, None], :, rows.clamp(0, h - 1)[:, :, None], cols.clamp(0, w - 1)[:, None, :]
+    ]  # (BK, P, P, C)
+    crops = crops * inside[..., None].to(crops.dtype)
+    return crops.permute(0, 3, 1, 2).reshape(b, k, c, patch, patch), origin
 
 
 @register_model("heatmap_localizer")
 def _build_heatmap_localizer(
-    *, in_chans: int = paper.LOCALIZER_SLICES, num_levels: int = 5, decoder_dim: int = 64
+    *,
+    in_chans: int = paper.LOCALIZER_SLICES,
+    num_levels: int = 5,
+    decoder_dim: int = 64,
+    refine_patch: int = 0,
+    refine_width: int = 32,
+    refine_steps: int = 2,
 ) -> nn.Module:
     # Checkpoints carry the weights, so a rebuilt localizer never asks for pretrained ones.
-    return HeatmapLocalizer(in_chans, num_levels, decoder_dim)
+    # Older checkpoints have no refine_* keys: no refiner.
+    return HeatmapLocalizer(
+        in_chans,
+        num_levels,
+        decoder_dim,
+        refine_patch=refine_patch,
+        refine_width=refine_width,
+        refine_steps=refine_steps,
+    )
 
 
 def input_to_heatmap(xy: Tensor, stride: int) -> Tensor:

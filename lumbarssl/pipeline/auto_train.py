@@ -19,10 +19,10 @@ from torch import Tensor
 from lumbarssl.errors import TrainingDivergedError
 from lumbarssl.models.heatmap import (
     HeatmapLocalizer,
-    decode_heatmaps,
+    PatchRefiner,
+    crop_patches,
     gaussian_heatmaps,
     heatmap_loss,
-    heatmap_to_input,
     input_to_heatmap,
 )
 from lumbarssl.models.slice_select import SliceSelector
@@ -31,6 +31,7 @@ __all__ = [
     "pad_slices",
     "predict_heatmap_localizer",
     "train_heatmap_localizer",
+    "train_patch_refiner",
     "train_slice_selector",
 ]
 
@@ -211,18 +212,117 @@ def train_heatmap_localizer(
     return model
 
 
+def train_patch_refiner(
+    stacks: Tensor,
+    points: Tensor,
+    mask: Tensor | None = None,
+    *,
+    epochs: int = 8,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    patch: int = 32,
+    width: int = 32,
+    sigma: float = 1.5,
+    max_offset: float = 8.0,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> PatchRefiner:
+    """Fit a local refiner to patches around the annotated centres (issue 13).
+
+    Each epoch visits every annotated (stack, level) once, in a seeded random order, and crops
+    its patch around the centre moved by a fresh random offset: normal with standard deviation
+    ``max_offset / 2`` per axis, clipped to ``+/- max_offset`` (the coarse localizer's error
+    is of that size). The target is a stride-1 Gaussian at the true centre in the patch.
+
+    Args:
+        stacks: ``(N, C, L, L')`` stacks at the stored resolution (uint8 or [0, 1] float).
+        points: ``(N, K, 2)`` centres ``(x, y)`` in stack pixels.
+        mask: Optional ``(N, K)`` bool, false where a level has no coordinate.
+        epochs: Passes over the annotated levels.
+        batch_size: Patches per step.
+        lr: AdamW learning rate (cosine-annealed to 0).
+        patch: Patch side (stack pixels, even).
+        width: Channels of the refiner.
+        sigma: Standard deviation of the Gaussian targets (stack pixels).
+        max_offset: Largest offset of a training patch's centre from the truth (pixels).
+        seed: Seeds the initialisation, the order and the offsets.
+        device: Where to train.
+
+    Returns:
+        The trained refiner (eval mode, on ``device``).
+
+    Raises:
+        ValueError: On mismatched shapes, no annotated level or ``max_offset`` not below
+            ``patch / 2``.
+        lumbarssl.errors.TrainingDivergedError: If the loss becomes non-finite.
+    """
+    n, c = stacks.shape[:2]
+    k = points.shape[1]
+    if points.shape != (n, k, 2):
+        raise ValueError(f"expected points of shape ({n}, K, 2), got {tuple(points.shape)}")
+    if not 0 <= max_offset < patch / 2:
+        raise ValueError(f"max_offset must be in [0, patch / 2), got {max_offset}")
+    keep = torch.ones(n, k, dtype=torch.bool) if mask is None else mask.bool()
+    pairs = keep.nonzero()  # (M, 2): stack, level
+    if pairs.shape[0] == 0:
+        raise ValueError("no annotated level to train the refiner on")
+    scale = 255.0 if stacks.dtype == torch.uint8 else 1.0
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = PatchRefiner(c, patch, width).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * -(-pairs.shape[0] // batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
+    model.train()
+    for epoch in range(epochs):
+        order = pairs[torch.randperm(pairs.shape[0], generator=generator)]
+        offsets = (torch.randn(order.shape[0], 2, generator=generator) * max_offset / 2).clamp(
+            -max_offset, max_offset
+        )
+        for start in range(0, order.shape[0], batch_size):
+            chosen = order[start : start + batch_size]
+            truth = points[chosen[:, 0], chosen[:, 1]].float()  # (b, 2)
+            centre = truth + offsets[start : start + batch_size]
+            crops, origin = crop_patches(stacks[chosen[:, 0]], centre[:, None], patch)
+            local = truth[:, None] - origin.float()  # (b, 1, 2) truth in patch pixels
+            target = gaussian_heatmaps(local, (patch, patch), sigma)
+            logits = model((crops[:, 0].float() / scale).to(device))
+            loss = heatmap_loss(logits, target.to(device))
+            _step(loss, optimizer, schedule, epoch=epoch + 1, step=start // batch_size + 1)
+    return model.eval()
+
+
 @torch.no_grad()
 def predict_heatmap_localizer(
-    model: HeatmapLocalizer, images: Tensor, *, batch_size: int = 16
+    model: HeatmapLocalizer,
+    images: Tensor,
+    *,
+    stacks: Tensor | None = None,
+    batch_size: int = 16,
 ) -> tuple[Tensor, Tensor]:
-    """Disc centres ``(N, K, 2)`` (input pixels) and confidences ``(N, K)`` in eval mode."""
+    """Disc centres ``(N, K, 2)`` (input pixels) and confidences ``(N, K)`` in eval mode.
+
+    Args:
+        model: The localizer.
+        images: ``(N, C, S, S)`` network inputs.
+        stacks: ``(N, C, L, L)`` the same stacks at the stored resolution (uint8 or [0, 1]
+            float), for the model's refiner; ``None`` reads the coarse peaks only.
+        batch_size: Stacks per forward pass.
+
+    Returns:
+        ``(xy, confidence)``.
+    """
     model.eval()
     device = next(model.parameters()).device
     xys, confidences = [], []
     for start in range(0, images.shape[0], batch_size):
-        logits = model(images[start : start + batch_size].to(device))
-        xy, confidence = decode_heatmaps(logits)
-        xys.append(heatmap_to_input(xy, model.stride).cpu())
+        part = images[start : start + batch_size].to(device)
+        stack = None
+        if stacks is not None:
+            chunk = stacks[start : start + batch_size].to(device)
+            stack = chunk.float() / 255.0 if chunk.dtype == torch.uint8 else chunk.float()
+        xy, confidence = model.predict(part, stack=stack)
+        xys.append(xy.cpu())
         confidences.append(confidence.cpu())
     return torch.cat(xys), torch.cat(confidences)
 

@@ -53,7 +53,6 @@ from lumbarssl.models import (
     SliceSelector,
     load_checkpoint,
 )
-from lumbarssl.models.heatmap import decode_heatmaps, heatmap_to_input
 from lumbarssl.models.slice_select import (
     baseline_slice_scores,
     extract_level_patches,
@@ -448,15 +447,18 @@ class SpineLocator:
         out = np.zeros((len(LEVELS), 2))
         size = self.localizer_recipe.input_size
         memo = {} if memo is None else memo
-        heatmap = isinstance(self.localizer, HeatmapLocalizer)
+        heatmap = self.localizer if isinstance(self.localizer, HeatmapLocalizer) else None
         distinct = sorted({int(c) for c in centers} - (set(memo) if heatmap else set()))
+        recipe = self.localizer_recipe
         if distinct:
-            inputs = torch.stack([self.localizer_input(slices, c) for c in distinct])
-            inputs = inputs.to(self.device)
-        if heatmap:
+            stacks = torch.from_numpy(np.stack([recipe.stack(slices, c) for c in distinct]))
+            inputs = recipe.network_input(stacks).to(self.device)
+        if heatmap is not None:
             if distinct:
-                xy, _ = decode_heatmaps(self.localizer(inputs).float())
-                points = heatmap_to_input(xy, HeatmapLocalizer.stride).cpu().numpy()
+                # With a refiner, each coarse peak is refined on the stored-resolution stack.
+                full = stacks.to(self.device).float() / 255.0
+                xy, _ = heatmap.predict(inputs, stack=full)
+                points = xy.float().cpu().numpy()
                 for n, center in enumerate(distinct):
                     height, width = slices[center].shape
                     memo[center] = np.stack(
