@@ -36,7 +36,7 @@ def test_bias_and_vector_scaling_undo_a_prior_shift() -> None:
     logits, labels = _calibrated_data()
     shifted = logits + LOG_ALPHA  # what an alpha-weighted likelihood learns
     true_nll = _nll(logits, labels)
-    for method in ("bias", "vector"):
+    for method in ("bias", "bcts", "vector"):
         calibration = fit_calibration(shifted, labels, method)
         assert list(calibration.bias) == pytest.approx(_centred(-LOG_ALPHA), abs=0.12)
         assert list(calibration.scale) == pytest.approx([1.0, 1.0, 1.0], abs=0.08)
@@ -47,6 +47,25 @@ def test_bias_and_vector_scaling_undo_a_prior_shift() -> None:
         assert calibration.nll_after < calibration.nll_before - 0.05
         # In-sample fit: at least as good as the true logits, and not much better.
         assert true_nll - 0.005 < calibration.nll_after <= true_nll + 1e-9
+
+
+def test_bcts_undoes_a_prior_shift_and_overconfidence_together() -> None:
+    logits, labels = _calibrated_data(seed=1)
+    distorted = 2.0 * (logits + LOG_ALPHA)  # shifted and twice too confident
+    true_nll = _nll(logits, labels)
+    bcts = fit_calibration(distorted, labels, "bcts")
+    assert bcts.temperature == pytest.approx(2.0, rel=0.04)
+    assert list(bcts.bias) == pytest.approx(_centred(-LOG_ALPHA), abs=0.12)
+    assert bcts.nll_after is not None
+    assert abs(bcts.nll_after - true_nll) < 0.005
+    # Neither half alone gets there: a bias keeps the overconfidence, a temperature the shift.
+    for method in ("bias", "temperature"):
+        alone = fit_calibration(distorted, labels, method)
+        assert alone.nll_after is not None
+        assert alone.nll_after - true_nll > 0.01, method
+    assert Calibration.from_dict(bcts.to_dict()) == bcts
+    with pytest.raises(ConfigError, match="one positive scale"):
+        Calibration(method="bcts", scale=(0.5, 1.0, 1.0), bias=(0.0, 0.0, 0.0))
 
 
 def test_temperature_scaling_cannot_undo_a_prior_shift() -> None:

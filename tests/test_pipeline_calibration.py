@@ -225,7 +225,7 @@ def test_finetuning_with_an_ordinal_head_trains_and_stores_its_calibration(
     assert stored is not None
     assert stored.to_dict() == metadata[CALIBRATION_KEY]
     assert stored == Calibration.load(out / "calibration.json")
-    assert stored.method == "bias"
+    assert stored.method == "bcts"
     # Independently: refit on the exported model's validation logits.
     cache = PreparedCache.open(corn_run.cache_dir)
     val = predict_classifier(
@@ -235,8 +235,9 @@ def test_finetuning_with_an_ordinal_head_trains_and_stores_its_calibration(
     )
     assert val.logits is not None
     weights = np.array([1.0, 2.0, 4.0])[val.y_true]  # the RSNA weights, by true grade
-    refit = fit_calibration(val.logits, val.y_true, "bias", sample_weight=weights)
+    refit = fit_calibration(val.logits, val.y_true, "bcts", sample_weight=weights)
     assert np.allclose(refit.bias, stored.bias, atol=1e-6)
+    assert np.allclose(refit.scale, stored.scale, atol=1e-6)
     assert stored.num_samples == len(val.y_true)
     # Class probabilities (B, 3) downstream: the test CSV's rows sum to one.
     with (out / "predictions_test.csv").open() as handle:
@@ -264,21 +265,24 @@ def test_evaluate_applies_the_checkpoints_calibration(
     summary = run_evaluation(evaluate)
     stored = calibration_from_metadata(load_checkpoint(model_path)[1])
     assert stored is not None
-    # Independently of summarize: the raw CSV's probabilities, shifted by the stored bias.
+    # Independently of summarize: the raw CSV's log probabilities through the stored map.
     with (tmp_path / "eval" / "predictions_test.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     p = np.array([[float(r[f"p{c}"]) for c in range(3)] for r in rows])
     y = np.array([int(r["label"]) for r in rows])
     studies = np.array([int(r["study_id"]) for r in rows])
-    calibrated = _softmax(np.log(p) + np.array(stored.bias))
+    calibrated = _softmax(np.log(p) * np.array(stored.scale) + np.array(stored.bias))
     expected = rsna_spinal_score(y, calibrated, studies)
-    assert summary["calibrated"]["rsna"]["score"] == pytest.approx(expected.score, abs=1e-4)
+    # The CSV keeps 6 decimals; through a temperature their rounding moves the score ~2e-4.
+    assert summary["calibrated"]["rsna"]["score"] == pytest.approx(expected.score, abs=1e-3)
+    uncalibrated = rsna_spinal_score(y, p, studies).score
+    assert abs(expected.score - uncalibrated) > 1e-2  # the check above can tell the two apart
     assert summary["rsna"]["score"] == pytest.approx(
         rsna_spinal_score(y, p, studies).score, abs=1e-4
     )
     with (tmp_path / "eval" / "predictions_test_calibrated.csv").open() as handle:
         written = np.array([[float(r[f"p{c}"]) for c in range(3)] for r in csv.DictReader(handle)])
-    assert np.allclose(written, calibrated, atol=1e-5)
+    assert np.allclose(written, calibrated, atol=1e-3)  # 6-decimal rounding, tempered
     # The fine-tuning stage's own report read the same numbers.
     report = json.loads((Path(corn_run.out_dir) / "report_test.json").read_text())
     assert summary["calibrated"]["rsna"] == pytest.approx(report["calibrated"]["rsna"])
@@ -306,12 +310,12 @@ def test_predict_reports_calibrated_probabilities_and_the_raw_grade(
     with torch.no_grad():
         raw = grader.classifier(rois).double()
     z = torch.log(ordinal_probabilities(raw, "corn")).numpy()
-    expected = _softmax(z + np.array(grader.calibration.bias))
+    expected = _softmax(z * np.array(grader.calibration.scale) + np.array(grader.calibration.bias))
     got = np.array([list(level.probabilities.values()) for level in prediction.levels])
     assert np.allclose(got, expected, atol=1e-5)
     grades = [level.grade for level in prediction.levels]
     assert grades == [("Normal/Mild", "Moderate", "Severe")[i] for i in z.argmax(1)]
-    assert prediction.provenance["classifier"]["calibration"] == "bias"
+    assert prediction.provenance["classifier"]["calibration"] == "bcts"
 
 
 def test_calibration_none_stores_no_map(cache_dir: Path, tmp_path: Path) -> None:
@@ -344,7 +348,7 @@ def test_finetune_flags_for_head_and_calibration(monkeypatch: pytest.MonkeyPatch
     assert main(argv) == 0
     assert (calls[1].head, calls[1].calibration, calls[1].calibration_weights) == (
         "softmax",
-        "bias",
+        "bcts",
         "rsna",
     )
     with pytest.raises(SystemExit) as exit_info:
@@ -384,3 +388,28 @@ def test_reproduce_paper_has_an_ordinal_flag_off_by_default(
     assert "| finetune | 0.500 [0.40, 0.60] |" in table
     assert table.splitlines()[-1].endswith("| 0.250 | 0.200 |")
     assert table.splitlines()[-2].endswith("| 0.300 | — |")
+
+
+def test_bcts_falls_back_to_bias_on_logits_without_signal(tmp_path: Path) -> None:
+    from lumbarssl.pipeline.evaluate import ClassifierPredictions
+    from lumbarssl.pipeline.finetune import fit_val_calibration
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], [60, 25, 15])
+    logits = -3.0 * np.eye(3)[y] + 0.1 * rng.standard_normal((100, 3))  # anti-correlated
+    predictions = ClassifierPredictions(
+        rows=np.arange(100),
+        study_ids=np.arange(100),
+        levels=np.zeros(100, dtype=np.int64),
+        y_true=y,
+        probabilities=torch.softmax(torch.from_numpy(logits), 1).numpy(),
+        logits=logits,
+    )
+    config = FinetuneConfig(cache_dir="c", out_dir=str(tmp_path), mode="scratch")
+    assert config.calibration == "bcts"
+    fitted = fit_val_calibration(predictions, config)
+    assert fitted is not None
+    assert fitted.method == "bias"  # the temperature part had no positive optimum
+    weights = np.array([1.0, 2.0, 4.0])[y]
+    expected = fit_calibration(logits, y, "bias", sample_weight=weights)
+    assert np.allclose(fitted.bias, expected.bias)

@@ -11,8 +11,15 @@ method            map (per class :math:`c`)                 undoes a prior shift
 ================  ========================================  ==========================
 ``temperature``   :math:`z'_c = z_c / T`                    no: one scale, argmax kept
 ``bias``          :math:`z'_c = z_c + b_c`                  yes: :math:`b_c = -\log\alpha_c`
+``bcts``          :math:`z'_c = z_c / T + b_c`              yes, and tempers confidence
 ``vector``        :math:`z'_c = w_c z_c + b_c`              yes (and rescales too)
 ================  ========================================  ==========================
+
+``bcts`` is bias-corrected temperature scaling (Alexandari, Kundaje and Shrikumar, 2020,
+*Maximum likelihood with bias-corrected calibration is hard-to-beat at label shift
+adaptation*): one temperature for over- or under-confidence plus one bias per class for the
+prior shift, :math:`C` parameters against vector scaling's :math:`2C - 1`, so it needs fewer
+Moderate and Severe validation discs to fit stably.
 
 A single temperature multiplies every logit by the same factor, so it cannot add the
 class-dependent offset :math:`-\log\alpha_c`; bias and vector scaling can, and may change the
@@ -47,8 +54,12 @@ if TYPE_CHECKING:  # only in annotations, so the API docs show `npt.ArrayLike` u
 __all__ = ["CALIBRATION_METHODS", "Calibration", "CalibrationMethod", "fit_calibration"]
 
 #: Calibration maps :func:`fit_calibration` fits; ``"identity"`` leaves logits unchanged.
-CALIBRATION_METHODS: Final[tuple[str, ...]] = ("identity", "temperature", "bias", "vector")
-CalibrationMethod = Literal["identity", "temperature", "bias", "vector"]
+CALIBRATION_METHODS: Final[tuple[str, ...]] = ("identity", "temperature", "bias", "bcts", "vector")
+CalibrationMethod = Literal["identity", "temperature", "bias", "bcts", "vector"]
+#: Methods with one shared positive scale :math:`1/T`.
+_ONE_SCALE: Final[tuple[str, ...]] = ("temperature", "bcts")
+#: Methods with fitted per-class biases (they need every class in the fitting labels).
+_BIASED: Final[tuple[str, ...]] = ("bias", "bcts", "vector")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -56,9 +67,9 @@ class Calibration(ConfigBase):
     r"""A fitted calibration map :math:`z'_c = s_c z_c + b_c`, applied to logits.
 
     Attributes:
-        method: ``"identity"``, ``"temperature"``, ``"bias"`` or ``"vector"``.
-        scale: :math:`s_c`, one per class (all :math:`1/T` for ``"temperature"``, all 1 for
-            ``"bias"`` and ``"identity"``).
+        method: ``"identity"``, ``"temperature"``, ``"bias"``, ``"bcts"`` or ``"vector"``.
+        scale: :math:`s_c`, one per class (all :math:`1/T` for ``"temperature"`` and
+            ``"bcts"``, all 1 for ``"bias"`` and ``"identity"``).
         bias: :math:`b_c`, one per class, mean zero (all 0 for ``"temperature"`` and
             ``"identity"``).
         nll_before: Mean NLL of the fitting logits before calibration (``None`` if not fitted).
@@ -94,9 +105,9 @@ class Calibration(ConfigBase):
             raise ConfigError(f"{self.method} calibration has scale 1, got {self.scale}")
         if self.method in ("identity", "temperature") and any(b != 0.0 for b in self.bias):
             raise ConfigError(f"{self.method} calibration has bias 0, got {self.bias}")
-        if self.method == "temperature" and (len(set(self.scale)) != 1 or self.scale[0] <= 0.0):
+        if self.method in _ONE_SCALE and (len(set(self.scale)) != 1 or self.scale[0] <= 0.0):
             raise ConfigError(
-                f"temperature calibration needs one positive scale 1/T, got {self.scale}"
+                f"{self.method} calibration needs one positive scale 1/T, got {self.scale}"
             )
 
     @classmethod
@@ -118,12 +129,12 @@ class Calibration(ConfigBase):
 
     @property
     def temperature(self) -> float:
-        """The temperature :math:`T` of a ``"temperature"`` or ``"identity"`` map.
+        """The temperature :math:`T` of a ``"temperature"``, ``"bcts"`` or ``"identity"`` map.
 
         Raises:
             ConfigError: For bias or vector scaling, which have no single temperature.
         """
-        if self.method not in ("temperature", "identity"):
+        if self.method not in (*_ONE_SCALE, "identity"):
             raise ConfigError(f"{self.method} calibration has no single temperature")
         return 1.0 / self.scale[0]
 
@@ -193,7 +204,8 @@ def fit_calibration(
     Args:
         logits: Validation logits (or log-probabilities) of shape ``(N, C)``.
         labels: True classes of shape ``(N,)``, in ``[0, C)``.
-        method: ``"temperature"``, ``"bias"`` (default), ``"vector"`` or ``"identity"``.
+        method: ``"temperature"``, ``"bias"`` (default), ``"bcts"``, ``"vector"`` or
+            ``"identity"``.
         sample_weight: Optional non-negative weight per sample, shape ``(N,)``; the fit then
             minimises the weighted mean NLL. With the RSNA weights 1/2/4 of the true grade
             (:data:`~lumbarssl.metrics.rsna.RSNA_SAMPLE_WEIGHTS`) it minimises the
@@ -251,7 +263,7 @@ def fit_calibration(
             )
         if float(w.sum()) <= 0.0:
             raise DataError("sample_weight sums to zero: nothing to fit")
-    if method in ("bias", "vector"):
+    if method in _BIASED:
         present = torch.bincount(y[w > 0], minlength=c)
         missing = torch.nonzero(present == 0).flatten().tolist()
         if missing:
@@ -270,9 +282,9 @@ def fit_calibration(
             nll_after=nll_before,
             num_samples=n,
         )
-    inverse_temperature = torch.ones(1, dtype=torch.float64, requires_grad=method == "temperature")
+    inverse_temperature = torch.ones(1, dtype=torch.float64, requires_grad=method in _ONE_SCALE)
     scale = torch.ones(c, dtype=torch.float64, requires_grad=method == "vector")
-    bias = torch.zeros(c, dtype=torch.float64, requires_grad=method in ("bias", "vector"))
+    bias = torch.zeros(c, dtype=torch.float64, requires_grad=method in _BIASED)
     params = [p for p in (inverse_temperature, scale, bias) if p.requires_grad]
 
     def transform() -> Tensor:
@@ -301,9 +313,9 @@ def fit_calibration(
         fitted_bias = (bias - bias.mean()).tolist() if method != "temperature" else [0.0] * c
     if not all(math.isfinite(v) for v in (*fitted_scale, *fitted_bias, nll_after)):
         raise DataError(f"{method} calibration diverged; check the validation logits")
-    if method == "temperature" and fitted_scale[0] <= 0.0:
+    if method in _ONE_SCALE and fitted_scale[0] <= 0.0:
         raise DataError(
-            f"temperature calibration found 1/T = {fitted_scale[0]:.4g} <= 0: the logits are "
+            f"{method} calibration found 1/T = {fitted_scale[0]:.4g} <= 0: the logits are "
             "anti-correlated with the labels; check that labels and logits are aligned"
         )
     return Calibration(

@@ -51,7 +51,7 @@ FinetuneMode = Literal["scratch", "linear_probe", "finetune"]
 #: Grading head: the paper's softmax + focal loss, or an ordinal head + :class:`OrdinalLoss`.
 FinetuneHead = Literal["softmax", "corn", "cumulative"]
 #: Post-hoc calibration fitted on the validation split; ``"none"`` fits nothing.
-CalibrationChoice = Literal["bias", "vector", "temperature", "none"]
+CalibrationChoice = Literal["bcts", "bias", "vector", "temperature", "none"]
 #: Sample weights of the calibration fit: ``"uniform"`` (NLL, calibration in Guo et al.'s
 #: sense) or ``"rsna"`` (the competition's 1/2/4 by true grade).
 CalibrationWeights = Literal["uniform", "rsna"]
@@ -86,10 +86,13 @@ class FinetuneConfig(StageConfig):
             :class:`~lumbarssl.losses.OrdinalLoss` with the same ``alpha`` and ``gamma``.
         calibration: Calibration map fitted on the validation split at the end of training
             (:func:`~lumbarssl.metrics.fit_calibration`) and stored in ``model.pt`` under
-            :data:`~lumbarssl.pipeline.evaluate.CALIBRATION_KEY`: ``"bias"`` (default; adds
-            one offset per grade, which is what undoes the prior shift
-            log(alpha_c) of the class weights), ``"vector"`` (per-grade scale and
+            :data:`~lumbarssl.pipeline.evaluate.CALIBRATION_KEY`: ``"bcts"`` (default;
+            bias-corrected temperature scaling: one temperature plus one offset per grade,
+            the offsets being what undoes the prior shift log(alpha_c) of the class
+            weights), ``"bias"`` (the offsets only), ``"vector"`` (per-grade scale and
             offset), ``"temperature"`` (one scale: cannot undo the shift) or ``"none"``.
+            On held-out halves of the quick profile's test studies bcts lowered the RSNA
+            spinal log loss most (``benchmarks/bench_calibration.py``; docs/benchmarks).
             Table 1 (``report_test.json["table1"]``) stays the uncalibrated argmax, the
             paper's reading; the calibrated reading is reported beside it.
         calibration_weights: ``"rsna"`` (default) weights the validation discs 1/2/4 by true
@@ -122,7 +125,7 @@ class FinetuneConfig(StageConfig):
         "softmax", "softmax (the paper's, Eq. 2) | corn | cumulative (ordinal heads)"
     )
     calibration: CalibrationChoice = param(
-        "bias", "calibration fitted on the val split: bias | vector | temperature | none"
+        "bcts", "calibration fitted on the val split: bcts | bias | vector | temperature | none"
     )
     calibration_weights: CalibrationWeights = param(
         "rsna", "calibration fit weights: rsna (1/2/4 by grade, the RSNA log loss) | uniform"
@@ -142,7 +145,7 @@ class FinetuneConfig(StageConfig):
             raise ValueError(f"mode must be scratch, linear_probe or finetune, got {self.mode!r}")
         for name, allowed in (
             ("head", ("softmax", "corn", "cumulative")),
-            ("calibration", ("bias", "vector", "temperature", "none")),
+            ("calibration", ("bcts", "bias", "vector", "temperature", "none")),
             ("calibration_weights", ("uniform", "rsna")),
         ):
             if getattr(self, name) not in allowed:
@@ -210,8 +213,9 @@ def fit_val_calibration(
 
     Returns:
         The fitted map, or ``None`` for ``calibration="none"`` or when the validation split
-        cannot support the fit (no discs, or no disc of some grade for bias/vector scaling);
-        the latter is logged as a warning.
+        cannot support the fit (no discs, or no disc of some grade for bias/bcts/vector
+        scaling); the latter is logged as a warning. A bcts fit whose best temperature is not
+        positive (logits without signal) falls back to bias scaling, with a warning.
     """
     if config.calibration == "none":
         return None
@@ -226,6 +230,13 @@ def fit_val_calibration(
             predictions.logits, predictions.y_true, config.calibration, sample_weight=weights
         )
     except DataError as error:
+        if config.calibration == "bcts" and "1/T" in str(error):
+            # Logits without signal on this split (an untrained or collapsed model): the best
+            # temperature is not positive. The bias part alone is still a valid map.
+            _LOG.warning("bcts calibration fell back to bias scaling: %s", error)
+            return fit_calibration(
+                predictions.logits, predictions.y_true, "bias", sample_weight=weights
+            )
         _LOG.warning("no calibration map stored in the checkpoint: %s", error)
         return None
 
