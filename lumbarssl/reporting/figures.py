@@ -97,6 +97,8 @@ def plot_rois(
     crops: Sequence[np.ndarray],
     path: str | Path,
     provenance: Provenance | None = None,
+    *,
+    slice_title: str = "(a) mid-sagittal T2 slice",
 ) -> Path:
     """Fig. 1: a sagittal slice with the disc coordinates, and the crops beside it.
 
@@ -106,6 +108,7 @@ def plot_rois(
         crops: The ROI of each point, (h, w) uint8, same order as ``points``.
         path: Output PNG.
         provenance: Data source, profile and seed for the footer.
+        slice_title: Title of the slice panel (another sequence's figure names its own).
 
     Returns:
         The written path.
@@ -123,7 +126,7 @@ def plot_rois(
         ax.annotate(
             level, (x, y), xytext=(8, 0), textcoords="offset points", color=color, fontsize=8
         )
-    ax.set_title("(a) mid-sagittal T2 slice")
+    ax.set_title(slice_title)
     ax.axis("off")
     for i, ((level, _, _), crop) in enumerate(zip(points, crops, strict=True)):
         sub = fig.add_subplot(grid[:, i + 2])
