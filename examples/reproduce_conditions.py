@@ -45,7 +45,7 @@ from lumbarssl.data.cache import PreparedCache
 from lumbarssl.data.constants import IMAGES_DIR, LEVELS
 from lumbarssl.data.dicom import read_series
 from lumbarssl.data.prepare import PrepareConfig, format_summary
-from lumbarssl.layout import CONDITION_SEQUENCE, CONDITIONS, SEQUENCES
+from lumbarssl.layout import CONDITION_SEQUENCE, CONDITIONS, SERIES_DESCRIPTIONS
 from lumbarssl.metrics import bootstrap_ci, bootstrap_distribution, rsna_score
 from lumbarssl.pipeline import (
     ConditionFinetuneConfig,
@@ -520,7 +520,7 @@ def main(
     t = time.perf_counter()
     per_sequence = {
         sequence: pretrain(f"pretrain_{SEQUENCE_SLUGS[sequence]}", (sequence,))
-        for sequence in SEQUENCES
+        for sequence in SERIES_DESCRIPTIONS
     }
     timed("pretrain_per_sequence", t)
 
@@ -534,11 +534,12 @@ def main(
                 **shared,
                 out_dir=str(stage_dir),
                 resume=resumable(stage_dir),
+                mode="finetune",
                 encoder=str(shared_encoder) if encoders == "shared" else None,
                 sequence_encoders=(
-                    {s: str(p) for s, p in per_sequence.items()}
+                    tuple(f"{s}={p}" for s, p in per_sequence.items())
                     if encoders == "per_sequence"
-                    else None
+                    else ()
                 ),
                 head=head,
                 epochs=profile.finetune_epochs,
