@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One GPU check for issue 12, in one device call (about 5 minutes), logging to $OUT:
 #   (a) install the carried pydicom wheel (.whl/*.whl) into /tmp/site;
-#   (b) the device-data / batched-augmentation / stage device-path tests (CUDA ones included);
+#   (b) the device-data / batched-augmentation / stage device-path tests (CUDA ones included),
+#       the cost of one checkpoint write and the step loop with checkpoint writes every 25
+#       steps, blocking vs background (benchmarks/bench_train.py --checkpoint-every);
 #   (c) benchmarks/bench_gpu.py --loops: each stage's step loop, old path (DataLoader + per-sample
 #       transforms) vs new (device data) vs the model-only ceiling, then torch.compile variants
 #       (default and reduce-overhead = CUDA graphs) of the pretraining loop;
@@ -97,6 +99,16 @@ with tempfile.TemporaryDirectory() as folder:
         times.append(time.perf_counter() - start)
 print(f"checkpoint write (model + AdamW state): {sorted(times)[1]:.3f} s median of 3")
 EOF
+fi
+
+# (b'') ~30 s: the step loop with a checkpoint every 25 steps, written in the training thread
+# against the background writer (TrainerConfig.background_checkpoints): medians and ratio.
+if want tests; then
+    log "bench checkpoints"
+    if [ -n "${GPU_CHECK_TINY:-}" ]; then CKPT=(--checkpoint-every 2 --epochs 2 --repeats 1)
+    else CKPT=(--checkpoint-every 25 --epochs 3 --repeats 3); fi
+    timeout 90 $PY benchmarks/bench_train.py "${CKPT[@]}" --device "$DEVICE" >>"$LOG" 2>&1
+    log "bench checkpoints exit $?"
 fi
 
 # (c) ~40 s: step loops of the three stages, no compile.

@@ -57,6 +57,15 @@ SAGITTAL_T2: Final[str] = "Sagittal T2/STIR"
 SAGITTAL_T1: Final[str] = "Sagittal T1"
 AXIAL_T2: Final[str] = "Axial T2"
 SERIES_DESCRIPTIONS: Final[tuple[str, ...]] = (SAGITTAL_T2, SAGITTAL_T1, AXIAL_T2)
+#: The sequence each condition is graded on: spinal canal stenosis on Sagittal T2/STIR,
+#: neural foraminal narrowing on Sagittal T1, subarticular stenosis on Axial T2.
+CONDITION_SEQUENCE: Final[dict[str, str]] = {
+    CONDITIONS[0]: SAGITTAL_T2,
+    CONDITIONS[1]: SAGITTAL_T1,
+    CONDITIONS[2]: SAGITTAL_T1,
+    CONDITIONS[3]: AXIAL_T2,
+    CONDITIONS[4]: AXIAL_T2,
+}
 
 #: Severity strings of ``train.csv`` and their class indices (paper Sec. 3.1; the paper's
 #: grades, declared in :mod:`lumbarssl.paper`).

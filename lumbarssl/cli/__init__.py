@@ -27,10 +27,12 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "prepare",
     "pretrain",
     "finetune",
+    "finetune_conditions",
     "train_localizer",
     "train_auto",
     "evaluate",
     "predict",
+    "fit_condition_points",
 )
 
 

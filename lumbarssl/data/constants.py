@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from lumbarssl.layout import (
     AXIAL_T2,
+    CONDITION_SEQUENCE,
     CONDITION_SLUGS,
     CONDITIONS,
     COORDINATE_COLUMNS,
@@ -27,6 +28,7 @@ from lumbarssl.layout import (
 __all__ = [
     "AXIAL_T2",
     "CONDITIONS",
+    "CONDITION_SEQUENCE",
     "CONDITION_SLUGS",
     "COORDINATES_CSV",
     "COORDINATE_COLUMNS",

@@ -14,6 +14,7 @@ trainer calls :meth:`DiscROIDataset.set_epoch` before each epoch (as it does for
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from lumbarssl import paper
 from lumbarssl._core.config import ConfigBase
@@ -39,6 +40,7 @@ __all__ = [
     "VALIDATION_STREAM",
     "DiscDatasetConfig",
     "DiscROIDataset",
+    "EpochKeyedSampler",
     "LocalizerDataset",
     "Mode",
     "SeriesLocalizerDataset",
@@ -266,19 +268,20 @@ class DiscROIDataset(Dataset[dict[str, Tensor]]):
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         self._epoch.fill_(epoch)
 
-    def views(self, row: int, roi: Tensor) -> Tensor:
-        """The ``n_views`` random views of cache row ``row`` in the current epoch.
+    def views(self, row: int, roi: Tensor, epoch: int | None = None) -> Tensor:
+        """The ``n_views`` random views of cache row ``row`` in an epoch.
 
         Args:
             row: The cache row (the randomness key).
             roi: float32 (1, H, W) in [0, 1], that row's ROI.
+            epoch: The epoch keying the views; ``None``: :attr:`epoch`.
 
         Returns:
             float32 (V, 1, S, S).
         """
         params = draw_augment_params(
             self.seed,
-            self.epoch,
+            self.epoch if epoch is None else epoch,
             torch.tensor([row], dtype=torch.int64),
             self.config,
             roi_size=(int(roi.shape[-2]), int(roi.shape[-1])),
@@ -361,7 +364,20 @@ class DiscROIDataset(Dataset[dict[str, Tensor]]):
     def _condition_ids(self) -> np.ndarray:
         return self.cache.table.condition_id
 
-    def __getitem__(self, item: int) -> dict[str, Tensor]:
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Tensor]:
+        """The sample at a position of the dataset.
+
+        Args:
+            item: The position, or ``(epoch, position)`` from an :class:`EpochKeyedSampler`:
+                the random views of that epoch, whatever :attr:`epoch` is.
+
+        Returns:
+            The sample: ``"image"``, ``"label"``, ``"level"``, ``"index"`` (the cache row)
+            and, where the mode or the cache has them, ``"mask"`` and ``"condition"``.
+        """
+        epoch: int | None = None
+        if isinstance(item, tuple):
+            epoch, item = item
         row = int(self.rows[item])
         table = self.cache.table
         sample = {
@@ -381,8 +397,57 @@ class DiscROIDataset(Dataset[dict[str, Tensor]]):
         if self.mode == "supervised":
             sample["image"] = self.deterministic(roi)
         else:
-            sample["image"] = self.views(row, roi)
+            sample["image"] = self.views(row, roi, epoch)
         return sample
+
+
+class EpochKeyedSampler(Sampler[tuple[int, int]]):
+    """Pairs each index of a sampler with the epoch: yields ``(epoch, index)``.
+
+    With it the epoch travels to the loader workers with every index, so a dataset whose
+    randomness is keyed by the epoch (:class:`DiscROIDataset`'s contrastive views) makes each
+    epoch's samples in persistent workers (``persistent_workers=True``) exactly as in workers
+    started afresh for the epoch, without any state shared with them. The trainer's
+    ``set_epoch`` reaches it as the loader's sampler; it is passed on to the wrapped sampler
+    (a :class:`~torch.utils.data.DistributedSampler` reshuffles with it).
+
+    Args:
+        sampler: The sampler of the indices, e.g. a
+            :class:`~torch.utils.data.RandomSampler` over the loader's generator.
+    """
+
+    def __init__(self, sampler: Sampler[int]) -> None:
+        self.sampler = sampler
+        self.epoch = 0
+        #: Tells the trainer the indices are this process's shard under torchrun.
+        self.shards_by_rank = isinstance(sampler, DistributedSampler) or bool(
+            getattr(sampler, "shards_by_rank", False)
+        )
+
+    @property
+    def generator(self) -> torch.Generator | None:
+        """The wrapped sampler's generator (the trainer seeds and saves it)."""
+        generator = getattr(self.sampler, "generator", None)
+        return generator if isinstance(generator, torch.Generator) else None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Pair the coming pass's indices with ``epoch`` (0-based)."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self.epoch = epoch
+        set_epoch = getattr(self.sampler, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        for index in self.sampler:
+            yield epoch, int(index)
+
+    def __len__(self) -> int:
+        if not isinstance(self.sampler, Sized):
+            raise TypeError(f"{type(self.sampler).__name__} has no length")
+        return len(self.sampler)
 
 
 def _check_agrees(config: DiscDatasetConfig, recipe: RoiRecipe) -> None:

@@ -21,6 +21,7 @@ from lumbarssl.models.classifier import (
     DiscClassifier,
     TrainingMode,
 )
+from lumbarssl.models.condition import ConditionClassifier
 from lumbarssl.models.contrastive import ContrastiveModel
 from lumbarssl.models.encoder import ENCODER_DIM, adapt_stem_weight, resnet18_encoder
 from lumbarssl.models.heads import ProjectionHead
@@ -48,6 +49,7 @@ __all__ = [
     "HEAD_LR",
     "Checkpoint",
     "CheckpointError",
+    "ConditionClassifier",
     "ConfigurableModel",
     "ContrastiveModel",
     "DeepSetsDiscPool",

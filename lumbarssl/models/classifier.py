@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Final, Literal, get_args
 
 import torch
@@ -105,22 +105,13 @@ class DiscClassifier(nn.Module):
         head_kind: HeadKind = "softmax",  # the paper's head (Sec. 3.5)
     ) -> None:
         super().__init__()
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        if feature_dim < 1:
-            raise ValueError(f"feature_dim must be >= 1, got {feature_dim}")
-        if head_kind not in HEAD_KINDS:
-            raise ValueError(f"head_kind must be one of {HEAD_KINDS}, got {head_kind!r}")
+        _check_head(num_classes, feature_dim, head_kind)
         self.num_classes = num_classes
         self.feature_dim = feature_dim
         self.head_kind: HeadKind = head_kind
         self.encoder = encoder
         self.pool = pool if pool is not None else DeepSetsDiscPool(feature_dim)
-        self.head: nn.Module = (
-            nn.Linear(feature_dim, num_classes)
-            if head_kind == "softmax"
-            else OrdinalHead(feature_dim, num_classes, kind=head_kind)
-        )
+        self.head: nn.Module = _grading_head(feature_dim, num_classes, head_kind)
         self.mode: TrainingMode = mode
         self.set_mode(mode)
 
@@ -135,16 +126,7 @@ class DiscClassifier(nn.Module):
             ValueError: If ``mode`` is unknown, or ``"finetune"`` is asked of an encoder
                 without the children ``conv1``, ``bn1``, ``layer1``-``layer3``.
         """
-        if mode not in _MODES:
-            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-        if mode == "finetune":
-            children = dict(self.encoder.named_children())
-            missing = [name for name in FINETUNE_FROZEN_MODULES if name not in children]
-            if missing:
-                raise ValueError(
-                    f"mode 'finetune' freezes encoder children {FINETUNE_FROZEN_MODULES}, but "
-                    f"{type(self.encoder).__name__} has no {missing}"
-                )
+        _check_mode(mode, self.encoder)
         self.mode = mode
         self.requires_grad_(True)
         for module in self._frozen_modules():
@@ -152,11 +134,7 @@ class DiscClassifier(nn.Module):
         self.train(self.training)
 
     def _frozen_modules(self) -> Iterator[nn.Module]:
-        if self.mode == "linear_probe":
-            yield self.encoder
-        elif self.mode == "finetune":
-            for name in FINETUNE_FROZEN_MODULES:
-                yield getattr(self.encoder, name)
+        return _frozen_parts(self.encoder, self.mode)
 
     def train(self, mode: bool = True) -> Self:
         """Set training mode, keeping frozen encoder parts (and their BatchNorm) in eval mode.
@@ -199,17 +177,7 @@ class DiscClassifier(nn.Module):
         Raises:
             ValueError: If a learning rate is negative.
         """
-        for name, value in (("backbone_lr", backbone_lr), ("head_lr", head_lr)):
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        backbone = [p for p in self.encoder.parameters() if p.requires_grad]
-        head = [p for m in (self.pool, self.head) for p in m.parameters() if p.requires_grad]
-        groups: list[dict[str, object]] = []
-        if backbone:
-            groups.append({"name": "backbone", "params": backbone, "lr": backbone_lr})
-        if head:
-            groups.append({"name": "head", "params": head, "lr": head_lr})
-        return groups
+        return _param_groups((self.encoder,), (self.pool, self.head), backbone_lr, head_lr)
 
     # ----------------------------------------------------------------------------- forward
     def _encode(self, x: Tensor) -> Tensor:
@@ -323,3 +291,64 @@ def _build_disc_classifier(
         feature_dim=feature_dim,
         head_kind=head_kind,
     )
+
+
+# ------------------------------------------------------------------ shared with ConditionClassifier
+def _check_head(num_classes: int, feature_dim: int, head_kind: str) -> None:
+    """Validate the head settings of a classifier (``ValueError`` naming the bad value)."""
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    if feature_dim < 1:
+        raise ValueError(f"feature_dim must be >= 1, got {feature_dim}")
+    if head_kind not in HEAD_KINDS:
+        raise ValueError(f"head_kind must be one of {HEAD_KINDS}, got {head_kind!r}")
+
+
+def _grading_head(feature_dim: int, num_classes: int, head_kind: HeadKind) -> nn.Module:
+    """The paper's linear layer (``"softmax"``) or an :class:`OrdinalHead`, ``(B, D) -> (B, C)``."""
+    if head_kind == "softmax":
+        return nn.Linear(feature_dim, num_classes)
+    return OrdinalHead(feature_dim, num_classes, kind=head_kind)
+
+
+def _check_mode(mode: str, encoder: nn.Module) -> None:
+    """Refuse an unknown mode, or ``"finetune"`` for an encoder without the ResNet children."""
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    if mode == "finetune":
+        children = dict(encoder.named_children())
+        missing = [name for name in FINETUNE_FROZEN_MODULES if name not in children]
+        if missing:
+            raise ValueError(
+                f"mode 'finetune' freezes encoder children {FINETUNE_FROZEN_MODULES}, but "
+                f"{type(encoder).__name__} has no {missing}"
+            )
+
+
+def _frozen_parts(encoder: nn.Module, mode: TrainingMode) -> Iterator[nn.Module]:
+    """The parts of ``encoder`` that ``mode`` freezes (paper Sec. 4.4, Table 1)."""
+    if mode == "linear_probe":
+        yield encoder
+    elif mode == "finetune":
+        for name in FINETUNE_FROZEN_MODULES:
+            yield getattr(encoder, name)
+
+
+def _param_groups(
+    backbone_modules: Iterable[nn.Module],
+    head_modules: Iterable[nn.Module],
+    backbone_lr: float,
+    head_lr: float,
+) -> list[dict[str, object]]:
+    """``backbone`` and ``head`` optimizer groups of the trainable parameters (none: left out)."""
+    for name, value in (("backbone_lr", backbone_lr), ("head_lr", head_lr)):
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    backbone = [p for m in backbone_modules for p in m.parameters() if p.requires_grad]
+    head = [p for m in head_modules for p in m.parameters() if p.requires_grad]
+    groups: list[dict[str, object]] = []
+    if backbone:
+        groups.append({"name": "backbone", "params": backbone, "lr": backbone_lr})
+    if head:
+        groups.append({"name": "head", "params": head, "lr": head_lr})
+    return groups

@@ -13,19 +13,30 @@ from lumbarssl.pipeline.auto_stages import (
     run_heatmap_training,
     run_slice_selector_training,
 )
+from lumbarssl.pipeline.condition_inference import ConditionGrader, grade_condition_directory
+from lumbarssl.pipeline.conditions import (
+    ConditionFinetuneConfig,
+    condition_epoch_metrics,
+    run_condition_finetuning,
+    write_condition_predictions,
+)
 from lumbarssl.pipeline.config import StageConfig, param
 from lumbarssl.pipeline.convert import convert_checkpoint, legacy_recipe, load_recipe
 from lumbarssl.pipeline.evaluate import (
     CALIBRATION_KEY,
+    CONDITION_CALIBRATION_KEY,
     EPOCH_METRICS,
     ClassifierPredictions,
     EvaluateConfig,
+    calibrate_by_condition,
     calibration_from_metadata,
     class_logits,
+    condition_calibrations_from_metadata,
     epoch_metrics,
     predict_classifier,
     run_evaluation,
     summarize,
+    table1_summary,
 )
 from lumbarssl.pipeline.finetune import FinetuneConfig, load_pretrained_encoder, run_finetuning
 from lumbarssl.pipeline.inference import (
@@ -50,11 +61,14 @@ from lumbarssl.pipeline.result import StageResult
 
 __all__ = [
     "CALIBRATION_KEY",
+    "CONDITION_CALIBRATION_KEY",
     "EPOCH_METRICS",
     "MODEL_FILE",
     "STAGE_CONFIG_FILE",
     "BatchResult",
     "ClassifierPredictions",
+    "ConditionFinetuneConfig",
+    "ConditionGrader",
     "DiscGrader",
     "EvaluateConfig",
     "FinetuneConfig",
@@ -71,11 +85,15 @@ __all__ = [
     "StageConfig",
     "StageResult",
     "WrongSeriesTypeError",
+    "calibrate_by_condition",
     "calibration_from_metadata",
     "class_logits",
+    "condition_calibrations_from_metadata",
+    "condition_epoch_metrics",
     "convert_checkpoint",
     "epoch_metrics",
     "find_series",
+    "grade_condition_directory",
     "grade_directory",
     "legacy_recipe",
     "load_pretrained_encoder",
@@ -86,6 +104,7 @@ __all__ = [
     "predict_classifier",
     "prediction_rows",
     "pretraining_rows",
+    "run_condition_finetuning",
     "run_evaluation",
     "run_finetuning",
     "run_heatmap_training",
@@ -93,5 +112,7 @@ __all__ = [
     "run_pretraining",
     "run_slice_selector_training",
     "summarize",
+    "table1_summary",
+    "write_condition_predictions",
     "write_prediction",
 ]

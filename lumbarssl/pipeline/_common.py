@@ -12,12 +12,19 @@ from typing import Any, BinaryIO, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+)
 
 from lumbarssl._core.atomic import atomic_write
 from lumbarssl._core.lock import output_lock
 from lumbarssl.data.cache import PreparedCache
-from lumbarssl.data.datasets import DiscROIDataset
+from lumbarssl.data.datasets import DiscROIDataset, EpochKeyedSampler
 from lumbarssl.data.device_data import EpochSampler, RoiBank, resolve_device_data
 from lumbarssl.data.recipes import Recipe, RoiRecipe, recipe_to_metadata
 
@@ -105,13 +112,16 @@ def make_loader(
     drop_last: bool = False,
     seed_offset: int = 0,
     deterministic: bool = False,
+    epoch_in_index: bool = False,
 ) -> DataLoader[Any]:
     """A DataLoader with seeded order, worker defaults and, under torchrun, a sampler.
 
-    Workers of a ``deterministic`` dataset (no random augmentation) persist across epochs:
-    no re-spawn per epoch, and nothing they draw can differ on resume. Workers that draw
-    augmentations are started afresh each epoch, so a resumed run re-seeds them as an
-    uninterrupted one does.
+    Workers persist across epochs (no re-spawn per epoch) when nothing they draw can differ
+    on resume: for a ``deterministic`` dataset (no random augmentation), and for one whose
+    augmentation is keyed by the epoch (``epoch_in_index``): its indices come from an
+    :class:`~lumbarssl.data.datasets.EpochKeyedSampler`, so each index carries its epoch to
+    the workers. Workers of any other dataset are started afresh each epoch, so a resumed run
+    re-seeds them as an uninterrupted one does.
 
     Args:
         dataset: The dataset.
@@ -121,6 +131,9 @@ def make_loader(
         drop_last: Drop a last incomplete batch.
         seed_offset: Added to the seed so different loaders draw different streams.
         deterministic: The dataset draws no random numbers (keeps its workers alive).
+        epoch_in_index: The dataset takes ``(epoch, index)`` items and keys its randomness
+            by them (:class:`~lumbarssl.data.datasets.DiscROIDataset`; keeps its workers
+            alive).
 
     Returns:
         The loader.
@@ -129,11 +142,20 @@ def make_loader(
     if workers is None:
         workers = default_num_workers()
     generator = seeded_generator(config.seed + seed_offset)
-    sampler: DistributedSampler[Any] | None = None
+    sampler: Sampler[Any] | None = None
     if is_distributed() and shuffle:
         sampler = DistributedSampler(
             dataset, shuffle=True, seed=config.seed + seed_offset, drop_last=drop_last
         )
+    if epoch_in_index:
+        if sampler is None:
+            # The sampler DataLoader(shuffle=...) would build, on the same generator.
+            sampler = (
+                RandomSampler(dataset, generator=generator)  # type: ignore[arg-type]
+                if shuffle
+                else SequentialSampler(dataset)  # type: ignore[arg-type]
+            )
+        sampler = EpochKeyedSampler(sampler)
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -143,7 +165,7 @@ def make_loader(
         num_workers=workers,
         generator=generator,
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=deterministic and workers > 0,
+        persistent_workers=(deterministic or epoch_in_index) and workers > 0,
     )
 
 

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from lumbarssl.data.cache import PreparedCache
-from lumbarssl.data.constants import LEVELS
+from lumbarssl.data.constants import CONDITIONS, LEVELS
 from lumbarssl.data.datasets import DiscROIDataset
 from lumbarssl.data.recipes import RoiRecipe
 from lumbarssl.errors import InputError, WrongKindError
@@ -35,7 +35,7 @@ from lumbarssl.metrics import (
     report_from_confusion,
     rsna_spinal_score,
 )
-from lumbarssl.models import DiscClassifier, load_checkpoint
+from lumbarssl.models import ConditionClassifier, DiscClassifier, load_checkpoint
 from lumbarssl.pipeline._common import locked_stage, make_splits, prepare_out_dir, write_json
 from lumbarssl.pipeline.config import StageConfig, param
 from lumbarssl.pipeline.convert import load_recipe
@@ -46,6 +46,12 @@ from lumbarssl.training import move_to_device, select_device
 #: after, number of validation discs). Absent when fine-tuning ran with ``calibration="none"``
 #: or the checkpoint predates the option; evaluation and ``predict`` then use the raw outputs.
 CALIBRATION_KEY = "calibration"
+#: Checkpoint metadata key of the per-condition calibration maps of a
+#: :class:`~lumbarssl.models.ConditionClassifier` (``lumbarssl finetune-conditions``):
+#: ``{condition name: Calibration.to_dict()}``, one map per condition of
+#: :data:`~lumbarssl.layout.CONDITIONS` fitted on that condition's validation ROIs; a condition
+#: whose fit was impossible is absent (its outputs stay raw).
+CONDITION_CALIBRATION_KEY = "condition_calibration"
 
 #: Names of the per-epoch validation metrics the fine-tuning stage logs (``val_<name>``).
 EPOCH_METRICS: tuple[str, ...] = (
@@ -73,6 +79,8 @@ class ClassifierPredictions:
         probabilities: Class probabilities, float64 (N, C): the softmax of ``logits``.
         logits: Class logits, float64 (N, C) (log class probabilities for an ordinal head;
             :func:`class_logits`); ``None`` where only probabilities are known.
+        conditions: Condition of each row, int64 (N,), index into
+            :data:`~lumbarssl.layout.CONDITIONS`; ``None`` for a spinal-only cache.
     """
 
     rows: np.ndarray
@@ -81,6 +89,19 @@ class ClassifierPredictions:
     y_true: np.ndarray
     probabilities: np.ndarray
     logits: np.ndarray | None = None
+    conditions: np.ndarray | None = None
+
+    def select(self, keep: np.ndarray) -> ClassifierPredictions:
+        """The rows where ``keep`` (bool (N,)) is true, every field alike."""
+        return ClassifierPredictions(
+            rows=self.rows[keep],
+            study_ids=self.study_ids[keep],
+            levels=self.levels[keep],
+            y_true=self.y_true[keep],
+            probabilities=self.probabilities[keep],
+            logits=None if self.logits is None else self.logits[keep],
+            conditions=None if self.conditions is None else self.conditions[keep],
+        )
 
     def calibrated(self, calibration: Calibration) -> ClassifierPredictions:
         """The same discs with calibrated logits and probabilities.
@@ -146,7 +167,7 @@ def class_logits(model: nn.Module, outputs: Tensor) -> Tensor:
     Returns:
         Logits of shape ``(B, C)``.
     """
-    if isinstance(model, DiscClassifier) and model.head_kind != "softmax":
+    if isinstance(model, (DiscClassifier, ConditionClassifier)) and model.head_kind != "softmax":
         kind: OrdinalKind = "corn" if model.head_kind == "corn" else "cumulative"
         return ordinal_log_probabilities(outputs, kind)
     return outputs
@@ -159,12 +180,17 @@ def _outputs_and_labels(
     """The model's raw outputs, the labels and the cache rows of the batches."""
     outputs, labels, rows = [], [], []
     for batch in batches:
-        outputs.append(model(batch["image"]).float().cpu())
+        if isinstance(model, ConditionClassifier):
+            output = model(batch["image"], batch["condition"])
+        else:
+            output = model(batch["image"])
+        outputs.append(output.float().cpu())
         labels.append(batch["label"].cpu())
         rows.append(batch["index"].cpu())
     if not outputs:
         empty = torch.empty(0, dtype=torch.int64)
-        width = 2 if isinstance(model, DiscClassifier) and model.is_ordinal else 3
+        ordinal = isinstance(model, (DiscClassifier, ConditionClassifier)) and model.is_ordinal
+        width = 2 if ordinal else 3
         return torch.empty(0, width), empty, empty
     return torch.cat(outputs), torch.cat(labels), torch.cat(rows)
 
@@ -200,7 +226,9 @@ def predict_classifier(
     """Run a classifier over a supervised dataset.
 
     Args:
-        model: A :class:`~lumbarssl.models.DiscClassifier` (or any ``(B, 1, H, W) -> (B, C)``).
+        model: A :class:`~lumbarssl.models.DiscClassifier` (or any ``(B, 1, H, W) -> (B, C)``),
+            or a :class:`~lumbarssl.models.ConditionClassifier` (the dataset's cache then has
+            conditions, which its items carry).
         dataset: A supervised-mode dataset.
         batch_size: Discs per forward pass.
         device: Device to run on.
@@ -222,6 +250,11 @@ def predict_classifier(
         y_true=labels.numpy().astype(np.int64),
         probabilities=torch.softmax(logits, dim=1).numpy(),
         logits=logits.numpy(),
+        conditions=(
+            np.asarray(table.condition_id[row_array], dtype=np.int64)
+            if table.has_conditions
+            else None
+        ),
     )
 
 
@@ -270,13 +303,28 @@ def summarize(
     return report
 
 
-def _summary(
+def table1_summary(
     predictions: ClassifierPredictions,
-    n_resamples: int,
-    confidence: float,
-    seed: int,
-    cluster: bool,
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    cluster: bool = True,
 ) -> dict[str, Any]:
+    """Table 1's columns with bootstrap intervals and the confusion matrix, no RSNA metric.
+
+    Args:
+        predictions: Predictions of one condition (of any condition: no spinal term here).
+        n_resamples: Bootstrap resamples.
+        confidence: Interval level.
+        seed: Bootstrap seed.
+        cluster: Resample whole studies instead of discs.
+
+    Returns:
+        ``table1`` ({column: [point, low, high]}), ``confusion`` (rows = truth), ``n_discs``,
+        ``n_studies``, ``class_counts`` and ``bootstrap`` (the settings), as in
+        :func:`summarize`.
+    """
     y_true, y_pred = predictions.y_true, predictions.y_pred
     intervals = bootstrap_ci(
         y_true,
@@ -286,17 +334,11 @@ def _summary(
         confidence=confidence,
         seed=seed,
     )
-    rsna = rsna_spinal_score(y_true, predictions.probabilities, predictions.study_ids)
     return {
         "table1": {
             c: [intervals[c].point, intervals[c].low, intervals[c].high] for c in TABLE1_COLUMNS
         },
         "confusion": confusion_matrix(y_true, y_pred).tolist(),
-        "rsna": {
-            "spinal": rsna.spinal,
-            "any_severe_spinal": rsna.any_severe_spinal,
-            "score": rsna.score,
-        },
         "n_discs": len(y_true),
         "n_studies": len(np.unique(predictions.study_ids)),
         "class_counts": np.bincount(y_true, minlength=3).tolist(),
@@ -307,6 +349,91 @@ def _summary(
             "seed": seed,
         },
     }
+
+
+def _summary(
+    predictions: ClassifierPredictions,
+    n_resamples: int,
+    confidence: float,
+    seed: int,
+    cluster: bool,
+) -> dict[str, Any]:
+    table = table1_summary(
+        predictions, n_resamples=n_resamples, confidence=confidence, seed=seed, cluster=cluster
+    )
+    rsna = rsna_spinal_score(predictions.y_true, predictions.probabilities, predictions.study_ids)
+    rsna_terms = {
+        "spinal": rsna.spinal,
+        "any_severe_spinal": rsna.any_severe_spinal,
+        "score": rsna.score,
+    }
+    # The key order of report_test.json as before.
+    return {"table1": table["table1"], "confusion": table["confusion"], "rsna": rsna_terms} | {
+        k: table[k] for k in ("n_discs", "n_studies", "class_counts", "bootstrap")
+    }
+
+
+def calibrate_by_condition(
+    predictions: ClassifierPredictions, calibrations: Mapping[str, Calibration]
+) -> ClassifierPredictions:
+    """Apply each condition's calibration map to its rows (others keep their raw logits).
+
+    Args:
+        predictions: Predictions with ``logits`` and ``conditions``.
+        calibrations: ``{condition name of CONDITIONS: map}``
+            (:func:`condition_calibrations_from_metadata`).
+
+    Returns:
+        A copy with calibrated ``logits`` and their softmax as ``probabilities``.
+
+    Raises:
+        ValueError: If the predictions hold no logits or no conditions, or a key is not a
+            condition.
+    """
+    if predictions.logits is None or predictions.conditions is None:
+        raise ValueError("per-condition calibration needs predictions with logits and conditions")
+    logits = torch.from_numpy(predictions.logits).double().clone()
+    for name, calibration in calibrations.items():
+        if name not in CONDITIONS:
+            raise ValueError(f"unknown condition {name!r}; expected one of {CONDITIONS}")
+        rows = torch.from_numpy(predictions.conditions == CONDITIONS.index(name))
+        if bool(rows.any()):
+            logits[rows] = calibration.apply(logits[rows])
+    return dataclasses.replace(
+        predictions, logits=logits.numpy(), probabilities=torch.softmax(logits, dim=1).numpy()
+    )
+
+
+def condition_calibrations_from_metadata(
+    metadata: Mapping[str, Any], source: str = "checkpoint"
+) -> dict[str, Calibration]:
+    """The per-condition maps a :class:`~lumbarssl.models.ConditionClassifier` checkpoint holds.
+
+    Args:
+        metadata: The checkpoint's metadata.
+        source: The checkpoint's path, for messages.
+
+    Returns:
+        ``{condition name: map}`` under :data:`CONDITION_CALIBRATION_KEY`; empty if none.
+
+    Raises:
+        InputError: If a stored map or condition name is malformed.
+    """
+    stored = metadata.get(CONDITION_CALIBRATION_KEY) or {}
+    try:
+        maps = {str(name): Calibration.from_dict(value) for name, value in stored.items()}
+    except (AttributeError, TypeError, ValueError) as error:
+        raise InputError(
+            f"{source}: metadata[{CONDITION_CALIBRATION_KEY!r}] is not a mapping of calibration "
+            f"maps ({error}); re-run `lumbarssl finetune-conditions` or remove the key"
+        ) from error
+    unknown = [name for name in maps if name not in CONDITIONS]
+    if unknown:
+        raise InputError(
+            f"{source}: metadata[{CONDITION_CALIBRATION_KEY!r}] names unknown conditions "
+            f"{unknown}; expected names of {CONDITIONS}"
+        )
+    return maps
 
 
 def supervised_dataset(

@@ -128,6 +128,14 @@ class FinetuneConfig(StageConfig):
         "rsna", "calibration fit weights: rsna (1/2/4 by grade, the RSNA log loss) | uniform"
     )
 
+    def _check_encoder(self) -> None:
+        """Refuse a pretrained mode without a pretrained encoder."""
+        if self.mode != "scratch" and not self.encoder:
+            raise ValueError(
+                f"mode {self.mode!r} starts from a pretrained encoder: pass encoder= (the "
+                "model.pt of `lumbarssl pretrain`)"
+            )
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.mode not in ("scratch", "linear_probe", "finetune"):
@@ -141,11 +149,7 @@ class FinetuneConfig(StageConfig):
                 raise ValueError(
                     f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
                 )
-        if self.mode != "scratch" and not self.encoder:
-            raise ValueError(
-                f"mode {self.mode!r} starts from a pretrained encoder: pass encoder= (the "
-                "model.pt of `lumbarssl pretrain`)"
-            )
+        self._check_encoder()
         self._require_positive("epochs", "batch_size", "input_size", "n_resamples")
         if self.backbone_lr < 0 or self.head_lr <= 0 or self.weight_decay < 0:
             raise ValueError(

@@ -73,6 +73,7 @@ __all__ = [
     "NotSagittalError",
     "SeriesCandidate",
     "SeriesPrediction",
+    "SpineLocator",
     "WrongSeriesTypeError",
     "choose_series",
     "find_series",
@@ -80,6 +81,7 @@ __all__ = [
     "prediction_rows",
     "read_candidate",
     "read_series_csv",
+    "study_directories",
     "write_prediction",
 ]
 
@@ -327,58 +329,49 @@ def _require(path: str | Path, what: str) -> None:
         raise MissingFileError(f"{path}: no such {what} checkpoint (a model.pt file)")
 
 
-class DiscGrader:
-    """A localizer, a classifier and optionally a slice selector that grade whole studies.
+class SpineLocator:
+    """A localizer and optionally a slice selector: the disc centres of a Sagittal T2 series.
+
+    The part of :class:`DiscGrader` that finds where each level is (steps 2 to 4 of the
+    module docstring); :class:`~lumbarssl.pipeline.condition_inference.ConditionGrader`
+    uses it too.
 
     Args:
         localizer: The ``model.pt`` of ``lumbarssl train-localizer`` (the paper's regressor)
             or of ``lumbarssl train-heatmap`` (the heatmap localizer).
-        classifier: The ``model.pt`` of ``lumbarssl finetune``.
         slice_selector: The ``model.pt`` of ``lumbarssl train-slice-selector``, or ``None``
             for the CSF-brightness baseline.
         device: Device to run on.
 
     Attributes:
-        roi_recipe: The classifier's :class:`~lumbarssl.data.recipes.RoiRecipe`.
         localizer_recipe: The localizer's :class:`~lumbarssl.data.recipes.LocalizerRecipe`.
-        calibration: The classifier's validation-fitted
-            :class:`~lumbarssl.metrics.Calibration` (``None`` if its checkpoint has none),
-            applied to the probabilities.
 
     Raises:
         MissingFileError: If a checkpoint does not exist.
         WrongKindError: If a checkpoint holds the wrong kind of model.
-        InputError: If a checkpoint has no recipe (older format; the message says how to
-            convert it) or is unreadable.
+        InputError: If a checkpoint has no recipe or is unreadable.
     """
 
     def __init__(
         self,
         localizer: str | Path,
-        classifier: str | Path,
         *,
         slice_selector: str | Path | None = None,
         device: str = "auto",
     ) -> None:
         self.device = select_device(device)
         _require(localizer, "localizer")
-        _require(classifier, "classifier")
+        self._load_locator(localizer, slice_selector)
+
+    def _load_locator(self, localizer: str | Path, slice_selector: str | Path | None) -> None:
         loc_model, self.localizer_meta = load_checkpoint(localizer)
-        cls_model, self.classifier_meta = load_checkpoint(classifier)
         if not isinstance(loc_model, Localizer2p5D | HeatmapLocalizer):
             raise WrongKindError(
                 f"{localizer} holds a {type(loc_model).__name__}, not a Localizer2p5D or a "
                 "HeatmapLocalizer"
             )
-        if not isinstance(cls_model, DiscClassifier):
-            raise WrongKindError(
-                f"{classifier} holds a {type(cls_model).__name__}, not a DiscClassifier"
-            )
         self.localizer_recipe = load_recipe(self.localizer_meta, LocalizerRecipe, localizer)
-        self.roi_recipe = load_recipe(self.classifier_meta, RoiRecipe, classifier)
-        self.calibration = calibration_from_metadata(self.classifier_meta, str(classifier))
         self.localizer: nn.Module = loc_model.to(self.device).eval()
-        self.classifier: nn.Module = cls_model.to(self.device).eval()
         self.selector: SliceSelector | None = None
         self.selector_meta: dict[str, object] = {}
         self.patch_mm, self.patch_px = 48.0, 32
@@ -409,19 +402,9 @@ class DiscGrader:
         return "heatmap" if isinstance(self.localizer, HeatmapLocalizer) else "regression"
 
     @property
-    def roi_size(self) -> int:
-        """Side of the ROI cut around each disc (the classifier recipe's)."""
-        return self.roi_recipe.roi_size
-
-    @property
     def localizer_size(self) -> int:
         """Side of the localizer's input (the localizer recipe's)."""
         return self.localizer_recipe.input_size
-
-    @property
-    def preprocess(self) -> v2.Transform:
-        """The classifier's deterministic ROI transform (the recipe's ``eval_transform``)."""
-        return self.roi_recipe.eval_transform()
 
     def localizer_input(self, slices: list[np.ndarray], center: int) -> Tensor:
         """The localizer's input for one series, as the training dataset builds it.
@@ -440,25 +423,6 @@ class DiscGrader:
         """
         recipe = self.localizer_recipe
         return recipe.network_input(recipe.stack(slices, center))
-
-    def classifier_input(self, image: np.ndarray, x: float, y: float) -> Tensor:
-        """The classifier's input for the disc at ``(x, y)``, as the training dataset builds it.
-
-        The ROI ``lumbarssl prepare`` would cache (:meth:`RoiRecipe.extract
-        <lumbarssl.data.recipes.RoiRecipe.extract>`, padding included), then
-        :meth:`RoiRecipe.network_input <lumbarssl.data.recipes.RoiRecipe.network_input>`,
-        on the CPU.
-
-        Args:
-            image: The slice, real-valued (H, W).
-            x: Column of the disc centre in pixels.
-            y: Row of the disc centre in pixels.
-
-        Returns:
-            float32 (1, S, S), ``S = roi_recipe.input_size``.
-        """
-        recipe = self.roi_recipe
-        return recipe.network_input(recipe.extract(image, x, y))
 
     @torch.no_grad()
     def localize(
@@ -545,6 +509,124 @@ class DiscGrader:
         return index
 
     @torch.no_grad()
+    def locate(self, series: DicomSeries) -> tuple[np.ndarray, np.ndarray]:
+        """Each level's slice and disc centre on a sagittal series (steps 2 to 4).
+
+        Args:
+            series: The series (:func:`~lumbarssl.data.dicom.read_series`).
+
+        Returns:
+            ``(chosen, xy)``: int64 (5,) spatial slice indices and float64 (5, 2) ``(x, y)``
+            pixels of each level on its slice.
+
+        Raises:
+            NotSagittalError: If the slices are not sagittal.
+        """
+        _check_sagittal(series)
+        slices = list(series.pixels)
+        center = len(series) // 2
+        memo: dict[int, np.ndarray] = {}
+        first = self.localize(slices, [center] * len(LEVELS), memo=memo)
+        spacing_pair = series.geometry.slices[center].pixel_spacing
+        spacing = float(spacing_pair[1]) if spacing_pair else _DEFAULT_SPACING_MM
+        chosen = self.select(slices, first, spacing)
+        xy = self.localize(slices, chosen.tolist(), memo=memo)
+        return chosen, xy
+
+    def locator_provenance(self) -> dict[str, Any]:
+        """Facts about the localizer and the slice selection, for a prediction's provenance.
+
+        Returns:
+            ``{"localizer": ..., "slice_selection": ...}``.
+        """
+        return {
+            "localizer": {k: self.localizer_meta.get(k) for k in ("data_source", "profile", "seed")}
+            | {"kind": self.localizer_kind},
+            "slice_selection": (
+                {k: self.selector_meta.get(k) for k in ("data_source", "profile", "seed")}
+                | {"kind": "model"}
+                if self.selector is not None
+                else {"kind": "csf_baseline"}
+            ),
+        }
+
+
+class DiscGrader(SpineLocator):
+    """A localizer, a classifier and optionally a slice selector that grade whole studies.
+
+    Args:
+        localizer: The ``model.pt`` of ``lumbarssl train-localizer`` (the paper's regressor)
+            or of ``lumbarssl train-heatmap`` (the heatmap localizer).
+        classifier: The ``model.pt`` of ``lumbarssl finetune``.
+        slice_selector: The ``model.pt`` of ``lumbarssl train-slice-selector``, or ``None``
+            for the CSF-brightness baseline.
+        device: Device to run on.
+
+    Attributes:
+        roi_recipe: The classifier's :class:`~lumbarssl.data.recipes.RoiRecipe`.
+        localizer_recipe: The localizer's :class:`~lumbarssl.data.recipes.LocalizerRecipe`.
+        calibration: The classifier's validation-fitted
+            :class:`~lumbarssl.metrics.Calibration` (``None`` if its checkpoint has none),
+            applied to the probabilities.
+
+    Raises:
+        MissingFileError: If a checkpoint does not exist.
+        WrongKindError: If a checkpoint holds the wrong kind of model.
+        InputError: If a checkpoint has no recipe (older format; the message says how to
+            convert it) or is unreadable.
+    """
+
+    def __init__(
+        self,
+        localizer: str | Path,
+        classifier: str | Path,
+        *,
+        slice_selector: str | Path | None = None,
+        device: str = "auto",
+    ) -> None:
+        self.device = select_device(device)
+        _require(localizer, "localizer")
+        _require(classifier, "classifier")
+        self._load_locator(localizer, slice_selector)
+        cls_model, self.classifier_meta = load_checkpoint(classifier)
+        if not isinstance(cls_model, DiscClassifier):
+            raise WrongKindError(
+                f"{classifier} holds a {type(cls_model).__name__}, not a DiscClassifier"
+            )
+        self.roi_recipe = load_recipe(self.classifier_meta, RoiRecipe, classifier)
+        self.calibration = calibration_from_metadata(self.classifier_meta, str(classifier))
+        self.classifier: nn.Module = cls_model.to(self.device).eval()
+
+    @property
+    def roi_size(self) -> int:
+        """Side of the ROI cut around each disc (the classifier recipe's)."""
+        return self.roi_recipe.roi_size
+
+    @property
+    def preprocess(self) -> v2.Transform:
+        """The classifier's deterministic ROI transform (the recipe's ``eval_transform``)."""
+        return self.roi_recipe.eval_transform()
+
+    def classifier_input(self, image: np.ndarray, x: float, y: float) -> Tensor:
+        """The classifier's input for the disc at ``(x, y)``, as the training dataset builds it.
+
+        The ROI ``lumbarssl prepare`` would cache (:meth:`RoiRecipe.extract
+        <lumbarssl.data.recipes.RoiRecipe.extract>`, padding included), then
+        :meth:`RoiRecipe.network_input <lumbarssl.data.recipes.RoiRecipe.network_input>`,
+        on the CPU.
+
+        Args:
+            image: The slice, real-valued (H, W).
+            x: Column of the disc centre in pixels.
+            y: Row of the disc centre in pixels.
+
+        Returns:
+            float32 (1, S, S), ``S = roi_recipe.input_size``.
+        """
+        recipe = self.roi_recipe
+        return recipe.network_input(recipe.extract(image, x, y))
+
+    @torch.no_grad()
     def grade(
         self, series: DicomSeries, *, study_id: str = "", series_id: str = "", series_type: str = ""
     ) -> tuple[SeriesPrediction, np.ndarray]:
@@ -562,15 +644,8 @@ class DiscGrader:
         Raises:
             NotSagittalError: If the slices are not sagittal.
         """
-        _check_sagittal(series)
+        chosen, xy = self.locate(series)
         slices = list(series.pixels)
-        center = len(series) // 2
-        memo: dict[int, np.ndarray] = {}
-        first = self.localize(slices, [center] * len(LEVELS), memo=memo)
-        spacing_pair = series.geometry.slices[center].pixel_spacing
-        spacing = float(spacing_pair[1]) if spacing_pair else _DEFAULT_SPACING_MM
-        chosen = self.select(slices, first, spacing)
-        xy = self.localize(slices, chosen.tolist(), memo=memo)
         rois = torch.stack(
             [
                 self.classifier_input(slices[int(chosen[k])], float(xy[k, 0]), float(xy[k, 1]))
@@ -608,15 +683,7 @@ class DiscGrader:
                 "head": self.classifier_meta.get("head", "softmax"),
                 "calibration": None if self.calibration is None else self.calibration.method,
             },
-            "localizer": {k: self.localizer_meta.get(k) for k in ("data_source", "profile", "seed")}
-            | {"kind": self.localizer_kind},
-            "slice_selection": (
-                {k: self.selector_meta.get(k) for k in ("data_source", "profile", "seed")}
-                | {"kind": "model"}
-                if self.selector is not None
-                else {"kind": "csf_baseline"}
-            ),
-        }
+        } | self.locator_provenance()
         result = SeriesPrediction(
             series_dir=str(series.geometry.series_dir),
             instance_number=int(headers[shown].instance_number),
@@ -762,6 +829,41 @@ class BatchResult:
     rows: tuple[SubmissionRow, ...]
 
 
+def study_directories(
+    root: str | Path,
+    *,
+    series_csv: Mapping[str, str] | None = None,
+    studies: Sequence[str] | None = None,
+) -> tuple[list[Path], Mapping[str, str] | None]:
+    """The study directories of an RSNA-layout directory, and its series descriptions.
+
+    Args:
+        root: The dataset directory (``train_images/STUDY``) or a directory of studies.
+        series_csv: RSNA series id -> description; the dataset's
+            ``train_series_descriptions.csv`` when ``None`` and it exists.
+        studies: Only these study ids (all when ``None``).
+
+    Returns:
+        The study directories by name, and the series descriptions (or ``None``).
+
+    Raises:
+        MissingFileError: If ``root`` holds no study directory.
+    """
+    from lumbarssl.layout import IMAGES_DIR, SERIES_CSV
+
+    root = Path(root)
+    images = root / IMAGES_DIR if (root / IMAGES_DIR).is_dir() else root
+    if series_csv is None and (root / SERIES_CSV).is_file():
+        series_csv = read_series_csv(root / SERIES_CSV)
+    study_dirs = sorted((p for p in images.iterdir() if p.is_dir()), key=lambda p: p.name)
+    if studies is not None:
+        wanted = {str(s) for s in studies}
+        study_dirs = [p for p in study_dirs if p.name in wanted]
+    if not study_dirs:
+        raise MissingFileError(f"{images}: no study directory to grade")
+    return study_dirs, series_csv
+
+
 def grade_directory(
     grader: DiscGrader,
     root: str | Path,
@@ -797,18 +899,7 @@ def grade_directory(
     """
     from tqdm import tqdm
 
-    from lumbarssl.layout import IMAGES_DIR, SERIES_CSV
-
-    root = Path(root)
-    images = root / IMAGES_DIR if (root / IMAGES_DIR).is_dir() else root
-    if series_csv is None and (root / SERIES_CSV).is_file():
-        series_csv = read_series_csv(root / SERIES_CSV)
-    study_dirs = sorted((p for p in images.iterdir() if p.is_dir()), key=lambda p: p.name)
-    if studies is not None:
-        wanted = {str(s) for s in studies}
-        study_dirs = [p for p in study_dirs if p.name in wanted]
-    if not study_dirs:
-        raise MissingFileError(f"{images}: no study directory to grade")
+    study_dirs, series_csv = study_directories(root, series_csv=series_csv, studies=studies)
     predictions: list[SeriesPrediction] = []
     failures: list[tuple[str, str]] = []
     rows: list[SubmissionRow] = []

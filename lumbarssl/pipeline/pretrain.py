@@ -22,6 +22,8 @@ from lumbarssl.data.datasets import (
 )
 from lumbarssl.data.device_data import RoiBank
 from lumbarssl.data.recipes import RoiRecipe
+from lumbarssl.errors import ConfigError
+from lumbarssl.layout import CONDITION_SEQUENCE, CONDITIONS, SERIES_DESCRIPTIONS
 from lumbarssl.losses import MultiPositiveNTXent
 from lumbarssl.models import ContrastiveModel
 from lumbarssl.pipeline._common import (
@@ -59,6 +61,13 @@ class PretrainConfig(StageConfig):
         input_size: Network input side after resizing the ROI (Sec. 4.2: 224).
         max_train_discs: Use at most this many training discs (a seeded subset); ``None`` uses
             all. For scaled-down CPU profiles.
+        sequences: Pretrain on the ROIs of these sequences only (names of
+            :data:`~lumbarssl.layout.SERIES_DESCRIPTIONS`; a row's sequence is that of its
+            condition, :data:`~lumbarssl.layout.CONDITION_SEQUENCE`). Empty (default): every
+            row of the cache, so one encoder learns from all ROIs of a ``conditions="all"``
+            cache; one sequence per run gives per-sequence encoders for
+            :class:`~lumbarssl.models.ConditionClassifier`. Left out of :meth:`to_dict` when
+            empty, so spinal runs save the config they always did.
     """
 
     epochs: int = param(paper.PRETRAIN_EPOCHS, "training epochs (Sec. 4.3)")
@@ -70,6 +79,17 @@ class PretrainConfig(StageConfig):
     max_grad_norm: float = param(1.0, "gradient-norm clipping (Sec. 4.3; value not given)")
     input_size: int = param(paper.INPUT_SIZE, "input side after resizing the ROI (Sec. 4.2)")
     max_train_discs: int | None = param(None, "cap on training discs (scaled-down profiles)")
+    sequences: tuple[str, ...] = param(
+        (), "pretrain only on ROIs of these sequences (e.g. 'Sagittal T1'); empty: all rows"
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a dictionary; ``sequences`` only when it is not empty."""
+        data = super().to_dict()
+        if not self.sequences:
+            # Keeps stage_config.json of runs without the option as it was.
+            del data["sequences"]
+        return data
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -85,6 +105,10 @@ class PretrainConfig(StageConfig):
             )
         if self.max_train_discs is not None and self.max_train_discs < 2:
             raise ValueError(f"max_train_discs must be >= 2, got {self.max_train_discs}")
+        object.__setattr__(self, "sequences", tuple(self.sequences))
+        unknown = [s for s in self.sequences if s not in SERIES_DESCRIPTIONS]
+        if unknown:
+            raise ValueError(f"sequences must be names of {SERIES_DESCRIPTIONS}, got {unknown}")
 
 
 def _contrastive_step(loss_fn: nn.Module) -> Any:
@@ -122,7 +146,8 @@ def pretraining_rows(cache: PreparedCache, config: PretrainConfig) -> tuple[np.n
     """Rows used to pretrain and to validate the contrastive loss.
 
     Training uses the supervised training discs plus unlabeled discs (labels are not needed);
-    validation and test discs are never seen, so the held-out metrics stay held out.
+    validation and test discs are never seen, so the held-out metrics stay held out. With
+    ``config.sequences``, both keep only the rows whose condition is graded on one of them.
 
     Args:
         cache: The prepared cache.
@@ -133,10 +158,20 @@ def pretraining_rows(cache: PreparedCache, config: PretrainConfig) -> tuple[np.n
     """
     splits = make_splits(cache, config)
     train = np.sort(np.concatenate([splits.train, splits.unlabeled]))
+    val = splits.val
+    if config.sequences:
+        wanted = [i for i, c in enumerate(CONDITIONS) if CONDITION_SEQUENCE[c] in config.sequences]
+        condition_id = cache.table.condition_id
+        train, val = (rows[np.isin(condition_id[rows], wanted)] for rows in (train, val))
+        if len(train) == 0:
+            raise ConfigError(
+                f"{config.cache_dir}: no ROI of sequences {list(config.sequences)} to pretrain "
+                "on; prepare the cache with `lumbarssl prepare --conditions all`"
+            )
     if config.max_train_discs is not None and len(train) > config.max_train_discs:
         rng = np.random.default_rng(config.seed)
         train = np.sort(rng.choice(train, size=config.max_train_discs, replace=False))
-    return train.astype(np.int64), splits.val
+    return train.astype(np.int64), val
 
 
 def _device_batches(
@@ -241,10 +276,19 @@ def run_pretraining(config: PretrainConfig) -> StageResult:
             seed=config.seed,
             stream=VALIDATION_STREAM,  # fixed views: the trainer sets no epoch on validation
         )
+        # Views keyed by (seed, stream, epoch, row): the epoch rides with each index, so
+        # the workers persist across epochs; the validation views never change.
         train_loader = make_loader(
-            train_set, config, batch_size=config.batch_size, shuffle=True, drop_last=True
+            train_set,
+            config,
+            batch_size=config.batch_size,
+            shuffle=True,
+            drop_last=True,
+            epoch_in_index=True,
         )
-        val_loader = make_loader(val_set, config, batch_size=config.batch_size, shuffle=False)
+        val_loader = make_loader(
+            val_set, config, batch_size=config.batch_size, shuffle=False, deterministic=True
+        )
 
     torch.manual_seed(config.seed)  # identical initial weights on every process
     model = ContrastiveModel()
@@ -272,6 +316,8 @@ def run_pretraining(config: PretrainConfig) -> StageResult:
     )
     history = trainer.fit(train_loader, val_loader, resume=config.resume)
     metadata = base_metadata(config, "pretrain") | {"n_train_discs": len(train_rows)}
+    if config.sequences:
+        metadata["sequences"] = list(config.sequences)
     model_path = export_best(model, trainer.best_checkpoint, out, metadata, recipe)
     write_json(out / "splits.json", {"train": train_rows.tolist(), "val": val_rows.tolist()})
     return StageResult(out_dir=out, model_path=model_path, history=tuple(history))

@@ -414,10 +414,33 @@ def _condition_plans(
     t1 = next(s for s in series if s.description == SAGITTAL_T1)
     axial = next(s for s in series if s.description == AXIAL_T2)
     plans: list[ConditionPlan] = []
+
+    def plan(
+        condition: str,
+        k: int,
+        on: SeriesPlan,
+        j: int,
+        xy: tuple[float, float],
+        true_xy: tuple[float, float],
+    ) -> ConditionPlan:
+        """Level ``k`` of ``condition``, annotated on slice ``j`` of series ``on``."""
+        r, recorded, missing, dropped, _ = labels[condition]
+        return ConditionPlan(
+            condition=condition,
+            level=LEVELS[k],
+            r=float(r[k]),
+            true_grade=int(grade_from_r(r[k], config.grade_thresholds)),
+            recorded_grade=None if missing[k] else int(recorded[k]),
+            series_id=on.series_id,
+            instance_number=on.instance_number(j),
+            coordinate=None if dropped[k] else xy,
+            true_coordinate=true_xy,
+        )
+
     for condition in FORAMINAL:
-        r, recorded, missing, dropped, jitter = labels[condition]
+        jitter = labels[condition][4]
         sign = 1.0 if condition.startswith("Right") else -1.0  # sagittal: + = patient right
-        for k, level in enumerate(LEVELS):
+        for k in range(len(LEVELS)):
             g = foramen_geometry(anatomy, k)
             centre = t1.n_slices // 2
             offsets = [
@@ -427,16 +450,13 @@ def _condition_plans(
             true_xy = centerline.to_image(g.s, g.t)
             xy = centerline.to_image(g.s + jitter[k, 0] * g.half_s, g.t + jitter[k, 1] * g.half_t)
             plans.append(
-                ConditionPlan(
-                    condition=condition,
-                    level=level,
-                    r=float(r[k]),
-                    true_grade=int(grade_from_r(r[k], config.grade_thresholds)),
-                    recorded_grade=None if missing[k] else int(recorded[k]),
-                    series_id=t1.series_id,
-                    instance_number=t1.instance_number(j),
-                    coordinate=None if dropped[k] else (xy[0] / spacing, xy[1] / spacing),
-                    true_coordinate=(true_xy[0] / spacing, true_xy[1] / spacing),
+                plan(
+                    condition,
+                    k,
+                    t1,
+                    j,
+                    (xy[0] / spacing, xy[1] / spacing),
+                    (true_xy[0] / spacing, true_xy[1] / spacing),
                 )
             )
     rg = recess_geometry(anatomy)
@@ -445,9 +465,9 @@ def _condition_plans(
     discs = anatomy.lumbar_discs
     bottom = centerline.to_image(discs[-1].center, 0.0)[1]
     for condition in SUBARTICULAR:
-        r, recorded, missing, dropped, jitter = labels[condition]
+        jitter = labels[condition][4]
         side = 1.0 if condition.startswith("Left") else -1.0  # axial: + = patient left
-        for k, level in enumerate(LEVELS):
+        for k in range(len(LEVELS)):
             row = centerline.to_image(discs[k].center, 0.0)[1]
             j = int(np.clip(round((bottom - row) / axial.slice_spacing), 0, axial.n_slices - 1))
             shift = axial_row_shift(centerline, margin, spacing, bottom - j * axial.slice_spacing)
@@ -460,19 +480,7 @@ def _condition_plans(
                 rg.recess_s + jitter[k, 0] * rg.canal_half_s,
                 side * rg.recess_t + jitter[k, 1] * rg.canal_half_t,
             )
-            plans.append(
-                ConditionPlan(
-                    condition=condition,
-                    level=level,
-                    r=float(r[k]),
-                    true_grade=int(grade_from_r(r[k], config.grade_thresholds)),
-                    recorded_grade=None if missing[k] else int(recorded[k]),
-                    series_id=axial.series_id,
-                    instance_number=axial.instance_number(j),
-                    coordinate=None if dropped[k] else xy,
-                    true_coordinate=true_xy,
-                )
-            )
+            plans.append(plan(condition, k, axial, j, xy, true_xy))
     return tuple(plans)
 
 

@@ -27,6 +27,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from lumbarssl._core.config import ConfigBase
 from lumbarssl.errors import ConfigError, OutputExistsError, TrainingDivergedError
+from lumbarssl.training._background import BackgroundWriter, host_snapshot
 from lumbarssl.training._progress import ProgressReporter
 from lumbarssl.training.checkpoint import (
     CHECKPOINT_FORMAT_VERSION,
@@ -110,7 +111,16 @@ RESUME_CHANGEABLE: tuple[str, ...] = (
 optimizer's learning rates, every parameter group); every change is recorded in the history."""
 
 # Settings that do not shape the training (or name the run's place), never compared on resume.
-_NOT_COMPARED = frozenset({"out_dir", "runtime", "log_every", "allow_change", "cudnn_benchmark"})
+_NOT_COMPARED = frozenset(
+    {
+        "out_dir",
+        "runtime",
+        "log_every",
+        "allow_change",
+        "cudnn_benchmark",
+        "background_checkpoints",
+    }
+)
 _LOSS_GUARDS: tuple[str, ...] = get_args(LossGuard)
 
 LAST_CHECKPOINT = "last.pt"
@@ -173,6 +183,15 @@ class TrainerConfig(ConfigBase):
             kept on the device and checked together: a non-finite loss is still reported
             with its own step, but the optimizer has taken the steps up to the check; the
             checkpoint on disk is the last good one either way).
+        background_checkpoints: Write ``last.pt``, ``best.pt`` and the history line in a
+            background thread, so that the next epoch's steps do not wait for serialisation
+            and ``fsync``: the state is first copied to host memory (a device-to-host copy on
+            an accelerator, a clone on the CPU), so the files hold exactly the state at the
+            end of the epoch. At most one write is in flight; a failed write (e.g.
+            :class:`~lumbarssl.errors.DiskFullError`) is raised in the training thread at the
+            next step or when :meth:`Trainer.fit` ends, and every write has reached the disk
+            before :meth:`~Trainer.fit` returns or raises. ``False`` writes in the training
+            thread, as before. Never changes the training, so a resumed run may change it.
     """
 
     epochs: int
@@ -189,6 +208,7 @@ class TrainerConfig(ConfigBase):
     loss_guard_factor: float = LOSS_GUARD_FACTOR
     allow_change: tuple[str, ...] = ()
     loss_check_every: int | None = None
+    background_checkpoints: bool = True
 
     def __post_init__(self) -> None:
         if self.loss_check_every is not None and (
@@ -231,8 +251,9 @@ class TrainerConfig(ConfigBase):
             value = getattr(self, name)
             if value is not None and not _is_metric_name(value):
                 raise ValueError(f"{name} must be 'train_loss' or 'val_<metric>', got {value!r}")
-        if not isinstance(self.cudnn_benchmark, bool):
-            raise ValueError(f"cudnn_benchmark must be a bool, got {self.cudnn_benchmark!r}")
+        for flag in ("cudnn_benchmark", "background_checkpoints"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
         if self.loss_guard not in _LOSS_GUARDS:
             raise ValueError(f"loss_guard must be one of {_LOSS_GUARDS}, got {self.loss_guard!r}")
         factor = self.loss_guard_factor
@@ -376,6 +397,7 @@ class Trainer(Generic[BatchT]):
         self._train_model = maybe_compile(
             train_model, config.runtime.compile, config.runtime.compile_mode
         )
+        self._writer = BackgroundWriter()
         self._history: list[EpochRecord] = []
         self._changes: dict[str, dict[str, object]] = {}
         self._loader_seeds: list[int] = []
@@ -453,6 +475,9 @@ class Trainer(Generic[BatchT]):
                 allow (the message lists them, old and new).
             TrainingDivergedError: If the loss becomes NaN or infinite, or absurd with
                 ``loss_guard="stop"``.
+            OSError: If writing a checkpoint fails (e.g. a full disk), with
+                ``background_checkpoints`` at the step after the failed write or when the run
+                ends; the previous checkpoint is kept.
         """
         self._check_metrics_available(val_loader)
         generators = _loader_generators(train_loader)
@@ -487,6 +512,15 @@ class Trainer(Generic[BatchT]):
             for epoch in range(start + 1, self.config.epochs + 1):
                 if self._run_epoch(epoch, train_loader, val_loader, generators):
                     break
+        except BaseException as error:
+            # Interrupted, diverged or failed: the checkpoint in flight still reaches the disk
+            # (a failure of that write is noted on the exception that ends the run).
+            failed = self._writer.wait_quietly()
+            if failed is not None and failed is not error:
+                error.add_note(f"the background checkpoint write also failed: {failed!r}")
+            raise
+        else:
+            self._writer.wait()
         finally:
             self._reporter.close()
         barrier()
@@ -545,10 +579,7 @@ class Trainer(Generic[BatchT]):
 
         state = self._state(epoch, _all_gather_object(capture_rng_state(generators)))
         if is_main_process():
-            if improved:
-                atomic_save(state, self.best_checkpoint)
-            atomic_save(state, self.last_checkpoint)
-            append_history(self.history_file, record)
+            self._write_checkpoints(state, record, best=improved)
         self._reporter.end_epoch(record)
         if stop:
             self._reporter.message(
@@ -556,6 +587,30 @@ class Trainer(Generic[BatchT]):
                 f"(best {self._progress['best_value']} at epoch {self._progress['best_epoch']})"
             )
         return stop
+
+    def _write_checkpoints(self, state: TrainingState, record: EpochRecord, *, best: bool) -> None:
+        """Write ``best.pt`` (if ``best``), ``last.pt`` and the history line, in this order.
+
+        With :attr:`TrainerConfig.background_checkpoints` the writes run in the background
+        thread on a host snapshot of ``state``, after the previous epoch's writes finished.
+        """
+
+        def write(state: TrainingState) -> None:
+            if best:
+                atomic_save(state, self.best_checkpoint)
+            atomic_save(state, self.last_checkpoint)
+            append_history(self.history_file, record)
+
+        if not self.config.background_checkpoints:
+            write(state)
+            return
+        snapshot = host_snapshot(state)
+        self._writer.submit(lambda: write(snapshot))
+
+    def _existing_last_checkpoint(self) -> Path | None:
+        """``last.pt`` once the write in flight (if any) has finished, or ``None``."""
+        self._writer.wait()
+        return self.last_checkpoint if self.last_checkpoint.exists() else None
 
     def _check_loss_guard(self, record: EpochRecord, loader: Iterable[BatchT]) -> None:
         """Warn or stop when the epoch's loss is absurd next to the first epoch's."""
@@ -570,7 +625,7 @@ class Trainer(Generic[BatchT]):
             f"times the first epoch's {first:.4g} (loss_guard={self.config.loss_guard})"
         )
         if self.config.loss_guard == "stop":
-            last = self.last_checkpoint if self.last_checkpoint.exists() else None
+            last = self._existing_last_checkpoint()
             steps = len(loader) if isinstance(loader, Sized) else 0
             raise TrainingDivergedError(
                 epoch=record.epoch, step=steps, loss=loss, checkpoint=last, detail=detail
@@ -602,7 +657,7 @@ class Trainer(Generic[BatchT]):
             values = torch.stack([loss for _, loss, _ in pending]).float().tolist()
             for (at_step, _, size), value in zip(pending, values, strict=True):
                 if not math.isfinite(value):
-                    last = self.last_checkpoint if self.last_checkpoint.exists() else None
+                    last = self._existing_last_checkpoint()
                     raise TrainingDivergedError(
                         epoch=epoch, step=at_step, loss=value, checkpoint=last
                     )
@@ -612,6 +667,7 @@ class Trainer(Generic[BatchT]):
             return loss_sum
 
         for step, cpu_batch in enumerate(loader, start=1):
+            self._writer.check()  # a failed background write stops the run at the next step
             size = self.batch_size_fn(cpu_batch)
             batch = move_to_device(cpu_batch, self.device, memory_format=self._memory_format)
             with self.autocast.autocast():

@@ -36,14 +36,13 @@ import numpy as np
 from lumbarssl.data.cache import ROIS_DIR
 from lumbarssl.data.constants import (
     AXIAL_T2,
+    CONDITION_SEQUENCE,
     CONDITION_SLUGS,
     CONDITIONS,
     COORDINATES_CSV,
     IMAGES_DIR,
     LEVEL_SLUGS,
     LEVELS,
-    SAGITTAL_T1,
-    SAGITTAL_T2,
     SERIES_CSV,
     SEVERITY_TO_LABEL,
     SPINAL_CANAL,
@@ -70,17 +69,10 @@ __all__ = [
     "ConditionRecord",
     "assign_axial_level",
     "extract_condition_study",
+    "patient_point",
     "read_condition_index",
 ]
 
-#: The sequence each condition is graded on.
-CONDITION_SEQUENCE: dict[str, str] = {
-    CONDITIONS[0]: SAGITTAL_T2,
-    CONDITIONS[1]: SAGITTAL_T1,
-    CONDITIONS[2]: SAGITTAL_T1,
-    CONDITIONS[3]: AXIAL_T2,
-    CONDITIONS[4]: AXIAL_T2,
-}
 #: An axial slice is ambiguous when its distances to the nearest and second-nearest levels'
 #: points differ by less than this fraction of the distance between those two points.
 AMBIGUITY_FRACTION = 0.25
@@ -217,14 +209,25 @@ def _read_descriptions(path: Path) -> dict[tuple[int, int], str]:
 # --------------------------------------------------------------------------- geometry
 
 
-def _patient_point(
+def patient_point(
     position: Sequence[float],
     orientation: Sequence[float],
     spacing: tuple[float, float],
     x: float,
     y: float,
 ) -> np.ndarray:
-    """Patient-space point (mm) of pixel column ``x``, row ``y`` of a slice."""
+    """Patient-space point (mm) of pixel column ``x``, row ``y`` of a slice.
+
+    Args:
+        position: The slice's ImagePositionPatient (mm), the centre of its first pixel.
+        orientation: Its ImageOrientationPatient (row then column direction cosines).
+        spacing: Its PixelSpacing ``(row spacing, column spacing)`` in mm.
+        x: Column (pixels, may be fractional).
+        y: Row (pixels).
+
+    Returns:
+        float64 (3,) in the patient's coordinates (mm).
+    """
     row_dir = np.asarray(orientation[:3], dtype=np.float64)
     col_dir = np.asarray(orientation[3:], dtype=np.float64)
     point: np.ndarray = (
@@ -291,7 +294,7 @@ def _level_references(study_dir: Path, discs: Sequence[ConditionRecord]) -> dict
                 continue
             spacing = header.pixel_spacing or (1.0, 1.0)
             points.setdefault(d.level, []).append(
-                _patient_point(header.position, header.orientation, spacing, d.x, d.y)
+                patient_point(header.position, header.orientation, spacing, d.x, d.y)
             )
     return {level: np.mean(p, axis=0) for level, p in points.items()}
 
