@@ -130,7 +130,7 @@ CONDITION_PROFILES: dict[str, ConditionProfile] = {
     # Plumbing only.
     "smoke": ConditionProfile(
         name="smoke",
-        n_studies=24,
+        n_studies=40,
         image_size_range=(256, 256),
         slices_range=(9, 9),
         input_size=32,
