@@ -421,22 +421,20 @@ def sequence_figure(
     image = read_series(series_dir).slice_for(int(table.instance_number[first]))
     same_slice = np.asarray(table.instance_number)[rows] == table.instance_number[first]
     grades = ("N/M", "Mod", "Sev")
-    points = [
-        (
-            f"{LEVELS[int(table.level_id[i])]} {grades[int(table.label[i])] if table.label[i] >= 0 else '?'}",
-            float(table.x[i]),
-            float(table.y[i]),
-        )
-        for i in rows[same_slice]
-    ]
-    crops = [np.asarray(cache.rois[i]) for i in rows[same_slice]]
+
+    def title(i: int) -> str:
+        label = int(table.label[i])
+        return f"{LEVELS[int(table.level_id[i])]} {grades[label] if label >= 0 else '?'}"
+
     return plot_rois(
         image,
-        points,
-        crops,
+        [(title(i), float(table.x[i]), float(table.y[i])) for i in rows[same_slice]],
+        [np.asarray(cache.rois[i]) for i in rows],
         path,
         provenance,
-        slice_title=f"(a) {CONDITION_SEQUENCE[condition]}: {condition}",
+        slice_title=f"(a) {CONDITION_SEQUENCE[condition]}, instance "
+        f"{int(table.instance_number[first])}: {condition}",
+        crop_titles=[title(i) for i in rows],
     )
 
 
