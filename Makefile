@@ -41,7 +41,7 @@ lint:
 	$(BIN)/lint-imports --no-cache
 
 typecheck:
-	$(BIN)/mypy --strict lumbarssl tests
+	$(BIN)/mypy --strict lumbarssl tests examples
 
 pytest:
 	$(BIN)/python -m pytest -q

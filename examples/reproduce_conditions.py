@@ -53,7 +53,8 @@ from lumbarssl.pipeline import (
     run_condition_finetuning,
     run_pretraining,
 )
-from lumbarssl.reporting import COLUMNS, Provenance, format_cell, markdown_table
+from lumbarssl.pipeline.finetune import FinetuneHead
+from lumbarssl.reporting import COLUMNS, DataSource, Provenance, format_cell, markdown_table
 from lumbarssl.reporting.figures import plot_rois
 from lumbarssl.synthetic import META_JSON, SyntheticConfig, generate_dataset
 from lumbarssl.synthetic.conditions import condition_ceilings, condition_label_config
@@ -143,7 +144,7 @@ CONDITION_PROFILES: dict[str, ConditionProfile] = {
 }
 
 #: The fine-tuning runs compared: (key, title, encoder choice, head).
-RUNS: tuple[tuple[str, str, str, str], ...] = (
+RUNS: tuple[tuple[str, str, str, FinetuneHead], ...] = (
     ("shared_softmax", "shared encoder, softmax + focal", "shared", "softmax"),
     ("per_sequence_softmax", "per-sequence encoders, softmax + focal", "per_sequence", "softmax"),
     ("shared_corn", "shared encoder, ordinal (CORN)", "shared", "corn"),
@@ -162,7 +163,7 @@ def resumable(stage_dir: Path) -> bool:
 
 def ensure_data(
     data_dir_arg: str | None, profile: ConditionProfile, out: Path, seed: int, workers: int
-) -> tuple[Path, str]:
+) -> tuple[Path, DataSource]:
     """Return the dataset directory and its source, generating the phantom if needed."""
     if data_dir_arg:
         print(f"Using the RSNA 2024 data in {data_dir_arg} (data source: real)")
@@ -367,9 +368,7 @@ def synthetic_truth_on_test(
         posterior[mask] = grade_probabilities(
             r[mask], labels.grade_thresholds, labels.reader_noise_sd
         )
-    score = rsna_score(
-        predictions.y_true, posterior, predictions.study_ids, predictions.conditions
-    )
+    score = rsna_score(predictions.y_true, posterior, predictions.study_ids, predictions.conditions)
     return {
         "table1": table1,
         "true_posterior_rsna": {k: float(v) for k, v in score._asdict().items()},
@@ -422,7 +421,7 @@ def sequence_figure(
     same_slice = np.asarray(table.instance_number)[rows] == table.instance_number[first]
     grades = ("N/M", "Mod", "Sev")
 
-    def title(i: int) -> str:
+    def title(i: int | np.integer) -> str:
         label = int(table.label[i])
         return f"{LEVELS[int(table.level_id[i])]} {grades[label] if label >= 0 else '?'}"
 
@@ -664,12 +663,16 @@ def report_markdown(
             )
     lines += [markdown_table(["Row", "Condition", *COLUMNS], body)]
     if truth is not None:
+        ours = tables[main_key]["raw"]
         gaps = [
-            f"{c}: {tables[main_key]['raw'][c]['Bal Acc'][0] - truth['table1'][c]['Bal Acc'][0]:+.3f}"
-            for c in tables[main_key]["raw"]
+            f"{c}: {ours[c]['Bal Acc'][0] - truth['table1'][c]['Bal Acc'][0]:+.3f}" for c in ours
         ]
-        lines += ["Fine-tuned balanced accuracy minus the ceiling on the same discs: "
-                  + "; ".join(gaps) + ".", ""]
+        lines += [
+            "Fine-tuned balanced accuracy minus the ceiling on the same discs: "
+            + "; ".join(gaps)
+            + ".",
+            "",
+        ]
     lines += [
         "## Balanced accuracy of every run per condition (raw argmax)",
         "",
@@ -708,15 +711,19 @@ def report_markdown(
                 f"{cal['score']:.3f}",
                 _pct(cal["score"] / raw["score"] - 1.0),
             ]
-            + [f"{raw[g]:.3f} / {cal[g]:.3f}" for g in ("spinal", "foraminal", "subarticular",
-                                                          "any_severe_spinal")]
+            + [
+                f"{raw[g]:.3f} / {cal[g]:.3f}"
+                for g in ("spinal", "foraminal", "subarticular", "any_severe_spinal")
+            ]
         )
     if truth is not None:
         post = truth["true_posterior_rsna"]
         rows.append(
             ["true posterior (synthetic truth)", "—", "—", f"{post['score']:.3f}", "—", "—"]
-            + [f"{post[g]:.3f}" for g in ("spinal", "foraminal", "subarticular",
-                                          "any_severe_spinal")]
+            + [
+                f"{post[g]:.3f}"
+                for g in ("spinal", "foraminal", "subarticular", "any_severe_spinal")
+            ]
         )
     lines += [
         markdown_table(
@@ -756,4 +763,3 @@ def report_markdown(
         "",
     ]
     return "\n".join(lines)
-

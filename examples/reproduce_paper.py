@@ -67,6 +67,7 @@ from lumbarssl.pipeline import (
 from lumbarssl.reporting import (
     COLUMNS,
     PAPER_TABLE1,
+    DataSource,
     Provenance,
     format_calibration_table,
     format_cell,
@@ -261,7 +262,7 @@ def ordinal_comparison(reports: Mapping[str, Mapping[str, Any]], ordinal_key: st
     return markdown_table(["Head", *COLUMNS, "RSNA raw", "RSNA calibrated"], rows)
 
 
-def ensure_data(args: argparse.Namespace, profile: Profile, out: Path) -> tuple[Path, str]:
+def ensure_data(args: argparse.Namespace, profile: Profile, out: Path) -> tuple[Path, DataSource]:
     """Return the dataset directory and its source, generating synthetic data if needed."""
     if args.data_dir:
         print(f"Using the RSNA 2024 data in {args.data_dir} (data source: real)")

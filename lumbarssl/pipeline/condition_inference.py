@@ -83,7 +83,6 @@ __all__ = [
 ]
 
 
-
 class MissingSeriesError(InputError):
     """A study lacks a series one of the conditions is graded on (Sagittal T1 or Axial T2)."""
 
