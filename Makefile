@@ -1,6 +1,8 @@
 # Two commands on a fresh machine with only Python 3.10+ and make:
 #   make test       lint, format check, import layers, mypy --strict, pytest, Sphinx (warnings are errors)
 #   make reproduce  the paper pipeline, quick profile, on synthetic data unless DATA_DIR is set
+#   make reproduce-conditions  all five RSNA 2024 conditions (beyond the paper; quick profile
+#                   about 25 minutes on two cores)
 #   make reproduce-seeds  the same over SEEDS (default 0 1 2), then mean ± sd of the comparative
 #                   claims (on demand only; about three quick runs' time)
 # Both create .venv on first use. `make check VENV=/path/to/venv` runs the checks in an
@@ -16,7 +18,7 @@ DATA_DIR ?=
 SEED ?= 0
 SEEDS ?= 0 1 2
 
-.PHONY: test check lint typecheck pytest docs reproduce reproduce-seeds install bench clean
+.PHONY: test check lint typecheck pytest docs reproduce reproduce-conditions reproduce-seeds install bench clean
 
 test: $(STAMP)
 	$(MAKE) check VENV=$(VENV)
@@ -39,7 +41,7 @@ lint:
 	$(BIN)/lint-imports --no-cache
 
 typecheck:
-	$(BIN)/mypy --strict lumbarssl tests
+	$(BIN)/mypy --strict lumbarssl tests examples
 
 pytest:
 	$(BIN)/python -m pytest -q
@@ -67,6 +69,10 @@ install-check:
 reproduce: $(STAMP)
 	$(BIN)/python examples/reproduce_paper.py --profile $(PROFILE) --out $(OUT) --seed $(SEED) \
 		$(if $(DATA_DIR),--data-dir $(DATA_DIR),)
+
+reproduce-conditions: $(STAMP)
+	$(BIN)/python examples/reproduce_paper.py --conditions all --profile $(PROFILE) \
+		--out $(OUT)-conditions --seed $(SEED) $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
 
 reproduce-seeds: $(STAMP)
 	for s in $(SEEDS); do \

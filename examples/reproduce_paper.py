@@ -18,7 +18,8 @@ Each fine-tuned row also fits a bias-scaling calibration on the validation split
 the uncalibrated argmax (the paper's reading), and a second table gives balanced accuracy and
 the RSNA spinal score before and after calibration. ``--ordinal [corn|cumulative]`` adds one
 fine-tuning run with an ordinal head (one extra fine-tune) and a table comparing it with the
-softmax row, with bootstrap CIs.
+softmax row, with bootstrap CIs. ``--conditions all`` runs the all-condition reproduction
+instead (all 25 RSNA 2024 targets; :mod:`reproduce_conditions`, beyond the paper).
 
 Profiles: ``paper`` uses the paper's settings (meant for a GPU); ``quick`` is a scaled-down run
 for a 2-core CPU (about 15 minutes including data generation); ``smoke`` checks the plumbing in
@@ -66,6 +67,7 @@ from lumbarssl.pipeline import (
 from lumbarssl.reporting import (
     COLUMNS,
     PAPER_TABLE1,
+    DataSource,
     Provenance,
     format_calibration_table,
     format_cell,
@@ -226,7 +228,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also fine-tune with an ordinal head (default kind: corn) and compare it with the "
         "softmax row (one extra fine-tuning run)",
     )
+    parser.add_argument(
+        "--conditions",
+        choices=("spinal", "all"),
+        default="spinal",
+        help='"spinal" (default): the paper\'s run; "all": the all-condition run of '
+        "examples/reproduce_conditions.py (five conditions, three sequences; beyond the paper)",
+    )
     return parser.parse_args(argv)
+
+
+def run_all_conditions(args: argparse.Namespace) -> int:
+    """``--conditions all``: the all-condition run (examples/reproduce_conditions.py)."""
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import reproduce_conditions  # the sibling example file
+
+    return reproduce_conditions.main(
+        out=Path(args.out),
+        profile_name=args.profile,
+        seed=args.seed,
+        device=args.device,
+        workers=args.workers,
+        data_dir=args.data_dir,
+    )
 
 
 def ordinal_comparison(reports: Mapping[str, Mapping[str, Any]], ordinal_key: str) -> str:
@@ -246,7 +272,7 @@ def ordinal_comparison(reports: Mapping[str, Mapping[str, Any]], ordinal_key: st
     return markdown_table(["Head", *COLUMNS, "RSNA raw", "RSNA calibrated"], rows)
 
 
-def ensure_data(args: argparse.Namespace, profile: Profile, out: Path) -> tuple[Path, str]:
+def ensure_data(args: argparse.Namespace, profile: Profile, out: Path) -> tuple[Path, DataSource]:
     """Return the dataset directory and its source, generating synthetic data if needed."""
     if args.data_dir:
         print(f"Using the RSNA 2024 data in {args.data_dir} (data source: real)")
@@ -659,6 +685,8 @@ def _loc(summary: Mapping[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run every stage and write the report."""
     args = parse_args(argv)
+    if args.conditions == "all":
+        return run_all_conditions(args)
     profile = PROFILES[args.profile]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

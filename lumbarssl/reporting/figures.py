@@ -97,6 +97,9 @@ def plot_rois(
     crops: Sequence[np.ndarray],
     path: str | Path,
     provenance: Provenance | None = None,
+    *,
+    slice_title: str = "(a) mid-sagittal T2 slice",
+    crop_titles: Sequence[str] | None = None,
 ) -> Path:
     """Fig. 1: a sagittal slice with the disc coordinates, and the crops beside it.
 
@@ -106,12 +109,20 @@ def plot_rois(
         crops: The ROI of each point, (h, w) uint8, same order as ``points``.
         path: Output PNG.
         provenance: Data source, profile and seed for the footer.
+        slice_title: Title of the slice panel (another sequence's figure names its own).
+        crop_titles: Title of each crop. By default the crops are those of ``points`` and are
+            titled by their level; with titles, ``points`` may be any subset of the crops
+            (the targets that lie on the slice shown).
 
     Returns:
         The written path.
     """
-    if len(points) != len(crops):
-        raise ValueError(f"{len(points)} points but {len(crops)} crops")
+    if crop_titles is None:
+        if len(points) != len(crops):
+            raise ValueError(f"{len(points)} points but {len(crops)} crops")
+        crop_titles = [level for level, _, _ in points]
+    elif len(crop_titles) != len(crops):
+        raise ValueError(f"{len(crop_titles)} crop titles but {len(crops)} crops")
     plt = _pyplot()
     n = max(1, len(crops))
     fig = plt.figure(figsize=(4 + 1.6 * n, 4.6))
@@ -123,12 +134,12 @@ def plot_rois(
         ax.annotate(
             level, (x, y), xytext=(8, 0), textcoords="offset points", color=color, fontsize=8
         )
-    ax.set_title("(a) mid-sagittal T2 slice")
+    ax.set_title(slice_title)
     ax.axis("off")
-    for i, ((level, _, _), crop) in enumerate(zip(points, crops, strict=True)):
+    for i, (title, crop) in enumerate(zip(crop_titles, crops, strict=True)):
         sub = fig.add_subplot(grid[:, i + 2])
         sub.imshow(crop, cmap="gray", vmin=0, vmax=255)
-        sub.set_title(level, color=LEVEL_COLORS[i % len(LEVEL_COLORS)], fontsize=9)
+        sub.set_title(title, color=LEVEL_COLORS[i % len(LEVEL_COLORS)], fontsize=9)
         sub.axis("off")
     fig.suptitle(f"(b) {crops[0].shape[0]}x{crops[0].shape[1]} disc ROIs" if crops else "")
     return _save(fig, path, provenance.caption() if provenance else None)
