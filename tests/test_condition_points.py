@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from _synth_configs import tiny_all_conditions
 
 from lumbarssl.cli import main
 from lumbarssl.data.condition_points import (
@@ -55,19 +56,9 @@ from lumbarssl.pipeline.condition_inference import (
     MissingSeriesError,
     grade_condition_directory,
 )
-from lumbarssl.synthetic import SyntheticConfig, generate_dataset
+from lumbarssl.synthetic import generate_dataset
 
-CONFIG = SyntheticConfig(
-    n_studies=6,
-    seed=8,
-    image_size_range=(96, 128),
-    pixel_spacing_range=(1.6, 2.7),
-    field_of_view_range=(200.0, 260.0),
-    slices_range=(5, 8),
-    p_missing_labels=0.0,
-    p_partial_coordinates=0.0,
-    conditions="all",
-)
+CONFIG = tiny_all_conditions(n_studies=6, seed=8)
 N_FIT = 4  # the first four studies fit, the last two are held out
 
 

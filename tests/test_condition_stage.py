@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from _synth_configs import tiny_all_conditions
 
 from lumbarssl.cli import main
 from lumbarssl.data.cache import PreparedCache
@@ -26,20 +27,10 @@ from lumbarssl.pipeline import (
     pretraining_rows,
     run_condition_finetuning,
 )
-from lumbarssl.synthetic import SyntheticConfig, generate_dataset
+from lumbarssl.synthetic import generate_dataset
 from lumbarssl.training import RuntimeConfig
 
-SYNTH = SyntheticConfig(
-    n_studies=8,
-    seed=3,
-    image_size_range=(96, 128),
-    pixel_spacing_range=(1.6, 2.7),
-    field_of_view_range=(200.0, 260.0),
-    slices_range=(5, 8),
-    p_missing_labels=0.0,
-    p_partial_coordinates=0.0,
-    conditions="all",
-)
+SYNTH = tiny_all_conditions(n_studies=8, seed=3)
 RUNTIME = RuntimeConfig(device="cpu", num_workers=0, progress="off")
 SPLIT: dict[str, Any] = {"split": "study", "val_size": 0.25, "test_size": 0.25, "seed": 0}
 

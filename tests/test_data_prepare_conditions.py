@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _synth_configs import tiny_all_conditions
 from PIL import Image
 
 from lumbarssl.data.cache import CONDITION_INDEX_COLUMNS, INDEX_COLUMNS, PreparedCache
@@ -26,19 +27,9 @@ from lumbarssl.layout import (
     SERIES_CSV,
     SPINAL_CANAL,
 )
-from lumbarssl.synthetic import SyntheticConfig, generate_dataset, plot_figure1
+from lumbarssl.synthetic import generate_dataset, plot_figure1
 
-CONFIG = SyntheticConfig(
-    n_studies=4,
-    seed=8,
-    image_size_range=(96, 128),
-    pixel_spacing_range=(1.6, 2.7),
-    field_of_view_range=(200.0, 260.0),
-    slices_range=(5, 8),
-    p_missing_labels=0.0,
-    p_partial_coordinates=0.0,
-    conditions="all",
-)
+CONFIG = tiny_all_conditions(n_studies=4, seed=8)
 SMALL = PrepareConfig(roi_size=32, localizer_size=32)
 ALL = PrepareConfig(roi_size=32, localizer_size=32, conditions="all")
 AXIAL_IOP = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)

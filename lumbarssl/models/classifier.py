@@ -48,7 +48,57 @@ HEAD_LR: Final[float] = paper.HEAD_LR
 _NUM_GRADES: Final[int] = 3
 
 
-class DiscClassifier(nn.Module):
+class _GradingModel(nn.Module):
+    """The training regimes of Table 1, for any grading model with one or more encoders.
+
+    Subclasses list their encoders in :meth:`_encoders`; :meth:`set_mode` freezes the parts a
+    regime freezes (paper Sec. 4.4) and :meth:`train` keeps those parts, and their BatchNorm
+    statistics, in evaluation mode.
+    """
+
+    mode: TrainingMode
+
+    def _encoders(self) -> Iterable[nn.Module]:
+        raise NotImplementedError
+
+    def set_mode(self, mode: TrainingMode) -> None:
+        """Switch the training regime, resetting every ``requires_grad`` flag accordingly.
+
+        Args:
+            mode: ``"scratch"``, ``"linear_probe"`` or ``"finetune"``.
+
+        Raises:
+            ValueError: If ``mode`` is unknown, or ``"finetune"`` is asked of an encoder
+                without the children ``conv1``, ``bn1``, ``layer1``-``layer3``.
+        """
+        for encoder in self._encoders():
+            _check_mode(mode, encoder)
+        self.mode = mode
+        self.requires_grad_(True)
+        for module in self._frozen_modules():
+            module.requires_grad_(False)
+        self.train(self.training)
+
+    def _frozen_modules(self) -> Iterator[nn.Module]:
+        for encoder in self._encoders():
+            yield from _frozen_parts(encoder, self.mode)
+
+    def train(self, mode: bool = True) -> Self:
+        """Set training mode, keeping frozen encoder parts (and their BatchNorm) in eval mode.
+
+        Args:
+            mode: ``True`` for training, ``False`` for evaluation.
+
+        Returns:
+            ``self``.
+        """
+        super().train(mode)
+        for module in self._frozen_modules():
+            module.eval()
+        return self
+
+
+class DiscClassifier(_GradingModel):
     """Grade a disc from its slice(s): encoder → Deep Sets pool → linear or ordinal head.
 
     Each slice is encoded to ``D`` features, the ``S`` slices of a disc are pooled by
@@ -116,39 +166,8 @@ class DiscClassifier(nn.Module):
         self.set_mode(mode)
 
     # ----------------------------------------------------------------------------- modes
-    def set_mode(self, mode: TrainingMode) -> None:
-        """Switch the training regime, resetting every ``requires_grad`` flag accordingly.
-
-        Args:
-            mode: ``"scratch"``, ``"linear_probe"`` or ``"finetune"``.
-
-        Raises:
-            ValueError: If ``mode`` is unknown, or ``"finetune"`` is asked of an encoder
-                without the children ``conv1``, ``bn1``, ``layer1``-``layer3``.
-        """
-        _check_mode(mode, self.encoder)
-        self.mode = mode
-        self.requires_grad_(True)
-        for module in self._frozen_modules():
-            module.requires_grad_(False)
-        self.train(self.training)
-
-    def _frozen_modules(self) -> Iterator[nn.Module]:
-        return _frozen_parts(self.encoder, self.mode)
-
-    def train(self, mode: bool = True) -> Self:
-        """Set training mode, keeping frozen encoder parts (and their BatchNorm) in eval mode.
-
-        Args:
-            mode: ``True`` for training, ``False`` for evaluation.
-
-        Returns:
-            ``self``.
-        """
-        super().train(mode)
-        for module in self._frozen_modules():
-            module.eval()
-        return self
+    def _encoders(self) -> Iterable[nn.Module]:
+        return (self.encoder,)
 
     def param_groups(
         self,

@@ -9,7 +9,7 @@ the same three regimes (Table 1) as :class:`~lumbarssl.models.DiscClassifier`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Final
 
 import torch
@@ -22,16 +22,15 @@ from lumbarssl.models.classifier import (
     HeadKind,
     TrainingMode,
     _check_head,
-    _check_mode,
-    _frozen_parts,
     _grading_head,
+    _GradingModel,
     _param_groups,
 )
 from lumbarssl.models.encoder import ENCODER_DIM
 from lumbarssl.models.registry import ARCHITECTURE_KEY, build_model, model_config, register_model
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    pass
 
 __all__ = ["ConditionClassifier"]
 
@@ -39,7 +38,7 @@ __all__ = ["ConditionClassifier"]
 _NUM_GRADES: Final[int] = 3
 
 
-class ConditionClassifier(nn.Module):
+class ConditionClassifier(_GradingModel):
     """Grade ROIs of any of the five conditions: its sequence's encoder, then its condition's head.
 
     With one (shared) encoder every ROI goes through it; with per-sequence encoders (a mapping
@@ -127,41 +126,8 @@ class ConditionClassifier(nn.Module):
         return self.head_kind != "softmax"
 
     # ----------------------------------------------------------------------------- modes
-    def set_mode(self, mode: TrainingMode) -> None:
-        """Switch the training regime of every encoder (see :class:`DiscClassifier`).
-
-        Args:
-            mode: ``"scratch"``, ``"linear_probe"`` or ``"finetune"``.
-
-        Raises:
-            ValueError: If ``mode`` is unknown, or ``"finetune"`` is asked of an encoder
-                without the children ``conv1``, ``bn1``, ``layer1``-``layer3``.
-        """
-        for encoder in self.encoders:
-            _check_mode(mode, encoder)
-        self.mode = mode
-        self.requires_grad_(True)
-        for module in self._frozen_modules():
-            module.requires_grad_(False)
-        self.train(self.training)
-
-    def _frozen_modules(self) -> Iterator[nn.Module]:
-        for encoder in self.encoders:
-            yield from _frozen_parts(encoder, self.mode)
-
-    def train(self, mode: bool = True) -> Self:
-        """Set training mode, keeping frozen encoder parts (and their BatchNorm) in eval mode.
-
-        Args:
-            mode: ``True`` for training, ``False`` for evaluation.
-
-        Returns:
-            ``self``.
-        """
-        super().train(mode)
-        for module in self._frozen_modules():
-            module.eval()
-        return self
+    def _encoders(self) -> Iterable[nn.Module]:
+        return self.encoders
 
     def param_groups(
         self,
