@@ -65,8 +65,8 @@ from lumbarssl.pipeline.inference import (
     SpineLocator,
     choose_series,
     find_series,
+    grade_each_study,
     read_candidate,
-    study_directories,
     write_prediction,
 )
 
@@ -495,22 +495,16 @@ def grade_condition_directory(
     Returns:
         The predictions, failures and submission rows.
     """
-    from tqdm import tqdm
-
-    study_dirs, series_csv = study_directories(root, series_csv=series_csv, studies=studies)
-    predictions: list[StudyPrediction] = []
-    failures: list[tuple[str, str]] = []
-    rows: list[SubmissionRow] = []
-    for study_dir in tqdm(study_dirs, disable=not progress, unit="study", desc="predict"):
-        try:
-            prediction, image = grader.predict(
-                study_dir, force=force, study_id=study_dir.name, series_csv=series_csv
-            )
-        except InputError as exc:
-            failures.append((study_dir.name, " ".join(str(exc).split())))
-            continue
-        predictions.append(prediction)
-        rows.extend(study_prediction_rows(prediction))
-        if out is not None:
-            write_study_prediction(prediction, image, Path(out) / study_dir.name)
-    return ConditionBatchResult(tuple(predictions), tuple(failures), tuple(rows))
+    return ConditionBatchResult(
+        *grade_each_study(
+            grader.predict,
+            study_prediction_rows,
+            write_study_prediction,
+            root,
+            out=out,
+            series_csv=series_csv,
+            force=force,
+            progress=progress,
+            studies=studies,
+        )
+    )

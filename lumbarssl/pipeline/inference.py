@@ -26,9 +26,9 @@ import dataclasses
 import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -77,6 +77,7 @@ __all__ = [
     "choose_series",
     "find_series",
     "grade_directory",
+    "grade_each_study",
     "prediction_rows",
     "read_candidate",
     "read_series_csv",
@@ -899,22 +900,70 @@ def grade_directory(
     Raises:
         MissingFileError: If ``root`` holds no study directory.
     """
+    return BatchResult(
+        *grade_each_study(
+            grader.predict,
+            prediction_rows,
+            write_prediction,
+            root,
+            out=out,
+            series_csv=series_csv,
+            force=force,
+            progress=progress,
+            studies=studies,
+        )
+    )
+
+
+_Prediction = TypeVar("_Prediction")
+
+
+def grade_each_study(
+    predict: Callable[..., tuple[_Prediction, np.ndarray]],
+    rows_of: Callable[[_Prediction], Iterable[SubmissionRow]],
+    write: Callable[[_Prediction, np.ndarray, Path], object],
+    root: str | Path,
+    *,
+    out: str | Path | None,
+    series_csv: Mapping[str, str] | None,
+    force: bool,
+    progress: bool,
+    studies: Sequence[str] | None,
+) -> tuple[tuple[_Prediction, ...], tuple[tuple[str, str], ...], tuple[SubmissionRow, ...]]:
+    """The batch loop of :func:`grade_directory` for any grader (spinal or all conditions).
+
+    Args:
+        predict: The grader's ``predict(study_dir, *, force, study_id, series_csv)``, giving
+            a prediction and the image of its overlay.
+        rows_of: A prediction's submission rows.
+        write: Writes a prediction and its overlay into a directory.
+        root: As :func:`grade_directory`; the keywords too.
+        out: As :func:`grade_directory`.
+        series_csv: As :func:`grade_directory`.
+        force: As :func:`grade_directory`.
+        progress: As :func:`grade_directory`.
+        studies: As :func:`grade_directory`.
+
+    Returns:
+        The predictions, the ``(study, one-line reason)`` of each study that could not be
+        graded (an :class:`~lumbarssl.errors.InputError`), and the submission rows.
+    """
     from tqdm import tqdm
 
     study_dirs, series_csv = study_directories(root, series_csv=series_csv, studies=studies)
-    predictions: list[SeriesPrediction] = []
+    predictions: list[_Prediction] = []
     failures: list[tuple[str, str]] = []
     rows: list[SubmissionRow] = []
     for study_dir in tqdm(study_dirs, disable=not progress, unit="study", desc="predict"):
         try:
-            prediction, image = grader.predict(
+            prediction, image = predict(
                 study_dir, force=force, study_id=study_dir.name, series_csv=series_csv
             )
         except InputError as exc:
             failures.append((study_dir.name, " ".join(str(exc).split())))
             continue
         predictions.append(prediction)
-        rows.extend(prediction_rows(prediction))
+        rows.extend(rows_of(prediction))
         if out is not None:
-            write_prediction(prediction, image, Path(out) / study_dir.name)
-    return BatchResult(tuple(predictions), tuple(failures), tuple(rows))
+            write(prediction, image, Path(out) / study_dir.name)
+    return tuple(predictions), tuple(failures), tuple(rows)
