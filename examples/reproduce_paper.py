@@ -22,7 +22,8 @@ softmax row, with bootstrap CIs. ``--conditions all`` runs the all-condition rep
 instead (all 25 RSNA 2024 targets; :mod:`reproduce_conditions`, beyond the paper).
 
 Profiles: ``paper`` uses the paper's settings (meant for a GPU); ``quick`` is a scaled-down run
-for a 2-core CPU (about 15 minutes including data generation); ``smoke`` checks the plumbing in
+for a 2-core CPU (the paper's stages about 12 minutes including data generation, the automatic
+chain about 5 more: 22 minutes measured on a lightly loaded machine); ``smoke`` checks the plumbing in
 well under a minute. Every table and figure names its data source, profile and seed.
 """
 
@@ -154,7 +155,7 @@ PROFILES: dict[str, Profile] = {
         n_resamples=1000,
     ),
     # A 2-core CPU trains ResNet-18 at ~11 images/s at 224 px; 64 px inputs (the 96 px ROI
-    # downsampled) and a few epochs keep the whole run near 15 minutes (see docs/reproduce).
+    # downsampled) and a few epochs keep the paper's stages near 12 minutes (see docs/reproduce).
     "quick": Profile(
         name="quick",
         n_studies=300,
