@@ -524,6 +524,7 @@ def main(
     timed("pretrain_per_sequence", t)
 
     predictions: dict[str, TestPredictions] = {}
+    calibrations: dict[str, str] = {}  # run -> its calibration method(s)
     for key, title, encoders, head in RUNS:
         banner(f"condition fine-tuning: {title} ({profile.finetune_epochs} epochs)")
         t = time.perf_counter()
@@ -548,6 +549,8 @@ def main(
             )
         )
         predictions[key] = TestPredictions.read(stage.out_dir / "predictions_test.csv")
+        stored = json.loads((stage.out_dir / "metrics.json").read_text()).get("calibration") or {}
+        calibrations[key] = ", ".join(sorted({str(m["method"]) for m in stored.values()})) or "none"
         timed(key, t)
 
     banner("report")
@@ -591,6 +594,7 @@ def main(
         truth=truth,
         encoder_diff=encoder_diff,
         ordinal_diff=ordinal_diff,
+        calibrations=calibrations,
         n_test=len(main_run.rows),
         n_test_studies=len(np.unique(main_run.study_ids)),
         figures=figures,
@@ -602,6 +606,7 @@ def main(
         "profile": dataclasses.asdict(profile),
         "runs": {key: title for key, title, _, _ in RUNS},
         "tables": tables,
+        "calibration_methods": calibrations,
         "truth": truth,
         "per_sequence_minus_shared": encoder_diff,
         "corn_minus_softmax": ordinal_diff,
@@ -630,6 +635,7 @@ def report_markdown(
     truth: Mapping[str, Any] | None,
     encoder_diff: Mapping[str, Sequence[float]],
     ordinal_diff: Mapping[str, Sequence[float]],
+    calibrations: Mapping[str, str],
     n_test: int,
     n_test_studies: int,
     figures: Mapping[str, Path],
@@ -695,8 +701,10 @@ def report_markdown(
         _diff_table(ordinal_diff),
         "## Calibrated vs raw, and the full RSNA 2024 score (lower is better)",
         "",
-        "Each run fitted a bias calibration per condition on its validation split (stored in "
-        "its model.pt). Bal Acc is the mean over conditions of the argmax's balanced accuracy.",
+        "Each run fitted one calibration map per condition on its validation split (stored in "
+        "its model.pt; method per run: "
+        + "; ".join(f"{titles[k]}: {m}" for k, m in calibrations.items())
+        + "). Bal Acc is the mean over conditions of the argmax's balanced accuracy.",
         "",
     ]
     rows = []
