@@ -11,7 +11,7 @@ from typing import BinaryIO
 import numpy as np
 import pytest
 import torch
-from _training_toys import Batch, config, make_run, trainer
+from _training_toys import Batch, Run, config, make_run, trainer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from lumbarssl.training import (
@@ -157,3 +157,24 @@ def test_resume_with_a_different_scheduler_setup_fails(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="written with a scheduler"):
         fit.fit(again.loader, resume=True)
+
+
+def test_resume_after_reduce_lr_on_plateau_lowered_the_rate(tmp_path: Path) -> None:
+    # patience 0 and a huge threshold: every epoch counts as no improvement, so the rate halves.
+    def plateau_run() -> Run:
+        run = make_run(seed=0)
+        run.optimizer = torch.optim.Adam(run.model.parameters(), lr=1e-2)  # no cosine start
+        run.scheduler = ReduceLROnPlateau(run.optimizer, patience=0, factor=0.5, threshold=1e9)
+        return run
+
+    run = plateau_run()
+    trainer(run, config(tmp_path, epochs=2)).fit(run.loader)
+    saved = load_training_state(tmp_path / "last.pt")["optimizer"]["param_groups"]
+    start = [group["initial_lr"] for group in saved]
+    assert [group["lr"] for group in saved] != start  # the schedule did lower it
+    # The same settings resume (before, the lowered rate read as a changed --lr and was refused).
+    again = plateau_run()
+    resumed = trainer(again, config(tmp_path, epochs=2))
+    resumed.fit(again.loader, resume=True)
+    assert [g["initial_lr"] for g in resumed.optimizer.param_groups] == start
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == [g["lr"] for g in saved]

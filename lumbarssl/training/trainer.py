@@ -377,6 +377,11 @@ class Trainer(Generic[BatchT]):
             )
         self.config = config
         self.optimizer = optimizer
+        for group in optimizer.param_groups:
+            # Every group records its starting rate, as LRScheduler subclasses do, so a resume
+            # compares the configured rates with the saved run's starting ones even after
+            # ReduceLROnPlateau (which keeps no initial_lr) lowered the current ones.
+            group.setdefault("initial_lr", group["lr"])
         self.scheduler = scheduler
         self.train_step = train_step
         self.evaluate: EvaluateFn[BatchT] = evaluate if evaluate is not None else self._mean_loss
