@@ -396,8 +396,8 @@ def sequence_figure(
 ) -> Path:
     """One study's slice with its ``condition`` points and the five cached ROIs.
 
-    The study is the first whose five rows of ``condition`` show at least two grades (so the
-    crops show a difference), falling back to the first complete one.
+    The study is the first whose five rows of ``condition`` are all graded with at least two
+    different grades (so the crops show a difference), falling back to the first complete one.
     """
     table = cache.table
     ids = table.condition_id
@@ -409,7 +409,8 @@ def sequence_figure(
             continue
         if chosen is None:
             chosen = rows
-        if len(np.unique(np.asarray(table.label)[rows])) >= 2:
+        labels = np.asarray(table.label)[rows]
+        if (labels >= 0).all() and len(np.unique(labels)) >= 2:
             chosen = rows
             break
     if chosen is None:
