@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 import pytest
@@ -171,7 +171,7 @@ def test_resume_after_reduce_lr_on_plateau_lowered_the_rate(tmp_path: Path) -> N
     trainer(run, config(tmp_path, epochs=2)).fit(run.loader)
     optimizer = load_training_state(tmp_path / "last.pt")["optimizer"]
     assert isinstance(optimizer, dict)
-    saved: list[dict[str, Any]] = optimizer["param_groups"]
+    saved = cast(list[dict[str, Any]], optimizer["param_groups"])
     start = [group["initial_lr"] for group in saved]
     assert [group["lr"] for group in saved] != start  # the schedule did lower it
     # The same settings resume (before, the lowered rate read as a changed --lr and was refused).
