@@ -20,25 +20,21 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from lumbarssl.data.datasets import DiscROIDataset
 from lumbarssl.data.recipes import RoiRecipe, recipe_to_metadata
 from lumbarssl.errors import ConfigError
 from lumbarssl.layout import CONDITION_SLUGS, CONDITIONS, LEVELS, SERIES_DESCRIPTIONS
-from lumbarssl.losses import OrdinalLoss, WeightedFocalLoss
 from lumbarssl.metrics import Calibration, confusion_matrix, report_from_confusion, rsna_score
 from lumbarssl.models import ConditionClassifier, resnet18_encoder, save_checkpoint
 from lumbarssl.pipeline._common import (
     DeviceBatches,
-    adamw,
     base_metadata,
     export_best,
     locked_stage,
     make_splits,
     start_stage,
     supervised_loaders,
-    trainer_config,
     write_json,
 )
 from lumbarssl.pipeline.config import param
@@ -51,9 +47,14 @@ from lumbarssl.pipeline.evaluate import (
     predict_classifier,
     table1_summary,
 )
-from lumbarssl.pipeline.finetune import FinetuneConfig, fit_val_calibration, load_pretrained_encoder
+from lumbarssl.pipeline.finetune import (
+    FinetuneConfig,
+    fit_val_calibration,
+    grading_loss,
+    grading_trainer,
+    load_pretrained_encoder,
+)
 from lumbarssl.pipeline.result import StageResult
-from lumbarssl.training import Trainer
 
 __all__ = [
     "ConditionFinetuneConfig",
@@ -345,38 +346,12 @@ def run_condition_finetuning(config: ConditionFinetuneConfig) -> StageResult:
         mode=config.mode,
         head_kind=config.head,
     )
-    backbone_lr = config.head_lr if config.mode == "scratch" else config.backbone_lr
-    optimizer = adamw(
-        model.param_groups(backbone_lr=backbone_lr, head_lr=config.head_lr),
-        config,
-        weight_decay=config.weight_decay,
-    )
-    scheduler = ReduceLROnPlateau(
-        optimizer, mode="max", patience=config.plateau_patience, factor=config.plateau_factor
-    )
-    loss_fn: nn.Module = (
-        WeightedFocalLoss(alpha=config.alpha, gamma=config.gamma)
-        if config.head == "softmax"
-        else OrdinalLoss(kind=config.head, alpha=config.alpha, gamma=config.gamma)
-    )
+    loss_fn = grading_loss(config)
 
     def evaluate(model: nn.Module, batches: Iterable[Mapping[str, Tensor]]) -> dict[str, float]:
         return condition_epoch_metrics(model, batches, condition_of_row, loss_fn)
 
-    trainer = Trainer(
-        model,
-        optimizer,
-        train_step=_condition_step(loss_fn),
-        evaluate=evaluate,
-        scheduler=scheduler,
-        config=trainer_config(
-            config,
-            epochs=config.epochs,
-            monitor="val_bal_acc",
-            monitor_mode="max",
-            scheduler_metric="val_bal_acc",
-        ),
-    )
+    trainer = grading_trainer(model, config, train_step=_condition_step(loss_fn), evaluate=evaluate)
     history = trainer.fit(train_batches, val_batches, resume=config.resume)
     metadata = base_metadata(config, "finetune-conditions") | {
         "mode": config.mode,

@@ -19,6 +19,7 @@ from lumbarssl.errors import DataError, WrongKindError
 from lumbarssl.losses import OrdinalLoss, WeightedFocalLoss
 from lumbarssl.metrics import RSNA_SAMPLE_WEIGHTS, Calibration, fit_calibration
 from lumbarssl.models import (
+    ConditionClassifier,
     ContrastiveModel,
     DiscClassifier,
     load_checkpoint,
@@ -45,7 +46,7 @@ from lumbarssl.pipeline.evaluate import (
     summarize,
 )
 from lumbarssl.pipeline.result import StageResult
-from lumbarssl.training import Trainer
+from lumbarssl.training import EvaluateFn, Trainer, TrainStep
 
 FinetuneMode = Literal["scratch", "linear_probe", "finetune"]
 #: Grading head: the paper's softmax + focal loss, or an ordinal head + :class:`OrdinalLoss`.
@@ -202,6 +203,68 @@ def _evaluator(loss_fn: nn.Module) -> Any:
     return evaluate
 
 
+def grading_loss(config: FinetuneConfig) -> nn.Module:
+    """The grading loss of ``config.head`` (Sec. 4.4).
+
+    Args:
+        config: The stage config.
+
+    Returns:
+        The paper's weighted focal loss (Eq. 2) for the softmax head, else
+        :class:`~lumbarssl.losses.OrdinalLoss` with the same alpha and gamma.
+    """
+    if config.head == "softmax":
+        return WeightedFocalLoss(alpha=config.alpha, gamma=config.gamma)
+    return OrdinalLoss(kind=config.head, alpha=config.alpha, gamma=config.gamma)
+
+
+def grading_trainer(
+    model: DiscClassifier | ConditionClassifier,
+    config: FinetuneConfig,
+    *,
+    train_step: TrainStep[Any],
+    evaluate: EvaluateFn[Any],
+) -> Trainer[Any]:
+    """The fine-tuning recipe of Sec. 4.4 around a grading model, for either grading stage.
+
+    AdamW with the backbone and head learning rates (every parameter at ``head_lr`` from
+    scratch), ReduceLROnPlateau on the validation balanced accuracy, and the best epoch by it.
+
+    Args:
+        model: A :class:`~lumbarssl.models.DiscClassifier` or
+            :class:`~lumbarssl.models.ConditionClassifier` in ``config.mode``.
+        config: The stage config.
+        train_step: Loss of one batch.
+        evaluate: Validation metrics, ``val_bal_acc`` among them.
+
+    Returns:
+        The trainer.
+    """
+    backbone_lr = config.head_lr if config.mode == "scratch" else config.backbone_lr
+    optimizer = adamw(
+        model.param_groups(backbone_lr=backbone_lr, head_lr=config.head_lr),
+        config,
+        weight_decay=config.weight_decay,
+    )
+    scheduler = ReduceLROnPlateau(
+        optimizer, mode="max", patience=config.plateau_patience, factor=config.plateau_factor
+    )
+    return Trainer(
+        model,
+        optimizer,
+        train_step=train_step,
+        evaluate=evaluate,
+        scheduler=scheduler,
+        config=trainer_config(
+            config,
+            epochs=config.epochs,
+            monitor="val_bal_acc",
+            monitor_mode="max",
+            scheduler_metric="val_bal_acc",
+        ),
+    )
+
+
 def fit_val_calibration(
     predictions: ClassifierPredictions, config: FinetuneConfig
 ) -> Calibration | None:
@@ -291,33 +354,9 @@ def run_finetuning(config: FinetuneConfig) -> StageResult:
     model = DiscClassifier(
         encoder, num_classes=len(config.alpha), mode=config.mode, head_kind=config.head
     )
-    backbone_lr = config.head_lr if config.mode == "scratch" else config.backbone_lr
-    optimizer = adamw(
-        model.param_groups(backbone_lr=backbone_lr, head_lr=config.head_lr),
-        config,
-        weight_decay=config.weight_decay,
-    )
-    scheduler = ReduceLROnPlateau(
-        optimizer, mode="max", patience=config.plateau_patience, factor=config.plateau_factor
-    )
-    loss_fn: nn.Module = (
-        WeightedFocalLoss(alpha=config.alpha, gamma=config.gamma)
-        if config.head == "softmax"
-        else OrdinalLoss(kind=config.head, alpha=config.alpha, gamma=config.gamma)
-    )
-    trainer = Trainer(
-        model,
-        optimizer,
-        train_step=_classification_step(loss_fn),
-        evaluate=_evaluator(loss_fn),
-        scheduler=scheduler,
-        config=trainer_config(
-            config,
-            epochs=config.epochs,
-            monitor="val_bal_acc",
-            monitor_mode="max",
-            scheduler_metric="val_bal_acc",
-        ),
+    loss_fn = grading_loss(config)
+    trainer = grading_trainer(
+        model, config, train_step=_classification_step(loss_fn), evaluate=_evaluator(loss_fn)
     )
     history = trainer.fit(train_loader, val_loader, resume=config.resume)
     metadata = base_metadata(config, "finetune") | {
