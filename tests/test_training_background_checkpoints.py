@@ -189,16 +189,22 @@ class _Stop(KeyboardInterrupt):
     pass
 
 
-def test_an_interrupt_waits_for_the_write_in_flight(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def slow(save: WriteFn) -> WriteFn:
+def _delayed(seconds: float) -> Callable[[WriteFn], WriteFn]:
+    """A save wrapper that sleeps ``seconds`` first, so the write is still in flight."""
+
+    def wrap(save: WriteFn) -> WriteFn:
         def wrapped(obj: object, path: str | Path) -> None:
-            time.sleep(0.2)
+            time.sleep(seconds)
             save(obj, path)
 
         return wrapped
 
+    return wrap
+
+
+def test_an_interrupt_waits_for_the_write_in_flight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls = [0]
 
     def step(model: nn.Module, batch: Batch) -> Tensor:
@@ -207,7 +213,7 @@ def test_an_interrupt_waits_for_the_write_in_flight(
             raise _Stop
         return mse_step(model, batch)
 
-    _patch_save(monkeypatch, slow)
+    _patch_save(monkeypatch, _delayed(0.2))
     run = make_run(seed=0)
     with pytest.raises(_Stop):
         trainer(run, config(tmp_path, epochs=3), step).fit(run.loader)
@@ -218,13 +224,6 @@ def test_an_interrupt_waits_for_the_write_in_flight(
 def test_divergence_names_the_checkpoint_still_being_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def slow(save: WriteFn) -> WriteFn:
-        def wrapped(obj: object, path: str | Path) -> None:
-            time.sleep(0.2)
-            save(obj, path)
-
-        return wrapped
-
     calls = [0]
 
     def step(model: nn.Module, batch: Batch) -> Tensor:
@@ -232,7 +231,7 @@ def test_divergence_names_the_checkpoint_still_being_written(
         loss = mse_step(model, batch)
         return loss * float("nan") if calls[0] == STEPS_PER_EPOCH + 1 else loss
 
-    _patch_save(monkeypatch, slow)
+    _patch_save(monkeypatch, _delayed(0.2))
     run = make_run(seed=0)
     with pytest.raises(TrainingDivergedError) as info:
         trainer(run, config(tmp_path, epochs=3), step).fit(run.loader)
