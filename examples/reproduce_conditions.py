@@ -46,7 +46,12 @@ from lumbarssl.data.constants import IMAGES_DIR, LEVELS
 from lumbarssl.data.dicom import read_series
 from lumbarssl.data.prepare import PrepareConfig, format_summary
 from lumbarssl.layout import CONDITION_SEQUENCE, CONDITIONS, SERIES_DESCRIPTIONS
-from lumbarssl.metrics import bootstrap_ci, bootstrap_distribution, rsna_score
+from lumbarssl.metrics import (
+    balanced_accuracy,
+    bootstrap_ci,
+    bootstrap_distribution,
+    rsna_score,
+)
 from lumbarssl.pipeline import (
     ConditionFinetuneConfig,
     PretrainConfig,
@@ -312,9 +317,7 @@ def paired_difference(
                     seed=seed,
                 )["Bal Acc"]
             )
-            points.append(
-                bootstrap_ci(run.y_true[mask], y_pred, n_resamples=1, seed=seed)["Bal Acc"].point
-            )
+            points.append(balanced_accuracy(run.y_true[mask], y_pred))
         low, high = np.nanpercentile(dists[1] - dists[0], [2.5, 97.5])
         result[condition] = [float(points[1] - points[0]), float(low), float(high)]
     return result
