@@ -9,7 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from lumbarssl.errors import ConfigError, DataError
-from lumbarssl.metrics import Calibration, balanced_accuracy, fit_calibration
+from lumbarssl.metrics import (
+    Calibration,
+    NonPositiveTemperatureError,
+    balanced_accuracy,
+    fit_calibration,
+)
 from lumbarssl.paper import FOCAL_ALPHA
 
 LOG_ALPHA = torch.tensor(FOCAL_ALPHA, dtype=torch.float64).log()
@@ -179,3 +184,6 @@ def test_fit_validation() -> None:
     anti = torch.tensor([[5.0, 0.0], [0.0, 5.0]] * 10)
     with pytest.raises(DataError, match="anti-correlated"):
         fit_calibration(anti, torch.tensor([1, 0] * 10), "temperature")
+    for method in ("temperature", "bcts"):  # its own type, so callers can fall back on it
+        with pytest.raises(NonPositiveTemperatureError, match="anti-correlated"):
+            fit_calibration(anti, torch.tensor([1, 0] * 10), method)

@@ -9,6 +9,7 @@ from lumbarssl.metrics.calibration import (
     CALIBRATION_METHODS,
     Calibration,
     CalibrationMethod,
+    NonPositiveTemperatureError,
     fit_calibration,
 )
 from lumbarssl.metrics.classification import (
@@ -58,6 +59,7 @@ __all__ = [
     "CalibrationMethod",
     "ConfidenceInterval",
     "LocalizationSummary",
+    "NonPositiveTemperatureError",
     "RSNAScore",
     "RSNASpinalScore",
     "SubmissionRow",

@@ -51,7 +51,13 @@ from lumbarssl.errors import ConfigError, DataError
 if TYPE_CHECKING:  # only in annotations, so the API docs show `npt.ArrayLike` unexpanded
     import numpy.typing as npt
 
-__all__ = ["CALIBRATION_METHODS", "Calibration", "CalibrationMethod", "fit_calibration"]
+__all__ = [
+    "CALIBRATION_METHODS",
+    "Calibration",
+    "CalibrationMethod",
+    "NonPositiveTemperatureError",
+    "fit_calibration",
+]
 
 #: Calibration maps :func:`fit_calibration` fits; ``"identity"`` leaves logits unchanged.
 CALIBRATION_METHODS: Final[tuple[str, ...]] = ("identity", "temperature", "bias", "bcts", "vector")
@@ -60,6 +66,14 @@ CalibrationMethod = Literal["identity", "temperature", "bias", "bcts", "vector"]
 _ONE_SCALE: Final[tuple[str, ...]] = ("temperature", "bcts")
 #: Methods with fitted per-class biases (they need every class in the fitting labels).
 _BIASED: Final[tuple[str, ...]] = ("bias", "bcts", "vector")
+
+
+class NonPositiveTemperatureError(DataError):
+    """A temperature fit whose best inverse temperature ``1/T`` is not positive.
+
+    The logits carry no signal about the labels (or are anti-correlated with them); a caller
+    may fall back to a map without a temperature (bias scaling).
+    """
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -314,7 +328,7 @@ def fit_calibration(
     if not all(math.isfinite(v) for v in (*fitted_scale, *fitted_bias, nll_after)):
         raise DataError(f"{method} calibration diverged; check the validation logits")
     if method in _ONE_SCALE and fitted_scale[0] <= 0.0:
-        raise DataError(
+        raise NonPositiveTemperatureError(
             f"{method} calibration found 1/T = {fitted_scale[0]:.4g} <= 0: the logits are "
             "anti-correlated with the labels; check that labels and logits are aligned"
         )

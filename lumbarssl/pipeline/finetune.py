@@ -17,7 +17,12 @@ from lumbarssl.data.datasets import DiscROIDataset
 from lumbarssl.data.recipes import RoiRecipe, recipe_to_metadata
 from lumbarssl.errors import DataError, WrongKindError
 from lumbarssl.losses import OrdinalLoss, WeightedFocalLoss
-from lumbarssl.metrics import RSNA_SAMPLE_WEIGHTS, Calibration, fit_calibration
+from lumbarssl.metrics import (
+    RSNA_SAMPLE_WEIGHTS,
+    Calibration,
+    NonPositiveTemperatureError,
+    fit_calibration,
+)
 from lumbarssl.models import (
     ConditionClassifier,
     ContrastiveModel,
@@ -289,17 +294,20 @@ def fit_val_calibration(
     if config.calibration_weights == "rsna":
         weights = np.asarray(RSNA_SAMPLE_WEIGHTS, dtype=np.float64)[predictions.y_true]
     try:
-        return fit_calibration(
-            predictions.logits, predictions.y_true, config.calibration, sample_weight=weights
-        )
-    except DataError as error:
-        if config.calibration == "bcts" and "1/T" in str(error):
+        try:
+            return fit_calibration(
+                predictions.logits, predictions.y_true, config.calibration, sample_weight=weights
+            )
+        except NonPositiveTemperatureError as error:
+            if config.calibration != "bcts":
+                raise
             # Logits without signal on this split (an untrained or collapsed model): the best
             # temperature is not positive. The bias part alone is still a valid map.
             _LOG.warning("bcts calibration fell back to bias scaling: %s", error)
             return fit_calibration(
                 predictions.logits, predictions.y_true, "bias", sample_weight=weights
             )
+    except DataError as error:
         _LOG.warning("no calibration map stored in the checkpoint: %s", error)
         return None
 
