@@ -15,8 +15,8 @@ left/right subarticular stenosis on Axial T2, five levels each):
    sequence (the same number of epochs over each sequence's ROIs);
 4. condition fine-tuning (:func:`lumbarssl.pipeline.run_condition_finetuning`): shared encoder
    with the paper's softmax + focal loss, per-sequence encoders with the same head, and the
-   shared encoder with an ordinal (CORN) head; each fits a per-condition bias calibration on
-   its validation split;
+   shared encoder with an ordinal (CORN) head; each fits one bcts calibration map on the
+   validation ROIs of all conditions (``calibration_scope="shared"``, the stage's default);
 5. the report ``report_conditions.md`` / ``.json``: Table 1 per condition with study-bootstrap
    CIs and the Bayes ceiling on the same discs, severe-to-normal error, one vs per-sequence
    encoders, ordinal vs softmax (paired CIs), calibrated vs raw, and the full RSNA 2024 score
@@ -528,7 +528,7 @@ def main(
     timed("pretrain_per_sequence", t)
 
     predictions: dict[str, TestPredictions] = {}
-    calibrations: dict[str, str] = {}  # run -> its calibration method(s)
+    calibrations: dict[str, str] = {}  # run -> its calibration method(s) and scope
     for key, title, encoders, head in RUNS:
         banner(f"condition fine-tuning: {title} ({profile.finetune_epochs} epochs)")
         t = time.perf_counter()
@@ -553,8 +553,11 @@ def main(
             )
         )
         predictions[key] = TestPredictions.read(stage.out_dir / "predictions_test.csv")
-        stored = json.loads((stage.out_dir / "metrics.json").read_text()).get("calibration") or {}
-        calibrations[key] = ", ".join(sorted({str(m["method"]) for m in stored.values()})) or "none"
+        metrics = json.loads((stage.out_dir / "metrics.json").read_text())
+        stored = metrics.get("calibration") or {}
+        methods = ", ".join(sorted({str(m["method"]) for m in stored.values()})) or "none"
+        scope = metrics["provenance"].get("calibration_scope", "condition")
+        calibrations[key] = f"{methods} ({scope})" if stored else methods
         timed(key, t)
 
     banner("report")
@@ -705,8 +708,8 @@ def report_markdown(
         _diff_table(ordinal_diff),
         "## Calibrated vs raw, and the full RSNA 2024 score (lower is better)",
         "",
-        "Each run fitted one calibration map per condition on its validation split (stored in "
-        "its model.pt; method per run: "
+        "Each run fitted its calibration on its validation split (stored in its model.pt; "
+        "method and scope per run, shared: one map fitted on all conditions' ROIs: "
         + "; ".join(f"{titles[k]}: {m}" for k, m in calibrations.items())
         + "). Bal Acc is the mean over conditions of the argmax's balanced accuracy.",
         "",

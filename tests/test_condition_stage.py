@@ -14,9 +14,12 @@ from _synth_configs import tiny_all_conditions
 
 from lumbarssl.cli import main
 from lumbarssl.data.cache import PreparedCache
+from lumbarssl.data.datasets import DiscROIDataset
 from lumbarssl.data.prepare import PrepareConfig, prepare_cache
+from lumbarssl.data.recipes import RoiRecipe
 from lumbarssl.layout import CONDITION_SEQUENCE, CONDITIONS, SERIES_DESCRIPTIONS
-from lumbarssl.metrics import rsna_score
+from lumbarssl.metrics import Calibration, fit_calibration, rsna_score
+from lumbarssl.metrics.calibration import NonPositiveTemperatureError
 from lumbarssl.models import ConditionClassifier, ContrastiveModel, load_checkpoint, save_checkpoint
 from lumbarssl.pipeline import (
     CONDITION_CALIBRATION_KEY,
@@ -24,6 +27,7 @@ from lumbarssl.pipeline import (
     PretrainConfig,
     condition_calibrations_from_metadata,
     make_splits,
+    predict_classifier,
     pretraining_rows,
     run_condition_finetuning,
 )
@@ -131,6 +135,69 @@ def test_model_holds_one_calibration_per_condition(run: ConditionFinetuneConfig)
     assert set(maps) <= set(CONDITIONS)
     assert maps
     assert metadata[CONDITION_CALIBRATION_KEY] == {k: m.to_dict() for k, m in maps.items()}
+
+
+def _validation_predictions(config: ConditionFinetuneConfig, cache_dir: Path) -> Any:
+    """The saved model's validation predictions, recomputed outside the stage."""
+    model, _ = load_checkpoint(Path(config.out_dir) / "model.pt")
+    cache = PreparedCache.open(cache_dir)
+    recipe = RoiRecipe.from_cache(cache, input_size=config.input_size)
+    rows = make_splits(cache, config).val
+    dataset = DiscROIDataset(cache, "supervised", recipe=recipe, indices=rows)
+    return predict_classifier(model, dataset, device="cpu")
+
+
+def _weighted_fit(logits: np.ndarray, labels: np.ndarray, method: str) -> Calibration:
+    """The stage's fit, redone: bcts with RSNA weights, or bias where bcts has no 1/T > 0."""
+    weights = np.array([1.0, 2.0, 4.0])[labels]
+    if method == "bias":  # the documented fallback of a tiny model's signal-free logits
+        with pytest.raises(NonPositiveTemperatureError):
+            fit_calibration(logits, labels, "bcts", sample_weight=weights)
+        return fit_calibration(logits, labels, "bias", sample_weight=weights)
+    assert method == "bcts"
+    return fit_calibration(logits, labels, "bcts", sample_weight=weights)
+
+
+def test_shared_calibration_is_one_bcts_fit_on_every_conditions_validation_rois(
+    run: ConditionFinetuneConfig, cache_dir: Path
+) -> None:
+    assert run.calibration_scope == "shared"
+    _, metadata = load_checkpoint(Path(run.out_dir) / "model.pt")
+    assert metadata["calibration_scope"] == "shared"
+    maps = condition_calibrations_from_metadata(metadata)
+    val = _validation_predictions(run, cache_dir)
+    present = {CONDITIONS[int(k)] for k in np.unique(val.conditions)}
+    assert set(maps) == present
+    expected = _weighted_fit(val.logits, val.y_true, next(iter(maps.values())).method)
+    for calibration in maps.values():
+        assert calibration == next(iter(maps.values()))
+        assert calibration.num_samples == len(val.y_true)
+        np.testing.assert_allclose(calibration.scale, expected.scale, rtol=1e-6)
+        np.testing.assert_allclose(calibration.bias, expected.bias, atol=1e-6)
+
+
+def test_condition_scope_fits_each_condition_on_its_own_rois(
+    cache_dir: Path, tmp_path: Path
+) -> None:
+    config = _config(cache_dir, tmp_path / "per_condition", calibration_scope="condition")
+    run_condition_finetuning(config)
+    _, metadata = load_checkpoint(Path(config.out_dir) / "model.pt")
+    assert metadata["calibration_scope"] == "condition"
+    maps = condition_calibrations_from_metadata(metadata)
+    assert maps
+    val = _validation_predictions(config, cache_dir)
+    assert val.conditions is not None
+    for name, calibration in maps.items():
+        keep = val.conditions == CONDITIONS.index(name)
+        assert calibration.num_samples == int(keep.sum()) < len(val.y_true)
+        expected = _weighted_fit(val.logits[keep], val.y_true[keep], calibration.method)
+        np.testing.assert_allclose(calibration.scale, expected.scale, rtol=1e-6)
+        np.testing.assert_allclose(calibration.bias, expected.bias, atol=1e-6)
+
+
+def test_unknown_calibration_scope_is_refused(cache_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="calibration_scope must be shared or condition"):
+        _config(cache_dir, tmp_path, calibration_scope="group")
 
 
 def test_pretrain_sequences_keep_exactly_the_rows_of_those_sequences(cache_dir: Path) -> None:

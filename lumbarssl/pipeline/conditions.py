@@ -5,8 +5,8 @@ loss or an ordinal loss, AdamW over encoder and heads at two rates, ReduceLROnPl
 ROI of a ``PrepareConfig(conditions="all")`` cache at once: batches mix conditions, each ROI
 goes through its sequence's encoder (or the shared one) and its condition's head. Model
 selection uses the mean over conditions of the validation balanced accuracy; calibration is
-fitted per condition on the validation ROIs; the test report gives Table 1 per condition and
-the full RSNA 2024 score.
+fitted on the validation ROIs of all conditions together (one map) or of each condition; the
+test report gives Table 1 per condition and the full RSNA 2024 score.
 """
 
 from __future__ import annotations
@@ -65,11 +65,14 @@ __all__ = [
 
 #: ``"shared"``: one encoder for every condition; ``"per_sequence"``: one per sequence.
 EncoderLayout = Literal["auto", "shared", "per_sequence"]
+#: ``"shared"``: one calibration map fitted on every condition's validation ROIs;
+#: ``"condition"``: one map per condition, fitted on its own validation ROIs.
+CalibrationScope = Literal["shared", "condition"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ConditionFinetuneConfig(FinetuneConfig):
-    """Grading of all five conditions; every :class:`FinetuneConfig` setting means the same.
+    r"""Grading of all five conditions; every :class:`FinetuneConfig` setting means the same.
 
     ``cache_dir`` must hold a ``conditions="all"`` cache. The splits are those of
     :func:`~lumbarssl.data.splits.make_splits` on the whole cache (stratified by condition and
@@ -85,6 +88,15 @@ class ConditionFinetuneConfig(FinetuneConfig):
         encoder_layout: ``"auto"`` (per-sequence when ``sequence_encoders`` is given, shared
             otherwise), ``"shared"`` or ``"per_sequence"``; only ``mode="scratch"`` needs it
             to ask for per-sequence encoders, which it initialises at random.
+        calibration_scope: ``"shared"`` (default): one map of the ``calibration`` method
+            fitted on the validation ROIs of all five conditions together and stored for
+            each; ``"condition"``: one map per condition on its own validation ROIs. The
+            class weights ``alpha`` shift every condition's logits by the same
+            :math:`\log\alpha_c` (:mod:`~lumbarssl.metrics.calibration`), so one map can
+            undo the shift with five times the discs; on held-out halves of the quick
+            all-condition run's test studies the shared bcts map lowered the full RSNA score
+            8-14 % against 5-9 % for per-condition maps fitted on the same discs
+            (``benchmarks/bench_calibration.py --scope``).
     """
 
     sequence_encoders: tuple[str, ...] = param(
@@ -93,9 +105,16 @@ class ConditionFinetuneConfig(FinetuneConfig):
     encoder_layout: EncoderLayout = param(
         "auto", "auto | shared | per_sequence (auto: per_sequence iff --sequence-encoders)"
     )
+    calibration_scope: CalibrationScope = param(
+        "shared", "shared (one map fitted on all conditions' val ROIs) | condition (one each)"
+    )
 
     def _check_encoder(self) -> None:
         object.__setattr__(self, "sequence_encoders", tuple(self.sequence_encoders))
+        if self.calibration_scope not in ("shared", "condition"):
+            raise ValueError(
+                f"calibration_scope must be shared or condition, got {self.calibration_scope!r}"
+            )
         if self.encoder_layout not in ("auto", "shared", "per_sequence"):
             raise ValueError(
                 f"encoder_layout must be auto, shared or per_sequence, got {self.encoder_layout!r}"
@@ -300,7 +319,7 @@ def run_condition_finetuning(config: ConditionFinetuneConfig) -> StageResult:
     """Train one :class:`~lumbarssl.models.ConditionClassifier` on all five conditions.
 
     Writes to ``out_dir``: ``model.pt`` (best epoch by mean validation balanced accuracy,
-    with the per-condition calibration maps under
+    with one calibration map per condition (see ``calibration_scope``) under
     :data:`~lumbarssl.pipeline.evaluate.CONDITION_CALIBRATION_KEY`), the trainer's
     ``best.pt``/``last.pt`` and history, ``predictions_test.csv``
     (:func:`write_condition_predictions`) and ``metrics.json``: for each condition Table 1's
@@ -359,6 +378,7 @@ def run_condition_finetuning(config: ConditionFinetuneConfig) -> StageResult:
         "sequence_encoders": config.sequence_encoder_paths(),
         "encoder_layout": config.layout,
         "head": config.head,
+        "calibration_scope": config.calibration_scope,
     }
     model_path = export_best(model, trainer.best_checkpoint, out, metadata, recipe)
     if info.rank == 0:
@@ -406,9 +426,19 @@ def run_condition_finetuning(config: ConditionFinetuneConfig) -> StageResult:
 def _fit_calibrations(
     predictions: ClassifierPredictions, config: ConditionFinetuneConfig
 ) -> dict[str, Calibration]:
-    """One map per condition, fitted on its validation ROIs (:func:`fit_val_calibration`)."""
+    """One map per condition (:func:`fit_val_calibration`), by ``config.calibration_scope``.
+
+    ``"shared"`` fits one map on the validation ROIs of every condition and stores it under
+    each condition present there; ``"condition"`` fits each condition's map on its own ROIs.
+    """
     assert predictions.conditions is not None
     maps: dict[str, Calibration] = {}
+    if config.calibration_scope == "shared":
+        fitted = fit_val_calibration(predictions, config)
+        present = set(np.unique(predictions.conditions).tolist())
+        if fitted is None:
+            return maps
+        return {name: fitted for k, name in enumerate(CONDITIONS) if k in present}
     for k, name in enumerate(CONDITIONS):
         fitted = fit_val_calibration(predictions.select(predictions.conditions == k), config)
         if fitted is not None:
