@@ -260,3 +260,51 @@ def test_stage_refuses_a_spinal_only_cache(tmp_path: Path, data: Path) -> None:
     prepare_cache(data, spinal, PrepareConfig(roi_size=32, localizer_size=32))
     argv = ["finetune-conditions", "--cache-dir", str(spinal), "--out-dir", str(tmp_path / "o")]
     assert main([*argv, "--mode", "scratch", "--device", "cpu"]) == 2
+
+
+def _evaluate_argv(run: ConditionFinetuneConfig, cache_dir: Path, out: Path) -> list[str]:
+    argv = ["evaluate", "--cache-dir", str(cache_dir), "--out-dir", str(out)]
+    argv += ["--checkpoint", str(Path(run.out_dir) / "model.pt"), "--n-resamples", "20"]
+    argv += ["--split", "study", "--val-size", "0.25", "--test-size", "0.25", "--seed", "0"]
+    return [*argv, "--device", "cpu", "--num-workers", "0", "--progress", "off"]
+
+
+def test_evaluate_scores_a_condition_classifier_as_the_stage_did(
+    run: ConditionFinetuneConfig,
+    cache_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "eval"
+    assert main(_evaluate_argv(run, cache_dir, out)) == 0
+    printed = capsys.readouterr().out
+    # The stage's report (checked against the CSV above) and evaluate's, on the same rows.
+    stage = json.loads((Path(run.out_dir) / "metrics.json").read_text())
+    report = json.loads((out / "report_test.json").read_text())
+    for name in CONDITIONS:
+        for reading in ("raw", "calibrated"):
+            ours, theirs = report["conditions"][name][reading], stage["conditions"][name][reading]
+            for column, cell in theirs["table1"].items():  # NaN where a grade is absent
+                np.testing.assert_allclose(ours["table1"][column], cell, rtol=1e-9)
+            assert ours["confusion"] == theirs["confusion"]
+        assert name in printed
+    for reading in ("raw", "calibrated"):
+        assert report["rsna"][reading] == pytest.approx(stage["rsna"][reading])
+        assert f"RSNA 2024 score, {reading}: {stage['rsna'][reading]['score']:.4f}" in printed
+    assert report["calibration"] == stage["calibration"]
+    assert report["provenance"]["calibration_scope"] == "shared"
+    assert _rows(out / "predictions_test.csv") == _rows(Path(run.out_dir) / "predictions_test.csv")
+
+
+def test_evaluate_refuses_a_condition_classifier_on_a_spinal_only_cache(
+    run: ConditionFinetuneConfig,
+    data: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    spinal = tmp_path / "spinal"
+    prepare_cache(data, spinal, PrepareConfig(roi_size=32, localizer_size=32))
+    assert main(_evaluate_argv(run, spinal, tmp_path / "eval")) == 2
+    err = capsys.readouterr().err
+    assert "holds spinal canal ROIs only" in err
+    assert "Traceback" not in err

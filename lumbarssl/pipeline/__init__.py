@@ -18,7 +18,6 @@ from lumbarssl.pipeline.conditions import (
     ConditionFinetuneConfig,
     condition_epoch_metrics,
     run_condition_finetuning,
-    write_condition_predictions,
 )
 from lumbarssl.pipeline.config import StageConfig, param
 from lumbarssl.pipeline.convert import convert_checkpoint, legacy_recipe, load_recipe
@@ -32,11 +31,13 @@ from lumbarssl.pipeline.evaluate import (
     calibration_from_metadata,
     class_logits,
     condition_calibrations_from_metadata,
+    condition_summary,
     epoch_metrics,
     predict_classifier,
     run_evaluation,
     summarize,
     table1_summary,
+    write_condition_predictions,
 )
 from lumbarssl.pipeline.finetune import FinetuneConfig, load_pretrained_encoder, run_finetuning
 from lumbarssl.pipeline.inference import (
@@ -90,6 +91,7 @@ __all__ = [
     "class_logits",
     "condition_calibrations_from_metadata",
     "condition_epoch_metrics",
+    "condition_summary",
     "convert_checkpoint",
     "epoch_metrics",
     "find_series",

@@ -11,10 +11,8 @@ test report gives Table 1 per condition and the full RSNA 2024 score.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -24,8 +22,8 @@ from torch import Tensor, nn
 from lumbarssl.data.datasets import DiscROIDataset
 from lumbarssl.data.recipes import RoiRecipe, recipe_to_metadata
 from lumbarssl.errors import ConfigError
-from lumbarssl.layout import CONDITION_SLUGS, CONDITIONS, LEVELS, SERIES_DESCRIPTIONS
-from lumbarssl.metrics import Calibration, confusion_matrix, report_from_confusion, rsna_score
+from lumbarssl.layout import CONDITION_SLUGS, CONDITIONS, SERIES_DESCRIPTIONS
+from lumbarssl.metrics import Calibration, confusion_matrix, report_from_confusion
 from lumbarssl.models import ConditionClassifier, resnet18_encoder, save_checkpoint
 from lumbarssl.pipeline._common import (
     DeviceBatches,
@@ -44,8 +42,9 @@ from lumbarssl.pipeline.evaluate import (
     _outputs_and_labels,
     calibrate_by_condition,
     class_logits,
+    condition_summary,
     predict_classifier,
-    table1_summary,
+    write_condition_predictions,
 )
 from lumbarssl.pipeline.finetune import (
     FinetuneConfig,
@@ -60,7 +59,6 @@ __all__ = [
     "ConditionFinetuneConfig",
     "condition_epoch_metrics",
     "run_condition_finetuning",
-    "write_condition_predictions",
 ]
 
 #: ``"shared"``: one encoder for every condition; ``"per_sequence"``: one per sequence.
@@ -206,78 +204,6 @@ def condition_epoch_metrics(
     return metrics
 
 
-def write_condition_predictions(
-    path: str | Path, raw: ClassifierPredictions, calibrated: ClassifierPredictions | None
-) -> None:
-    """Write one row per ROI: ``row, study_id, condition, level, label, p0..p2, q0..q2``.
-
-    ``p`` are the raw class probabilities, ``q`` the calibrated ones (equal to ``p`` where no
-    calibration map exists).
-
-    Args:
-        path: The CSV to write.
-        raw: Predictions with ``conditions``.
-        calibrated: The same rows calibrated, or ``None``.
-
-    Raises:
-        ValueError: If ``raw`` holds no conditions.
-    """
-    if raw.conditions is None:
-        raise ValueError("condition predictions need the condition of each row")
-    q = raw.probabilities if calibrated is None else calibrated.probabilities
-    n_classes = raw.probabilities.shape[1]
-    with Path(path).open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(
-            ["row", "study_id", "condition", "level", "label"]
-            + [f"p{c}" for c in range(n_classes)]
-            + [f"q{c}" for c in range(n_classes)]
-        )
-        for i in range(len(raw.rows)):
-            writer.writerow(
-                [
-                    int(raw.rows[i]),
-                    int(raw.study_ids[i]),
-                    CONDITIONS[int(raw.conditions[i])],
-                    LEVELS[int(raw.levels[i])],
-                    int(raw.y_true[i]),
-                ]
-                + [f"{p:.6f}" for p in raw.probabilities[i]]
-                + [f"{p:.6f}" for p in q[i]]
-            )
-
-
-def _report(predictions: ClassifierPredictions, config: ConditionFinetuneConfig) -> dict[str, Any]:
-    """Table 1 per condition with bootstrap intervals, their mean balanced accuracy, RSNA."""
-    assert predictions.conditions is not None
-    per_condition: dict[str, Any] = {}
-    bal_accs = []
-    for k, name in enumerate(CONDITIONS):
-        subset = predictions.select(predictions.conditions == k)
-        if len(subset.y_true) == 0:
-            per_condition[name] = {"n_discs": 0}
-            continue
-        per_condition[name] = table1_summary(
-            subset, n_resamples=config.n_resamples, seed=config.seed, cluster=True
-        )
-        bal_accs.append(per_condition[name]["table1"]["Bal Acc"][0])
-    finite = [b for b in bal_accs if not np.isnan(b)]
-    rsna: dict[str, float] | None = None
-    if len(predictions.y_true):
-        score = rsna_score(
-            predictions.y_true,
-            predictions.probabilities,
-            predictions.study_ids,
-            [CONDITIONS[int(c)] for c in predictions.conditions],
-        )
-        rsna = score._asdict()
-    return {
-        "conditions": per_condition,
-        "mean_bal_acc": float(np.mean(finite)) if finite else float("nan"),
-        "rsna": rsna,
-    }
-
-
 def _load_encoders(config: ConditionFinetuneConfig) -> nn.Module | dict[str, nn.Module]:
     if config.layout == "per_sequence":
         if config.mode == "scratch":
@@ -394,32 +320,11 @@ def run_condition_finetuning(config: ConditionFinetuneConfig) -> StageResult:
         test = predict(splits.test)
         calibrated = calibrate_by_condition(test, calibrations) if calibrations else None
         write_condition_predictions(out / "predictions_test.csv", test, calibrated)
-        raw_report = _report(test, config)
-        calibrated_report = _report(calibrated, config) if calibrated is not None else None
-        write_json(
-            out / "metrics.json",
-            {
-                "conditions": {
-                    name: {
-                        "raw": raw_report["conditions"][name],
-                        "calibrated": (
-                            calibrated_report["conditions"][name] if calibrated_report else None
-                        ),
-                    }
-                    for name in CONDITIONS
-                },
-                "mean_bal_acc": {
-                    "raw": raw_report["mean_bal_acc"],
-                    "calibrated": calibrated_report["mean_bal_acc"] if calibrated_report else None,
-                },
-                "rsna": {
-                    "raw": raw_report["rsna"],
-                    "calibrated": calibrated_report["rsna"] if calibrated_report else None,
-                },
-                "calibration": metadata.get(CONDITION_CALIBRATION_KEY, {}),
-                "provenance": metadata | {"recipe": recipe_to_metadata(recipe)},
-            },
+        report = condition_summary(
+            test, n_resamples=config.n_resamples, seed=config.seed, calibrations=calibrations
         )
+        report["provenance"] = metadata | {"recipe": recipe_to_metadata(recipe)}
+        write_json(out / "metrics.json", report)
     return StageResult(out_dir=out, model_path=model_path, history=tuple(history))
 
 

@@ -25,7 +25,7 @@ from lumbarssl.data.cache import PreparedCache
 from lumbarssl.data.constants import CONDITIONS, LEVELS
 from lumbarssl.data.datasets import DiscROIDataset
 from lumbarssl.data.recipes import RoiRecipe
-from lumbarssl.errors import InputError, WrongKindError
+from lumbarssl.errors import ConfigError, InputError, WrongKindError
 from lumbarssl.losses import OrdinalKind, ordinal_log_probabilities
 from lumbarssl.metrics import (
     TABLE1_COLUMNS,
@@ -33,6 +33,7 @@ from lumbarssl.metrics import (
     bootstrap_ci,
     confusion_matrix,
     report_from_confusion,
+    rsna_score,
     rsna_spinal_score,
 )
 from lumbarssl.models import ConditionClassifier, DiscClassifier, load_checkpoint
@@ -49,8 +50,8 @@ CALIBRATION_KEY = "calibration"
 #: Checkpoint metadata key of the per-condition calibration maps of a
 #: :class:`~lumbarssl.models.ConditionClassifier` (``lumbarssl finetune-conditions``):
 #: ``{condition name: Calibration.to_dict()}``, one map per condition of
-#: :data:`~lumbarssl.layout.CONDITIONS` fitted on that condition's validation ROIs; a condition
-#: whose fit was impossible is absent (its outputs stay raw).
+#: :data:`~lumbarssl.layout.CONDITIONS` (the same map for every condition under the stage's
+#: default ``calibration_scope="shared"``); a condition without a map keeps its raw outputs.
 CONDITION_CALIBRATION_KEY = "condition_calibration"
 
 #: Names of the per-epoch validation metrics the fine-tuning stage logs (``val_<name>``).
@@ -404,6 +405,143 @@ def calibrate_by_condition(
     )
 
 
+def condition_summary(
+    predictions: ClassifierPredictions,
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    cluster: bool = True,
+    calibrations: Mapping[str, Calibration] | None = None,
+) -> dict[str, Any]:
+    """Table 1 per condition, their mean balanced accuracy and the full RSNA 2024 score.
+
+    The report of :class:`~lumbarssl.models.ConditionClassifier` predictions, written as
+    ``metrics.json`` by ``lumbarssl finetune-conditions`` and as ``report_<subset>.json`` by
+    ``lumbarssl evaluate``.
+
+    Args:
+        predictions: Predictions with ``conditions`` (and ``logits`` when calibrating).
+        n_resamples: Bootstrap resamples of each condition's intervals.
+        confidence: Interval level.
+        seed: Bootstrap seed.
+        cluster: Resample whole studies instead of ROIs.
+        calibrations: ``{condition name: map}`` (:func:`calibrate_by_condition`); empty or
+            ``None`` reports the raw reading only.
+
+    Returns:
+        ``conditions``: for each of :data:`~lumbarssl.layout.CONDITIONS`, ``raw`` and
+        ``calibrated`` (``None`` without maps) readings of :func:`table1_summary` (just
+        ``{"n_discs": 0}`` for a condition without ROIs); ``mean_bal_acc`` and ``rsna``
+        (:func:`~lumbarssl.metrics.rsna_score`'s terms, ``None`` without ROIs), each ``raw``
+        and ``calibrated``; ``calibration``: the maps as dicts.
+
+    Raises:
+        ValueError: If the predictions hold no conditions.
+    """
+    if predictions.conditions is None:
+        raise ValueError("a condition summary needs the condition of each row")
+    settings: dict[str, Any] = {
+        "n_resamples": n_resamples,
+        "confidence": confidence,
+        "seed": seed,
+        "cluster": cluster,
+    }
+    raw = _condition_reading(predictions, settings)
+    calibrated = (
+        _condition_reading(calibrate_by_condition(predictions, calibrations), settings)
+        if calibrations
+        else None
+    )
+    return {
+        "conditions": {
+            name: {
+                "raw": raw["conditions"][name],
+                "calibrated": calibrated["conditions"][name] if calibrated else None,
+            }
+            for name in CONDITIONS
+        },
+        "mean_bal_acc": {
+            "raw": raw["mean_bal_acc"],
+            "calibrated": calibrated["mean_bal_acc"] if calibrated else None,
+        },
+        "rsna": {"raw": raw["rsna"], "calibrated": calibrated["rsna"] if calibrated else None},
+        "calibration": {k: m.to_dict() for k, m in (calibrations or {}).items()},
+    }
+
+
+def _condition_reading(
+    predictions: ClassifierPredictions, settings: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Table 1 per condition with bootstrap intervals, their mean balanced accuracy, RSNA."""
+    assert predictions.conditions is not None
+    per_condition: dict[str, Any] = {}
+    bal_accs = []
+    for k, name in enumerate(CONDITIONS):
+        subset = predictions.select(predictions.conditions == k)
+        if len(subset.y_true) == 0:
+            per_condition[name] = {"n_discs": 0}
+            continue
+        per_condition[name] = table1_summary(subset, **settings)
+        bal_accs.append(per_condition[name]["table1"]["Bal Acc"][0])
+    finite = [b for b in bal_accs if not np.isnan(b)]
+    rsna: dict[str, float] | None = None
+    if len(predictions.y_true):
+        score = rsna_score(
+            predictions.y_true,
+            predictions.probabilities,
+            predictions.study_ids,
+            [CONDITIONS[int(c)] for c in predictions.conditions],
+        )
+        rsna = score._asdict()
+    return {
+        "conditions": per_condition,
+        "mean_bal_acc": float(np.mean(finite)) if finite else float("nan"),
+        "rsna": rsna,
+    }
+
+
+def write_condition_predictions(
+    path: str | Path, raw: ClassifierPredictions, calibrated: ClassifierPredictions | None
+) -> None:
+    """Write one row per ROI: ``row, study_id, condition, level, label, p0..p2, q0..q2``.
+
+    ``p`` are the raw class probabilities, ``q`` the calibrated ones (equal to ``p`` where no
+    calibration map exists).
+
+    Args:
+        path: The CSV to write.
+        raw: Predictions with ``conditions``.
+        calibrated: The same rows calibrated, or ``None``.
+
+    Raises:
+        ValueError: If ``raw`` holds no conditions.
+    """
+    if raw.conditions is None:
+        raise ValueError("condition predictions need the condition of each row")
+    q = raw.probabilities if calibrated is None else calibrated.probabilities
+    n_classes = raw.probabilities.shape[1]
+    with Path(path).open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            ["row", "study_id", "condition", "level", "label"]
+            + [f"p{c}" for c in range(n_classes)]
+            + [f"q{c}" for c in range(n_classes)]
+        )
+        for i in range(len(raw.rows)):
+            writer.writerow(
+                [
+                    int(raw.rows[i]),
+                    int(raw.study_ids[i]),
+                    CONDITIONS[int(raw.conditions[i])],
+                    LEVELS[int(raw.levels[i])],
+                    int(raw.y_true[i]),
+                ]
+                + [f"{p:.6f}" for p in raw.probabilities[i]]
+                + [f"{p:.6f}" for p in q[i]]
+            )
+
+
 def condition_calibrations_from_metadata(
     metadata: Mapping[str, Any], source: str = "checkpoint"
 ) -> dict[str, Calibration]:
@@ -502,7 +640,9 @@ class EvaluateConfig(StageConfig):
         bootstrap_unit: ``"study"`` resamples whole studies, ``"disc"`` single discs.
     """
 
-    checkpoint: str = param("", "classifier model.pt from `lumbarssl finetune`")
+    checkpoint: str = param(
+        "", "classifier model.pt from `lumbarssl finetune` or `lumbarssl finetune-conditions`"
+    )
     subset: Literal["test", "val"] = param("test", "split to score")
     batch_size: int = param(64, "discs per forward pass")
     n_resamples: int = param(1000, "bootstrap resamples")
@@ -526,27 +666,39 @@ class EvaluateConfig(StageConfig):
 def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
     """Score a classifier checkpoint on the held-out discs of the run's split.
 
-    Writes ``predictions_<subset>.csv`` and ``report_<subset>.json`` in ``out_dir``; if the
-    checkpoint carries a calibration map (:data:`CALIBRATION_KEY`), the report holds the
-    calibrated reading beside the raw one and ``predictions_<subset>_calibrated.csv`` the
-    calibrated probabilities.
+    Writes ``predictions_<subset>.csv`` and ``report_<subset>.json`` in ``out_dir``. For a
+    :class:`~lumbarssl.models.DiscClassifier`: if the checkpoint carries a calibration map
+    (:data:`CALIBRATION_KEY`), the report holds the calibrated reading beside the raw one and
+    ``predictions_<subset>_calibrated.csv`` the calibrated probabilities. For a
+    :class:`~lumbarssl.models.ConditionClassifier` (on a ``conditions="all"`` cache): the
+    report is :func:`condition_summary` (Table 1 per condition, the full RSNA 2024 score, raw
+    and calibrated by the maps under :data:`CONDITION_CALIBRATION_KEY`), the CSV that of
+    :func:`write_condition_predictions`, as ``lumbarssl finetune-conditions`` writes them.
 
     Args:
         config: The evaluation config (its split fields must match the training run's).
 
     Returns:
-        The summary of :func:`summarize` plus provenance.
+        The summary of :func:`summarize` (or :func:`condition_summary`) plus provenance.
 
     Raises:
-        TypeError: If the checkpoint is not a :class:`~lumbarssl.models.DiscClassifier`.
+        WrongKindError: If the checkpoint holds no classifier.
+        ConfigError: If a condition classifier meets a spinal-only cache.
     """
     out = prepare_out_dir(config)
     model, metadata = load_checkpoint(config.checkpoint)
-    if not isinstance(model, DiscClassifier):
+    if not isinstance(model, DiscClassifier | ConditionClassifier):
         raise WrongKindError(
-            f"{config.checkpoint} holds a {type(model).__name__}, expected a DiscClassifier"
+            f"{config.checkpoint} holds a {type(model).__name__}, expected a DiscClassifier "
+            "(`lumbarssl finetune`) or a ConditionClassifier (`lumbarssl finetune-conditions`)"
         )
     cache = PreparedCache.open(config.cache_dir)
+    conditions = isinstance(model, ConditionClassifier)
+    if conditions and not cache.table.has_conditions:
+        raise ConfigError(
+            f"{config.cache_dir} holds spinal canal ROIs only, and {config.checkpoint} grades all "
+            "five conditions: evaluate it on a `lumbarssl prepare --conditions all` cache"
+        )
     splits = make_splits(cache, config)
     rows = splits.test if config.subset == "test" else splits.val
     predictions = predict_classifier(
@@ -555,16 +707,13 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
         batch_size=config.batch_size,
         device=config.runtime.device,
     )
-    calibration = calibration_from_metadata(metadata, str(config.checkpoint))
-    summary = summarize(
-        predictions,
-        n_resamples=config.n_resamples,
-        confidence=config.confidence,
-        seed=config.seed,
-        cluster=config.bootstrap_unit == "study",
-        calibration=calibration,
-    )
-    summary["provenance"] = {
+    settings: dict[str, Any] = {
+        "n_resamples": config.n_resamples,
+        "confidence": config.confidence,
+        "seed": config.seed,
+        "cluster": config.bootstrap_unit == "study",
+    }
+    provenance = {
         "data_source": config.data_source,
         "profile": config.profile,
         "seed": config.seed,
@@ -574,10 +723,21 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
         "mode": metadata.get("mode"),
         "head": metadata.get("head", "softmax"),
     }
-    predictions.write_csv(out / f"predictions_{config.subset}.csv")
-    if calibration is not None:
-        predictions.calibrated(calibration).write_csv(
-            out / f"predictions_{config.subset}_calibrated.csv"
-        )
+    csv_path = out / f"predictions_{config.subset}.csv"
+    if conditions:
+        calibrations = condition_calibrations_from_metadata(metadata, str(config.checkpoint))
+        summary = condition_summary(predictions, calibrations=calibrations, **settings)
+        provenance["calibration_scope"] = metadata.get("calibration_scope")
+        calibrated = calibrate_by_condition(predictions, calibrations) if calibrations else None
+        write_condition_predictions(csv_path, predictions, calibrated)
+    else:
+        calibration = calibration_from_metadata(metadata, str(config.checkpoint))
+        summary = summarize(predictions, calibration=calibration, **settings)
+        predictions.write_csv(csv_path)
+        if calibration is not None:
+            predictions.calibrated(calibration).write_csv(
+                out / f"predictions_{config.subset}_calibrated.csv"
+            )
+    summary["provenance"] = provenance
     write_json(out / f"report_{config.subset}.json", summary)
     return summary
