@@ -255,10 +255,17 @@ def test_cli_runs_per_sequence_encoders(cache_dir: Path, tmp_path: Path) -> None
     assert json.loads((out / "metrics.json").read_text())["rsna"]["raw"]["score"] > 0
 
 
-def test_stage_refuses_a_spinal_only_cache(tmp_path: Path, data: Path) -> None:
-    spinal = tmp_path / "spinal"
-    prepare_cache(data, spinal, PrepareConfig(roi_size=32, localizer_size=32))
-    argv = ["finetune-conditions", "--cache-dir", str(spinal), "--out-dir", str(tmp_path / "o")]
+@pytest.fixture(scope="module")
+def spinal_cache(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same studies prepared the paper's way: spinal canal ROIs only."""
+    out = tmp_path_factory.mktemp("spinal_cache")
+    prepare_cache(data, out, PrepareConfig(roi_size=32, localizer_size=32))
+    return out
+
+
+def test_stage_refuses_a_spinal_only_cache(tmp_path: Path, spinal_cache: Path) -> None:
+    argv = ["finetune-conditions", "--cache-dir", str(spinal_cache), "--out-dir"]
+    argv += [str(tmp_path / "o")]
     assert main([*argv, "--mode", "scratch", "--device", "cpu"]) == 2
 
 
@@ -298,13 +305,11 @@ def test_evaluate_scores_a_condition_classifier_as_the_stage_did(
 
 def test_evaluate_refuses_a_condition_classifier_on_a_spinal_only_cache(
     run: ConditionFinetuneConfig,
-    data: Path,
+    spinal_cache: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    spinal = tmp_path / "spinal"
-    prepare_cache(data, spinal, PrepareConfig(roi_size=32, localizer_size=32))
-    assert main(_evaluate_argv(run, spinal, tmp_path / "eval")) == 2
+    assert main(_evaluate_argv(run, spinal_cache, tmp_path / "eval")) == 2
     err = capsys.readouterr().err
     assert "holds spinal canal ROIs only" in err
     assert "Traceback" not in err
