@@ -10,12 +10,20 @@ from typing import Any
 
 import pytest
 import torch
-from _training_toys import STEPS_PER_EPOCH, Batch, config, make_run, mse_step, trainer
+from _training_toys import (
+    STEPS_PER_EPOCH,
+    Batch,
+    Scripted,
+    config,
+    make_run,
+    mse_step,
+    trainer,
+)
 from torch import Tensor, nn
 
 import lumbarssl.training.trainer as trainer_module
 from lumbarssl.errors import DiskFullError
-from lumbarssl.training import TrainingDivergedError, load_training_state, read_history
+from lumbarssl.training import Trainer, TrainingDivergedError, load_training_state, read_history
 from lumbarssl.training._background import BackgroundWriter, host_snapshot
 
 WriteFn = Callable[[object, "str | Path"], None]
@@ -57,7 +65,7 @@ def test_written_checkpoint_is_the_state_at_its_epoch_although_training_went_on(
 
     def gated(save: WriteFn) -> WriteFn:
         def wrapped(obj: object, path: str | Path) -> None:
-            if _epoch_of(obj) == 1 and Path(path).name == "last.pt":
+            if _epoch_of(obj) == 1 and not held:  # best.pt: the epoch's one serialisation
                 held.append(mutated.wait(timeout=60))
                 save(obj, tmp_path / "epoch1.pt")
             save(obj, path)
@@ -175,9 +183,22 @@ def test_writes_reach_the_disk_in_order_and_the_last_is_the_last_epoch(
 
         return wrapped
 
+    real_duplicate = trainer_module.atomic_duplicate  # type: ignore[attr-defined]
+
+    def duplicate(source: Path, path: Path) -> None:  # last.pt of a best epoch
+        time.sleep(0.02)
+        real_duplicate(source, path)
+        order.append((path.name, int(load_training_state(path)["epoch"])))
+
     _patch_save(monkeypatch, slow)
+    monkeypatch.setattr(trainer_module, "atomic_duplicate", duplicate)
     run = make_run(seed=0)
-    trainer(run, config(tmp_path, epochs=4)).fit(run.loader)
+    scores = [0.5, 0.4, 0.7, 0.6]  # best, not, best, not: both ways of writing last.pt
+    cfg = config(tmp_path, epochs=4, monitor="val_score", monitor_mode="max")
+    Trainer(
+        run.model, run.optimizer, train_step=mse_step, config=cfg, evaluate=Scripted(scores)
+    ).fit(run.loader, run.val_loader)
+    assert [name for name, _ in order] == ["best.pt", "last.pt", "last.pt"] * 2
     last_writes = [epoch for name, epoch in order if name == "last.pt"]
     assert last_writes == [1, 2, 3, 4]
     assert order[-1] == ("last.pt", 4)

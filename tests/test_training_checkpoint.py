@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -14,6 +15,7 @@ import torch
 from _training_toys import Batch, Run, config, make_run, trainer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from lumbarssl._core.atomic import atomic_duplicate
 from lumbarssl.training import (
     Trainer,
     atomic_save,
@@ -180,3 +182,31 @@ def test_resume_after_reduce_lr_on_plateau_lowered_the_rate(tmp_path: Path) -> N
     resumed.fit(again.loader, resume=True)
     assert [g["initial_lr"] for g in resumed.optimizer.param_groups] == start
     assert [g["lr"] for g in resumed.optimizer.param_groups] == [g["lr"] for g in saved]
+
+
+def test_atomic_duplicate_keeps_its_content_when_the_source_is_replaced(tmp_path: Path) -> None:
+    source, copy = tmp_path / "best.pt", tmp_path / "last.pt"
+    atomic_save({"v": torch.ones(1)}, source)
+    atomic_save({"v": torch.zeros(1)}, copy)
+    atomic_duplicate(source, copy)
+    assert copy.samefile(source)
+    atomic_save({"v": torch.full((1,), 2.0)}, source)  # a later best.pt
+    assert torch.load(copy, weights_only=True)["v"].item() == 1.0
+    atomic_save({"v": torch.full((1,), 3.0)}, copy)  # a later last.pt
+    assert torch.load(source, weights_only=True)["v"].item() == 2.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
+
+
+def test_atomic_duplicate_copies_where_hard_links_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", refuse)
+    source, copy = tmp_path / "best.pt", tmp_path / "last.pt"
+    atomic_save({"v": torch.arange(1000.0)}, source)
+    atomic_duplicate(source, copy)
+    assert not copy.samefile(source)
+    assert copy.read_bytes() == source.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]

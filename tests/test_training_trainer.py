@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pytest
 import torch
-from _training_toys import STEPS_PER_EPOCH, Batch, config, make_run, mse_step, trainer
+from _training_toys import STEPS_PER_EPOCH, Batch, Scripted, config, make_run, mse_step, trainer
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, ReduceLROnPlateau
 
@@ -22,20 +21,6 @@ from lumbarssl.training import (
     load_training_state,
     read_history,
 )
-
-
-class _Scripted:
-    """An ``evaluate`` returning a fixed sequence of scores and recording the weights it saw."""
-
-    def __init__(self, scores: Sequence[float]) -> None:
-        self.scores = list(scores)
-        self.weights: list[dict[str, Tensor]] = []
-
-    def __call__(self, model: nn.Module, batches: Iterable[Batch]) -> Mapping[str, float]:
-        assert not model.training
-        assert not torch.is_grad_enabled()
-        self.weights.append(copy.deepcopy(model.state_dict()))
-        return {"score": self.scores[len(self.weights) - 1]}
 
 
 def _plateau_reference(
@@ -87,7 +72,7 @@ def test_reduce_on_plateau_follows_the_validation_metric(tmp_path: Path, mode: s
         train_step=mse_step,
         config=cfg,
         scheduler=run.scheduler,
-        evaluate=_Scripted(scores),
+        evaluate=Scripted(scores),
     )
     history = fit.fit(run.loader, run.val_loader)
     expected = _plateau_reference(scores, 1.0, factor=0.5, patience=1, mode=mode)
@@ -140,7 +125,7 @@ def test_best_checkpoint_holds_the_weights_of_the_best_epoch(
     tmp_path: Path, mode: str, best_epoch: int
 ) -> None:
     scores = [0.2, 0.6, 0.4, 0.7, 0.5]
-    evaluate = _Scripted(scores)
+    evaluate = Scripted(scores)
     run = make_run(seed=0)
     cfg = config(tmp_path, epochs=len(scores), monitor="val_score", monitor_mode=mode)
     history = Trainer(
@@ -169,7 +154,7 @@ def test_early_stopping_after_patience_epochs_without_improvement(tmp_path: Path
         early_stopping_patience=3,
     )
     history = Trainer(
-        run.model, run.optimizer, train_step=mse_step, config=cfg, evaluate=_Scripted(scores)
+        run.model, run.optimizer, train_step=mse_step, config=cfg, evaluate=Scripted(scores)
     ).fit(run.loader, run.val_loader)
     assert [r.epoch for r in history] == [1, 2, 3, 4, 5]  # best at 2, then 3 bad epochs
     last = load_training_state(tmp_path / "last.pt")
@@ -185,7 +170,7 @@ def test_early_stopping_after_patience_epochs_without_improvement(tmp_path: Path
         return mse_step(model, batch)
 
     resumed = Trainer(
-        again.model, again.optimizer, train_step=counting, config=cfg, evaluate=_Scripted(scores)
+        again.model, again.optimizer, train_step=counting, config=cfg, evaluate=Scripted(scores)
     ).fit(again.loader, again.val_loader, resume=True)
     assert calls[0] == 0
     assert len(resumed) == 5
@@ -374,3 +359,35 @@ def test_compiled_training_checkpoints_the_plain_model(
     assert seen[0] is not run.model  # training went through the compiled wrapper
     state = load_training_state(tmp_path / "last.pt")
     assert state["model"].keys() == run.model.state_dict().keys()
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_a_best_epoch_is_serialised_once_and_best_pt_survives_later_epochs(
+    tmp_path: Path, background: bool
+) -> None:
+    # Scores 0.5, 0.4, 0.7 (max): epochs 1 and 3 are the best so far, epoch 2 is not.
+    for epochs, best_epoch in ((1, 1), (2, 1), (3, 3)):
+        out = tmp_path / f"{epochs}-epochs"
+        run = make_run(seed=0)
+        cfg = config(
+            out,
+            epochs=epochs,
+            monitor="val_score",
+            monitor_mode="max",
+            background_checkpoints=background,
+        )
+        Trainer(
+            run.model,
+            run.optimizer,
+            train_step=mse_step,
+            config=cfg,
+            evaluate=Scripted([0.5, 0.4, 0.7][:epochs]),
+        ).fit(run.loader, run.val_loader)
+        best = load_training_state(out / "best.pt")
+        last = load_training_state(out / "last.pt")
+        assert (best["epoch"], last["epoch"]) == (best_epoch, epochs)
+        # One file under two names when the last epoch is the best; two files otherwise.
+        assert (out / "best.pt").samefile(out / "last.pt") == (best_epoch == epochs)
+        for key, value in run.model.state_dict().items():
+            assert torch.equal(last["model"][key], value)
+        assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []

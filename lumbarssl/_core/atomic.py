@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -45,3 +46,31 @@ def _fsync_directory(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def atomic_duplicate(source: Path, path: Path) -> None:
+    """Replace ``path`` with the content of ``source``, all or nothing, without rewriting it.
+
+    A hard link to ``source`` is made under a temporary name and renamed over ``path``: both
+    names then share one file, which stays valid when either name is later replaced by
+    :func:`atomic_write` (a rename gives the name a new file and leaves the old one to the
+    other name). Where hard links are refused (some network and FAT file systems), the bytes
+    are copied through :func:`atomic_write` instead.
+
+    Args:
+        source: A complete file, written by :func:`atomic_write`; it is never modified in place.
+        path: The file to create or replace, in the same directory as ``source``.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        os.link(source, tmp)
+    except OSError:
+        with source.open("rb") as original:
+            atomic_write(path, lambda handle: shutil.copyfileobj(original, handle))
+        return
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)

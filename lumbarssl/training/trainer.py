@@ -25,6 +25,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from torch.utils.data.distributed import DistributedSampler
 
+from lumbarssl._core.atomic import atomic_duplicate
 from lumbarssl._core.config import ConfigBase
 from lumbarssl.errors import ConfigError, OutputExistsError, TrainingDivergedError
 from lumbarssl.training._background import BackgroundWriter, host_snapshot
@@ -596,14 +597,19 @@ class Trainer(Generic[BatchT]):
     def _write_checkpoints(self, state: TrainingState, record: EpochRecord, *, best: bool) -> None:
         """Write ``best.pt`` (if ``best``), ``last.pt`` and the history line, in this order.
 
-        With :attr:`TrainerConfig.background_checkpoints` the writes run in the background
-        thread on a host snapshot of ``state``, after the previous epoch's writes finished.
+        An epoch that is the best is serialised once: ``last.pt`` becomes a second name of the
+        new ``best.pt`` (:func:`~lumbarssl._core.atomic.atomic_duplicate`; a copy where hard
+        links are refused). With :attr:`TrainerConfig.background_checkpoints` the writes run
+        in the background thread on a host snapshot of ``state``, after the previous epoch's
+        writes finished.
         """
 
         def write(state: TrainingState) -> None:
             if best:
                 atomic_save(state, self.best_checkpoint)
-            atomic_save(state, self.last_checkpoint)
+                atomic_duplicate(self.best_checkpoint, self.last_checkpoint)
+            else:
+                atomic_save(state, self.last_checkpoint)
             append_history(self.history_file, record)
 
         if not self.config.background_checkpoints:
