@@ -91,10 +91,11 @@ class ConditionFinetuneConfig(FinetuneConfig):
             each; ``"condition"``: one map per condition on its own validation ROIs. The
             class weights ``alpha`` shift every condition's logits by the same
             :math:`\log\alpha_c` (:mod:`~lumbarssl.metrics.calibration`), so one map can
-            undo the shift with five times the discs; on held-out halves of the quick
-            all-condition run's test studies the shared bcts map lowered the full RSNA score
-            8-14 % against 5-9 % for per-condition maps fitted on the same discs
-            (``benchmarks/bench_calibration.py --scope``).
+            undo the shift with five times the discs. In the quick all-condition
+            reproduction (synthetic, seed 0) shared bcts maps fitted on the validation split
+            lowered the full RSNA score by 8-14 %, per-condition maps by 2-5 %; refitted on
+            held-out halves of the test studies (``benchmarks/bench_calibration.py``), shared
+            bcts 8-14 % and per-condition bcts 5-9 %.
     """
 
     sequence_encoders: tuple[str, ...] = param(
@@ -107,12 +108,15 @@ class ConditionFinetuneConfig(FinetuneConfig):
         "shared", "shared (one map fitted on all conditions' val ROIs) | condition (one each)"
     )
 
-    def _check_encoder(self) -> None:
-        object.__setattr__(self, "sequence_encoders", tuple(self.sequence_encoders))
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.calibration_scope not in ("shared", "condition"):
             raise ValueError(
                 f"calibration_scope must be shared or condition, got {self.calibration_scope!r}"
             )
+
+    def _check_encoder(self) -> None:
+        object.__setattr__(self, "sequence_encoders", tuple(self.sequence_encoders))
         if self.encoder_layout not in ("auto", "shared", "per_sequence"):
             raise ValueError(
                 f"encoder_layout must be auto, shared or per_sequence, got {self.encoder_layout!r}"
