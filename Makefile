@@ -41,7 +41,7 @@ lint:
 	$(BIN)/lint-imports --no-cache
 
 typecheck:
-	$(BIN)/mypy --strict lumbarssl tests examples
+	$(BIN)/mypy --strict lumbarssl tests examples benchmarks
 
 pytest:
 	$(BIN)/python -m pytest -q

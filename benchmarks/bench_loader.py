@@ -31,7 +31,7 @@ from lumbarssl.data.prepare import prepare_cache
 
 
 def _model(num_outputs: int) -> nn.Module:
-    model = resnet18(num_classes=num_outputs)
+    model: nn.Module = resnet18(num_classes=num_outputs)
     model.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
     return model
 

@@ -195,7 +195,7 @@ def main() -> None:
         load_after = _load()
 
     def median(name: str, field: str) -> float:
-        return statistics.median(getattr(t, field) for t in times[name])
+        return statistics.median(float(getattr(t, field)) for t in times[name])
 
     wall = {name: median(name, "wall") for name in variants}
     cpu = {name: median(name, "cpu") for name in variants}

@@ -105,7 +105,7 @@ def _run(
         optimizer.zero_grad(set_to_none=True)
         with amp.autocast():
             loss = loss_of(batch)
-        scaler.scale(loss).backward()
+        torch.autograd.backward(scaler.scale(loss))
         scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         scaler.step(optimizer)
@@ -227,10 +227,11 @@ def main() -> None:
         )
         header = f"{'step':<12}{'batch':>6}{'pipeline img/s':>16}{'in-memory img/s':>17}{'gap':>8}"
         print(header + "\n" + "-" * len(header))
-        for mode, batch_size in (("contrastive", 64), ("supervised", 24)):
+        plan: tuple[tuple[Mode, int], ...] = (("contrastive", 64), ("supervised", 24))
+        for mode, batch_size in plan:
             dataset = DiscROIDataset(
                 Path(tmp) / "cache",
-                mode,  # type: ignore[arg-type]
+                mode,
                 config=DiscDatasetConfig(input_size=size),
                 labeled_only=mode == "supervised",
             )

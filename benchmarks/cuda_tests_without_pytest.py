@@ -48,9 +48,9 @@ def main() -> int:
         return 0
     _stub_pytest()
     sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
-    import test_data_batch_augment as augment_tests  # type: ignore[import-not-found]
-    import test_pipeline_device_batches as stage_tests  # type: ignore[import-not-found]
-    from _rsna_factory import make_rsna_dir  # type: ignore[import-not-found]
+    import test_data_batch_augment as augment_tests
+    import test_pipeline_device_batches as stage_tests
+    from _rsna_factory import make_rsna_dir
 
     from lumbarssl.data.cache import PreparedCache
     from lumbarssl.data.prepare import PrepareConfig, prepare_cache

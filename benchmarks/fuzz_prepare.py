@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -81,10 +82,11 @@ def _run_forked(
     if hung:
         case = generate_case(base, seed, number, workers_share=share)
         return {"code": None, "problems": ["hang"], "skips": {}, "mutations": case.mutations}
-    return json.loads(
+    reported: dict[str, object] = json.loads(
         b"".join(chunks)
         or b'{"code": null, "problems": ["child died"], "skips": {}, "mutations": []}'
     )
+    return reported
 
 
 def _kind(result: dict[str, object]) -> str:
@@ -133,7 +135,7 @@ def main() -> int:
             kind = _kind(result)
             kinds[kind] += 1
             codes[str(result["code"])] += 1
-            skips.update(result["skips"])  # type: ignore[arg-type]
+            skips.update(cast(dict[str, int], result["skips"]))
             if kind in ("hangs", "tracebacks", "wrong outputs"):
                 failures.append(f"case {number} {result['mutations']}: {result['problems']}")
         elapsed = time.perf_counter() - started
