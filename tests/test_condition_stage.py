@@ -20,7 +20,14 @@ from lumbarssl.data.recipes import RoiRecipe
 from lumbarssl.layout import CONDITION_SEQUENCE, CONDITIONS, SERIES_DESCRIPTIONS
 from lumbarssl.metrics import Calibration, fit_calibration, rsna_score
 from lumbarssl.metrics.calibration import NonPositiveTemperatureError
-from lumbarssl.models import ConditionClassifier, ContrastiveModel, load_checkpoint, save_checkpoint
+from lumbarssl.models import (
+    ConditionClassifier,
+    ContrastiveModel,
+    DiscClassifier,
+    load_checkpoint,
+    resnet18_encoder,
+    save_checkpoint,
+)
 from lumbarssl.pipeline import (
     CONDITION_CALIBRATION_KEY,
     ConditionFinetuneConfig,
@@ -313,3 +320,26 @@ def test_evaluate_refuses_a_condition_classifier_on_a_spinal_only_cache(
     err = capsys.readouterr().err
     assert "holds spinal canal ROIs only" in err
     assert "Traceback" not in err
+
+
+def test_spinal_grading_refuses_an_all_condition_cache(
+    cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A spinal grader would train and be scored on every condition's ROIs, on other splits.
+    argv = ["finetune", "--cache-dir", str(cache_dir), "--out-dir", str(tmp_path / "ft")]
+    assert main([*argv, "--mode", "scratch", "--device", "cpu", "--progress", "off"]) == 2
+    err = capsys.readouterr().err
+    assert "was prepared with --conditions all" in err
+    assert "finetune-conditions" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "ft" / "model.pt").exists()
+
+    torch.manual_seed(0)
+    spinal_model = tmp_path / "spinal.pt"
+    save_checkpoint(spinal_model, DiscClassifier(resnet18_encoder(in_chans=1)))
+    argv = ["evaluate", "--cache-dir", str(cache_dir), "--out-dir", str(tmp_path / "eval")]
+    assert main([*argv, "--checkpoint", str(spinal_model), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "was prepared with --conditions all" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "eval" / "report_test.json").exists()

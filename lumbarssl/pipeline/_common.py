@@ -103,6 +103,37 @@ def start_stage(config: StageConfig) -> tuple[DistributedInfo, Path, PreparedCac
     return info, out, PreparedCache.open(config.cache_dir)
 
 
+def require_cache_kind(cache: PreparedCache, cache_dir: str, *, conditions: bool) -> None:
+    """Refuse a cache prepared for the other task, before anything trains or scores.
+
+    A spinal grader (``lumbarssl finetune``, a :class:`~lumbarssl.models.DiscClassifier`)
+    needs a spinal canal cache; ``finetune-conditions`` and a
+    :class:`~lumbarssl.models.ConditionClassifier` need a ``conditions="all"`` cache. On the
+    other kind the splits differ from the training run's and the ROIs mix or lack conditions,
+    so the numbers would be silently wrong.
+
+    Args:
+        cache: The opened cache.
+        cache_dir: Its path, for the message.
+        conditions: Whether the caller needs a ``conditions="all"`` cache.
+
+    Raises:
+        ConfigError: One line naming the cache and the command or preparation that fits it.
+    """
+    if conditions and not cache.table.has_conditions:
+        raise ConfigError(
+            f"{cache_dir} holds spinal canal ROIs only; prepare it with "
+            "`lumbarssl prepare --conditions all` to grade all five conditions"
+        )
+    if not conditions and cache.table.has_conditions:
+        raise ConfigError(
+            f"{cache_dir} was prepared with --conditions all; a spinal canal grader (`lumbarssl "
+            "finetune`, a DiscClassifier) trains and is scored on a spinal cache (`lumbarssl "
+            "prepare` without --conditions); for all five conditions use `lumbarssl "
+            "finetune-conditions`"
+        )
+
+
 def make_loader(
     dataset: Dataset[Any],
     config: StageConfig,

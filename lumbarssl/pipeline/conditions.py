@@ -21,7 +21,6 @@ from torch import Tensor, nn
 
 from lumbarssl.data.datasets import DiscROIDataset
 from lumbarssl.data.recipes import RoiRecipe, recipe_to_metadata
-from lumbarssl.errors import ConfigError
 from lumbarssl.layout import CONDITION_SLUGS, CONDITIONS, SERIES_DESCRIPTIONS
 from lumbarssl.metrics import Calibration, confusion_matrix, report_from_confusion
 from lumbarssl.models import ConditionClassifier, resnet18_encoder, save_checkpoint
@@ -31,6 +30,7 @@ from lumbarssl.pipeline._common import (
     export_best,
     locked_stage,
     make_splits,
+    require_cache_kind,
     start_stage,
     supervised_loaders,
     write_json,
@@ -267,11 +267,7 @@ def run_condition_finetuning(config: ConditionFinetuneConfig) -> StageResult:
         ConfigError: If the cache was not prepared with ``conditions="all"``.
     """
     info, out, cache = start_stage(config)
-    if not cache.table.has_conditions:
-        raise ConfigError(
-            f"{config.cache_dir} holds spinal canal ROIs only; prepare it with "
-            "`lumbarssl prepare --conditions all` to grade all five conditions"
-        )
+    require_cache_kind(cache, config.cache_dir, conditions=True)
     condition_of_row = cache.table.condition_id
     splits = make_splits(cache, config)
     recipe = RoiRecipe.from_cache(cache, input_size=config.input_size)

@@ -25,7 +25,7 @@ from lumbarssl.data.cache import PreparedCache
 from lumbarssl.data.constants import CONDITIONS, LEVELS
 from lumbarssl.data.datasets import DiscROIDataset
 from lumbarssl.data.recipes import RoiRecipe
-from lumbarssl.errors import ConfigError, InputError, WrongKindError
+from lumbarssl.errors import InputError, WrongKindError
 from lumbarssl.losses import OrdinalKind, ordinal_log_probabilities
 from lumbarssl.metrics import (
     TABLE1_COLUMNS,
@@ -37,7 +37,13 @@ from lumbarssl.metrics import (
     rsna_spinal_score,
 )
 from lumbarssl.models import ConditionClassifier, DiscClassifier, load_checkpoint
-from lumbarssl.pipeline._common import locked_stage, make_splits, prepare_out_dir, write_json
+from lumbarssl.pipeline._common import (
+    locked_stage,
+    make_splits,
+    prepare_out_dir,
+    require_cache_kind,
+    write_json,
+)
 from lumbarssl.pipeline.config import StageConfig, param
 from lumbarssl.pipeline.convert import load_recipe
 from lumbarssl.training import move_to_device, select_device
@@ -683,7 +689,8 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
 
     Raises:
         WrongKindError: If the checkpoint holds no classifier.
-        ConfigError: If a condition classifier meets a spinal-only cache.
+        ConfigError: If the cache is of the other kind (a condition classifier on a spinal
+            cache, a spinal one on a ``conditions="all"`` cache).
     """
     out = prepare_out_dir(config)
     model, metadata = load_checkpoint(config.checkpoint)
@@ -694,11 +701,7 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
         )
     cache = PreparedCache.open(config.cache_dir)
     conditions = isinstance(model, ConditionClassifier)
-    if conditions and not cache.table.has_conditions:
-        raise ConfigError(
-            f"{config.cache_dir} holds spinal canal ROIs only, and {config.checkpoint} grades all "
-            "five conditions: evaluate it on a `lumbarssl prepare --conditions all` cache"
-        )
+    require_cache_kind(cache, config.cache_dir, conditions=conditions)
     splits = make_splits(cache, config)
     rows = splits.test if config.subset == "test" else splits.val
     predictions = predict_classifier(

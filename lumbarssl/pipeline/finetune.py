@@ -37,6 +37,7 @@ from lumbarssl.pipeline._common import (
     export_best,
     locked_stage,
     make_splits,
+    require_cache_kind,
     start_stage,
     supervised_loaders,
     trainer_config,
@@ -335,8 +336,12 @@ def run_finetuning(config: FinetuneConfig) -> StageResult:
 
     Returns:
         Paths and history of the run.
+
+    Raises:
+        ConfigError: If the cache was prepared with ``conditions="all"``.
     """
     info, out, cache = start_stage(config)
+    require_cache_kind(cache, config.cache_dir, conditions=False)
     splits = make_splits(cache, config)
     recipe = RoiRecipe.from_cache(cache, input_size=config.input_size)
 
