@@ -119,7 +119,7 @@ CONDITION_PROFILES: dict[str, ConditionProfile] = {
         finetune_batch=paper.FINETUNE_BATCH_SIZE,
         n_resamples=1000,
     ),
-    # Two CPU cores in about 22 minutes (measured per-epoch speeds at 48 px on 2 cores: ~155
+    # Two CPU cores in about 19 minutes (18.8 measured idle; per-epoch speeds at 48 px: ~155
     # contrastive images/s, ~190 fine-tuning ROIs/s): 160 studies (~3,900 ROIs), 48 px inputs,
     # 4 contrastive epochs per encoder and 15 fine-tuning epochs per run (see
     # docs/reproduction.rst for what this costs in CI width).

@@ -22,8 +22,8 @@ softmax row, with bootstrap CIs. ``--conditions all`` runs the all-condition rep
 instead (all 25 RSNA 2024 targets; :mod:`reproduce_conditions`, beyond the paper).
 
 Profiles: ``paper`` uses the paper's settings (meant for a GPU); ``quick`` is a scaled-down run
-for a 2-core CPU (the paper's stages about 12 minutes including data generation, the automatic
-chain about 5 more: 22 minutes measured on a lightly loaded machine); ``smoke`` checks the
+for a 2-core CPU (the paper's stages about 11 minutes including data generation, the automatic
+chain about 3 more: 14 minutes measured on an idle machine); ``smoke`` checks the
 plumbing in well under a minute. Every table and figure names its data source, profile and seed.
 """
 
