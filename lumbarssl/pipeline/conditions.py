@@ -20,19 +20,15 @@ import torch
 from torch import Tensor, nn
 
 from lumbarssl.data.datasets import DiscROIDataset
-from lumbarssl.data.recipes import RoiRecipe, recipe_to_metadata
+from lumbarssl.data.recipes import recipe_to_metadata
 from lumbarssl.layout import CONDITION_SLUGS, CONDITIONS, SERIES_DESCRIPTIONS
 from lumbarssl.metrics import Calibration, confusion_matrix, report_from_confusion
-from lumbarssl.models import ConditionClassifier, resnet18_encoder, save_checkpoint
+from lumbarssl.models import ConditionClassifier, save_checkpoint
 from lumbarssl.pipeline._common import (
     DeviceBatches,
     base_metadata,
     export_best,
     locked_stage,
-    make_splits,
-    require_cache_kind,
-    start_stage,
-    supervised_loaders,
     write_json,
 )
 from lumbarssl.pipeline.config import param
@@ -49,9 +45,10 @@ from lumbarssl.pipeline.evaluate import (
 from lumbarssl.pipeline.finetune import (
     FinetuneConfig,
     fit_val_calibration,
+    grading_data,
+    grading_encoder,
     grading_loss,
     grading_trainer,
-    load_pretrained_encoder,
 )
 from lumbarssl.pipeline.result import StageResult
 
@@ -209,15 +206,10 @@ def condition_epoch_metrics(
 
 
 def _load_encoders(config: ConditionFinetuneConfig) -> nn.Module | dict[str, nn.Module]:
-    if config.layout == "per_sequence":
-        if config.mode == "scratch":
-            return {name: resnet18_encoder(in_chans=1) for name in SERIES_DESCRIPTIONS}
-        paths = config.sequence_encoder_paths()
-        return {name: load_pretrained_encoder(paths[name]) for name in SERIES_DESCRIPTIONS}
-    if config.mode == "scratch":
-        return resnet18_encoder(in_chans=1)
-    assert config.encoder is not None  # checked in __post_init__
-    return load_pretrained_encoder(config.encoder)
+    if config.layout == "shared":
+        return grading_encoder(config.mode, config.encoder)
+    paths = config.sequence_encoder_paths()
+    return {name: grading_encoder(config.mode, paths.get(name)) for name in SERIES_DESCRIPTIONS}
 
 
 def _condition_step(loss_fn: nn.Module) -> Any:
@@ -266,23 +258,10 @@ def run_condition_finetuning(config: ConditionFinetuneConfig) -> StageResult:
     Raises:
         ConfigError: If the cache was not prepared with ``conditions="all"``.
     """
-    info, out, cache = start_stage(config)
-    require_cache_kind(cache, config.cache_dir, conditions=True)
+    info, out, cache, splits, recipe, train, val = grading_data(config, conditions=True)
     condition_of_row = cache.table.condition_id
-    splits = make_splits(cache, config)
-    recipe = RoiRecipe.from_cache(cache, input_size=config.input_size)
-    train_batches, val_batches = (
-        _with_condition(b, condition_of_row)
-        for b in supervised_loaders(
-            cache,
-            config,
-            recipe,
-            splits.train,
-            splits.val,
-            batch_size=config.batch_size,
-            val_batch_size=64,
-        )
-    )
+    train_batches = _with_condition(train, condition_of_row)
+    val_batches = _with_condition(val, condition_of_row)
 
     torch.manual_seed(config.seed)
     model = ConditionClassifier(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -13,8 +14,10 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from lumbarssl import paper
+from lumbarssl.data.cache import PreparedCache
 from lumbarssl.data.datasets import DiscROIDataset
 from lumbarssl.data.recipes import RoiRecipe, recipe_to_metadata
+from lumbarssl.data.splits import Splits
 from lumbarssl.errors import DataError, WrongKindError
 from lumbarssl.losses import OrdinalLoss, WeightedFocalLoss
 from lumbarssl.metrics import (
@@ -52,7 +55,7 @@ from lumbarssl.pipeline.evaluate import (
     summarize,
 )
 from lumbarssl.pipeline.result import StageResult
-from lumbarssl.training import EvaluateFn, Trainer, TrainStep
+from lumbarssl.training import DistributedInfo, EvaluateFn, Trainer, TrainStep
 
 FinetuneMode = Literal["scratch", "linear_probe", "finetune"]
 #: Grading head: the paper's softmax + focal loss, or an ordinal head + :class:`OrdinalLoss`.
@@ -192,6 +195,78 @@ def load_pretrained_encoder(path: str) -> nn.Module:
     if isinstance(model, DiscClassifier):
         raise WrongKindError(f"{path} holds a DiscClassifier; pass the pretraining model.pt")
     return model
+
+
+class GradingData(NamedTuple):
+    """What both grading stages start from (:func:`grading_data`)."""
+
+    #: The process's distributed description.
+    info: DistributedInfo
+    #: The stage's output directory (created, config saved).
+    out: Path
+    #: The opened cache.
+    cache: PreparedCache
+    #: Train / validation / test rows of the cache.
+    splits: Splits
+    #: How ROIs become network inputs (``input_size``), stored in ``model.pt``.
+    recipe: RoiRecipe
+    #: Training batches (supervised items or device-made batches).
+    train: Any
+    #: Validation batches, 64 ROIs each.
+    val: Any
+
+
+def grading_data(config: FinetuneConfig, *, conditions: bool) -> GradingData:
+    """Open the stage, check the cache's kind, split it and build the supervised batches.
+
+    One recipe for ``lumbarssl finetune`` and ``lumbarssl finetune-conditions``, so both build
+    their inputs alike (Sec. 4.2): the splits of :func:`~lumbarssl.data.splits.make_splits`,
+    the :class:`~lumbarssl.data.recipes.RoiRecipe` of the cache at ``config.input_size``, and
+    the loaders of ``supervised_loaders`` (training batches of ``config.batch_size``).
+
+    Args:
+        config: The stage config.
+        conditions: Whether the stage grades all five conditions (it then needs a
+            ``conditions="all"`` cache; the spinal stage needs a spinal one).
+
+    Returns:
+        The :class:`GradingData` of the run.
+
+    Raises:
+        ConfigError: If the cache is of the other kind.
+    """
+    info, out, cache = start_stage(config)
+    require_cache_kind(cache, config.cache_dir, conditions=conditions)
+    splits = make_splits(cache, config)
+    recipe = RoiRecipe.from_cache(cache, input_size=config.input_size)
+    train, val = supervised_loaders(
+        cache,
+        config,
+        recipe,
+        splits.train,
+        splits.val,
+        batch_size=config.batch_size,
+        val_batch_size=64,
+    )
+    return GradingData(info, out, cache, splits, recipe, train, val)
+
+
+def grading_encoder(mode: str, path: str | None) -> nn.Module:
+    """The encoder a grading model starts from (Table 1's three rows, Sec. 6).
+
+    Args:
+        mode: ``"scratch"`` for a randomly initialised 1-channel ResNet-18, otherwise the
+            encoder of the pretraining checkpoint at ``path``.
+        path: A pretraining ``model.pt`` (:func:`load_pretrained_encoder`); unused from
+            scratch.
+
+    Returns:
+        The encoder, ``(B, 1, H, W) -> (B, 512)``.
+    """
+    if mode == "scratch":
+        return resnet18_encoder(in_chans=1)
+    assert path is not None  # the configs refuse a pretrained mode without an encoder
+    return load_pretrained_encoder(path)
 
 
 def _classification_step(loss_fn: nn.Module) -> Any:
@@ -340,32 +415,19 @@ def run_finetuning(config: FinetuneConfig) -> StageResult:
     Raises:
         ConfigError: If the cache was prepared with ``conditions="all"``.
     """
-    info, out, cache = start_stage(config)
-    require_cache_kind(cache, config.cache_dir, conditions=False)
-    splits = make_splits(cache, config)
-    recipe = RoiRecipe.from_cache(cache, input_size=config.input_size)
+    info, out, cache, splits, recipe, train_loader, val_loader = grading_data(
+        config, conditions=False
+    )
 
     def dataset(rows: Any) -> DiscROIDataset:
         return DiscROIDataset(cache, "supervised", recipe=recipe, indices=rows)
 
-    train_loader, val_loader = supervised_loaders(
-        cache,
-        config,
-        recipe,
-        splits.train,
-        splits.val,
-        batch_size=config.batch_size,
-        val_batch_size=64,
-    )
-
     torch.manual_seed(config.seed)
-    if config.mode == "scratch":
-        encoder = resnet18_encoder(in_chans=1)
-    else:
-        assert config.encoder is not None  # checked in __post_init__
-        encoder = load_pretrained_encoder(config.encoder)
     model = DiscClassifier(
-        encoder, num_classes=len(config.alpha), mode=config.mode, head_kind=config.head
+        grading_encoder(config.mode, config.encoder),
+        num_classes=len(config.alpha),
+        mode=config.mode,
+        head_kind=config.head,
     )
     loss_fn = grading_loss(config)
     trainer = grading_trainer(
