@@ -69,6 +69,13 @@ def _stub_model(shared: bool, head_kind: str = "softmax") -> ConditionClassifier
     return model.eval()
 
 
+def _resnet_encoders(shared: bool) -> nn.Module | dict[str, nn.Module]:
+    """One 1-channel ResNet-18, or one per sequence."""
+    if shared:
+        return resnet18_encoder(in_chans=1)
+    return {s: resnet18_encoder(in_chans=1) for s in SERIES_DESCRIPTIONS}
+
+
 def _seen(module: nn.Module) -> Tensor:
     seen: list[Tensor] = getattr(module, "seen")  # noqa: B009
     return torch.cat(seen) if seen else torch.empty(0, 1, 8, 8)
@@ -139,11 +146,7 @@ def test_empty_batch_and_bad_conditions() -> None:
 @pytest.mark.parametrize("shared", [True, False])
 def test_freezing_matches_disc_classifier(mode: str, shared: bool) -> None:
     torch.manual_seed(0)
-    encoders: nn.Module | dict[str, nn.Module] = (
-        resnet18_encoder(in_chans=1)
-        if shared
-        else {s: resnet18_encoder(in_chans=1) for s in SERIES_DESCRIPTIONS}
-    )
+    encoders = _resnet_encoders(shared)
     model = ConditionClassifier(encoders, mode=mode).train()  # type: ignore[arg-type]
     reference = DiscClassifier(resnet18_encoder(in_chans=1), mode=mode).train()  # type: ignore[arg-type]
     want = {n: p.requires_grad for n, p in reference.encoder.named_parameters()}
@@ -165,11 +168,7 @@ def test_freezing_matches_disc_classifier(mode: str, shared: bool) -> None:
 @pytest.mark.parametrize("shared", [True, False])
 def test_checkpoint_round_trip_gives_identical_outputs(shared: bool, tmp_path: Path) -> None:
     torch.manual_seed(1)
-    encoders: nn.Module | dict[str, nn.Module] = (
-        resnet18_encoder(in_chans=1)
-        if shared
-        else {s: resnet18_encoder(in_chans=1) for s in SERIES_DESCRIPTIONS}
-    )
+    encoders = _resnet_encoders(shared)
     model = ConditionClassifier(encoders, mode="linear_probe", head_kind="cumulative").eval()
     path = tmp_path / "model.pt"
     save_checkpoint(path, model, metadata={"note": "test"})
