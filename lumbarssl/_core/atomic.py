@@ -25,7 +25,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     # A unique name opened with "x" honours the umask, unlike tempfile.mkstemp's 0600.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    tmp = _temporary_beside(path)
     try:
         with tmp.open("xb") as handle:
             write(handle)
@@ -36,6 +36,11 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+
+
+def _temporary_beside(path: Path) -> Path:
+    """A hidden name in ``path``'s directory that never collides with outputs or other writers."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -61,7 +66,7 @@ def atomic_duplicate(source: Path, path: Path) -> None:
         source: A complete file, written by :func:`atomic_write`; it is never modified in place.
         path: The file to create or replace, in the same directory as ``source``.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    tmp = _temporary_beside(path)
     try:
         os.link(source, tmp)
     except OSError:
